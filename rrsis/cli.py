@@ -1,0 +1,104 @@
+"""`rrsis` command line: one subcommand per job, plus `config show` and cluster job control.
+
+Expected failures (`RrsisError`) print one line and exit 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rrsis import __version__
+from rrsis.errors import RrsisError
+from rrsis.log import setup_logging
+
+_RUN_JOBS = ("map", "train", "tune", "eval")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config file (defaults apply for every key it leaves out)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, applied after the file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rrsis.config.jobs import JOBS
+
+    parser = argparse.ArgumentParser(
+        prog="rrsis",
+        description="Map very large satellite scenes with language on Ray.",
+        epilog="Run `rrsis JOB --help` for one job. Configs: see configs/ and `rrsis config show JOB`.",
+    )
+    parser.add_argument("--version", action="version", version=f"rrsis {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (env RRSIS_LOG_LEVEL)")
+    sub = parser.add_subparsers(dest="command", metavar="JOB")
+    for job in _RUN_JOBS:
+        _add_common(sub.add_parser(job, help=JOBS[job][2]))
+    show = sub.add_parser("config", help="print a job's resolved config")
+    show.add_argument("action", choices=["show"])
+    show.add_argument("job", choices=list(JOBS))
+    _add_common(show)
+    submit = sub.add_parser("submit", help=JOBS["submit"][2])
+    submit.add_argument("job", choices=list(_RUN_JOBS), help="the job to run on the cluster")
+    submit.add_argument("--address", default=None, help="Ray dashboard address (default: RAY_ADDRESS)")
+    submit.add_argument("--submit-config", default=None, help="YAML of the submit section (SubmitConfig)")
+    submit.add_argument("--no-wait", action="store_true", help="return right after submission")
+    _add_common(submit)
+    jobs = sub.add_parser("jobs", help="follow and control submitted jobs")
+    jobs.add_argument("action", choices=["status", "logs", "stop", "list"])
+    jobs.add_argument("job_id", nargs="?", default=None)
+    jobs.add_argument("--address", default=None, help="Ray dashboard address (default: RAY_ADDRESS)")
+    jobs.add_argument("--follow", "-f", action="store_true", help="stream logs until the job ends")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from rrsis.config.jobs import runner_for, schema_for
+    from rrsis.config.load import load_config, to_yaml
+
+    if args.command in _RUN_JOBS:
+        cfg: Any = load_config(schema_for(args.command), args.config, args.overrides)
+        return int(runner_for(args.command)(cfg) or 0)
+    if args.command == "config":
+        cfg = load_config(schema_for(args.job), args.config, args.overrides)
+        sys.stdout.write(to_yaml(cfg))
+        return 0
+    if args.command == "submit":
+        from rrsis.submit.client import submit_from_cli
+
+        return submit_from_cli(args)
+    if args.command == "jobs":
+        from rrsis.submit.client import jobs_from_cli
+
+        return jobs_from_cli(args)
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    setup_logging(args.log_level)
+    try:
+        return _dispatch(args)
+    except RrsisError as exc:
+        if args.debug:
+            raise
+        print(f"rrsis: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("rrsis: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"rrsis: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Config of `rrsis eval`: a checkpoint, a dataset split, where to write metrics and panels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rrsis.config.fields import bounded, choice
+from rrsis.config.train import DataConfig
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = "models/waterland_demo/model.pt"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: str = choice("val", "train", "val", "test", "all")
+    output: str = "outputs/eval"
+    panels: int = bounded(4, 0, 100)
+    baseline: bool = True  # water-land: print the Otsu-threshold baseline beside the model
+    device: str = choice("auto", "auto", "cpu", "cuda")

@@ -1,0 +1,70 @@
+"""Config of `rrsis map`: scenes -> tiles -> model -> refinement -> products on object storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rrsis.config.common import RayConfig, StorageConfig
+from rrsis.config.fields import bounded, choice
+
+
+@dataclass
+class TilingConfig:
+    tile_px: int = bounded(512, 16, 8192)
+    overlap_px: int = bounded(64, 0, 4096)
+    # "cosine": blend class probabilities over the overlap; "crop": each tile keeps only its core.
+    blend: str = choice("crop", "crop", "cosine")
+
+    def validate(self, prefix: str) -> None:
+        from rrsis.errors import ConfigError
+
+        if self.overlap_px >= self.tile_px:
+            raise ConfigError(
+                f"config error: key '{prefix}overlap_px': value {self.overlap_px} must be smaller than "
+                f"{prefix}tile_px ({self.tile_px})"
+            )
+
+
+@dataclass
+class InferConfig:
+    checkpoint: str = "models/waterland_demo/model.pt"
+    batch_size: int = bounded(4, 1, 1024)
+    pool_size: int = bounded(1, 1, 4096)
+    num_gpus: float = bounded(-1.0, -1.0, 8.0)  # -1: one GPU per actor when the cluster has GPUs, else CPU
+    num_cpus: float = bounded(1.0, 0.0, 256.0)
+    device: str = choice("auto", "auto", "cpu", "cuda")
+
+
+@dataclass
+class RefineConfig:
+    enabled: bool = True
+    pool_size: int = bounded(1, 1, 4096)
+    num_cpus: float = bounded(1.0, 0.0, 256.0)
+    open_px: int = bounded(0, 0, 64)  # morphological opening radius; 0 = off
+    min_mapping_unit_px: int = bounded(0, 0)  # remove connected regions smaller than this; 0 = off
+
+
+@dataclass
+class OutputsConfig:
+    tiles: bool = True
+    mosaic: bool = True
+    vectors: bool = True
+    quicklook: bool = True
+    probability: bool = False  # also write a uint8 probability layer (0..255)
+
+
+@dataclass
+class MapConfig:
+    task: str = choice("waterland", "waterland", "boxes", "referring")
+    input: list[str] = field(default_factory=lambda: ["data/samples/sen1floods11/S1Hand/Spain_7370579_S1Hand.tif"])
+    output: str = "outputs"
+    run_id: str = ""  # empty: a deterministic id from the config and inputs
+    bands: list[str] = field(default_factory=list)  # names or 1-based indexes; empty: the model's band list
+    resume: bool = True
+    overwrite: bool = False
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ray: RayConfig = field(default_factory=RayConfig)

@@ -1,0 +1,68 @@
+"""Config of `rrsis train`: model family, data, loss, optimiser, and the Ray Train section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rrsis.config.common import RayConfig, StorageConfig
+from rrsis.config.fields import bounded, choice
+from rrsis.models.config import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    format: str = choice("sen1floods11", "sen1floods11", "snowed", "geotiff_pairs", "dior_rsvg", "refer", "jsonl")
+    root: str = "data/samples/sen1floods11"
+    sensor: str = choice("s1", "s1", "s2")
+    bands: list[str] = field(default_factory=list)  # empty: the format's default bands
+    val_events: list[str] = field(default_factory=list)  # Sen1Floods11: events held out for validation
+    crop_px: int = bounded(256, 0, 8192)  # random crop for training; 0 = whole chip
+    augment: bool = True
+    num_workers: int = bounded(0, 0, 64)
+
+
+@dataclass
+class LossConfig:
+    name: str = choice("ce_dice", "ce", "dice", "ce_dice", "seg", "edge", "seg_edge")
+    alpha: float = bounded(1.0, 0.0)  # eq. 3 weight of CE
+    beta: float = bounded(0.7, 0.0)  # eq. 3 weight of Sorensen-Dice
+    lam: float = bounded(10.0, 0.0)  # eq. 4 weight of the local regulariser
+    eps: float = bounded(1e-5, 0.0, open_low=True)
+
+
+@dataclass
+class OptimConfig:
+    name: str = choice("adam", "adam", "adamw", "sgd")
+    lr: float = bounded(1e-3, 0.0, 10.0, open_low=True)
+    weight_decay: float = bounded(0.0, 0.0, 1.0)
+    epochs: int = bounded(20, 1, 100000)
+    batch_size: int = bounded(8, 1, 65536)
+    grad_accum: int = bounded(1, 1, 1024)
+    amp: bool = False
+
+
+@dataclass
+class RayTrainConfig:
+    enabled: bool = False
+    num_workers: int = bounded(2, 1, 4096)
+    use_gpu: bool = False
+    cpus_per_worker: float = bounded(1.0, 0.0, 256.0)
+    checkpoint_every: int = bounded(1, 1)
+    keep_best: int = bounded(2, 1)
+    max_failures: int = bounded(3, -1)
+    resume: bool = False
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    output: str = "runs"
+    run_name: str = "train"
+    seed: int = 0
+    device: str = choice("auto", "auto", "cpu", "cuda")
+    train: RayTrainConfig = field(default_factory=RayTrainConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ray: RayConfig = field(default_factory=RayConfig)

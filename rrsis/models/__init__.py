@@ -1,0 +1,1 @@
+"""Model families (pure torch): built by `rrsis.models.registry.build_model`."""

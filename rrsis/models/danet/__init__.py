@@ -1,0 +1,1 @@
+"""danet model family."""

@@ -1,0 +1,1 @@
+"""grounding model family."""

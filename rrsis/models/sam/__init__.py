@@ -1,0 +1,1 @@
+"""sam model family."""

@@ -1,0 +1,1 @@
+"""waterland model family."""

@@ -1,0 +1,61 @@
+"""DeepUNet trunk (Li et al. 2018, "DeepUNet: a deep fully convolutional network for sea-land segmentation").
+
+Choices, following the paper's description and Table I ([in, (c, 2c) x7, (2c, c) x7, ...], c = 32 full / 16 half):
+- A stem conv maps the input bands to c channels.
+- DownBlock: conv c->2c, ReLU, conv 2c->c, then the "plus" layer adds the block input (residual), ReLU. The
+  plus output is kept as the skip, then 2x2 max-pooling. Seven DownBlocks, so the stride is 2^7 = 128.
+- UpBlock: bilinear x2 upsampling, concatenation with the matching skip (c + c = 2c), conv 2c->c, ReLU, conv
+  c->c, plus the upsampled input, ReLU. Seven UpBlocks mirror the DownBlocks.
+- BatchNorm after every conv (DeepUNet's paper predates our use; it makes the small-batch training stable).
+- Table I lists the output layer's input as 32 for both widths; we halve it with everything else (c), so the
+  output heads of the half variant read 16 channels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rrsis.models.waterland.blocks import ConvBNAct, Trunk, upsample_to
+
+DEPTH = 7
+
+
+class ResidualPair(nn.Module):
+    """conv in->mid, conv mid->out, added to `shortcut` (the DeepUNet "plus" layer), then ReLU."""
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvBNAct(in_channels, mid_channels), ConvBNAct(mid_channels, out_channels, act=False)
+        )
+
+    def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
+        return F.relu(self.body(x) + shortcut)
+
+
+class DeepUNetTrunk(Trunk):
+    """Stem, seven residual DownBlocks, seven residual UpBlocks; c-channel features at input resolution."""
+
+    stride = 2**DEPTH
+
+    def __init__(self, in_bands: int, base: int) -> None:
+        super().__init__()
+        self.stem = ConvBNAct(in_bands, base)
+        self.down = nn.ModuleList(ResidualPair(base, 2 * base, base) for _ in range(DEPTH))
+        self.up = nn.ModuleList(ResidualPair(2 * base, base, base) for _ in range(DEPTH))
+        self.pool = nn.MaxPool2d(2)
+        self.out_channels = base
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        skips: list[Tensor] = []
+        for block in self.down:
+            x = block(x, x)
+            skips.append(x)
+            x = self.pool(x)
+        for block, skip in zip(self.up, reversed(skips), strict=True):
+            up = upsample_to(x, skip)
+            x = block(torch.cat([up, skip], dim=1), up)
+        return x

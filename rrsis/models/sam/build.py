@@ -1,0 +1,199 @@
+"""Build SAM from `segment_anything`'s own classes, load user-supplied weights, freeze per mode.
+
+One parameterised builder serves the official registry shapes (vit_b/l/h, numbers taken from
+`segment_anything.build_sam`) and a `tiny` preset of the same classes for tests and benchmarks. Weights
+come only from a local file the caller provides: a URI must be fetched first (rrsis.storage), nothing is
+downloaded here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from rrsis.errors import CheckpointError, ModelError
+from rrsis.models.sam.config import SamConfig
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)  # SAM's ImageNet statistics (0-255 RGB), part of the model
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class SamArch:
+    """Every width/depth of a SAM; the checkpoint must match it key for key."""
+
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+    img_size: int = 1024
+    patch_size: int = 16
+    window_size: int = 14
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    num_multimask_outputs: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["encoder_global_attn_indexes"] = list(self.encoder_global_attn_indexes)
+        return d
+
+
+SAM_ARCHS: dict[str, SamArch] = {
+    "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
+    # 64 px input, 8x8 embedding, 32-wide everything: seconds on a CPU, same classes and code paths
+    "tiny": SamArch(
+        encoder_embed_dim=32,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        img_size=64,
+        patch_size=8,
+        window_size=4,
+        prompt_embed_dim=32,
+        mask_in_chans=4,
+        decoder_depth=2,
+        decoder_mlp_dim=64,
+        decoder_num_heads=2,
+        iou_head_depth=3,
+        iou_head_hidden_dim=32,
+    ),
+}
+
+
+def sam_arch(model_type: str) -> SamArch:
+    if model_type not in SAM_ARCHS:
+        raise ModelError(f"unknown SAM model_type {model_type!r}; allowed: {', '.join(SAM_ARCHS)}")
+    return SAM_ARCHS[model_type]
+
+
+def build_sam_model(arch: SamArch) -> Sam:
+    """A randomly initialised `segment_anything.Sam` with the given shape, in eval mode."""
+    embed_hw = arch.img_size // arch.patch_size
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=arch.encoder_depth,
+            embed_dim=arch.encoder_embed_dim,
+            img_size=arch.img_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=arch.encoder_num_heads,
+            patch_size=arch.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=arch.encoder_global_attn_indexes,
+            window_size=arch.window_size,
+            out_chans=arch.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch.prompt_embed_dim,
+            image_embedding_size=(embed_hw, embed_hw),
+            input_image_size=(arch.img_size, arch.img_size),
+            mask_in_chans=arch.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=arch.num_multimask_outputs,
+            transformer=TwoWayTransformer(
+                depth=arch.decoder_depth,
+                embedding_dim=arch.prompt_embed_dim,
+                mlp_dim=arch.decoder_mlp_dim,
+                num_heads=arch.decoder_num_heads,
+            ),
+            transformer_dim=arch.prompt_embed_dim,
+            iou_head_depth=arch.iou_head_depth,
+            iou_head_hidden_dim=arch.iou_head_hidden_dim,
+        ),
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
+    )
+    return sam.eval()
+
+
+def local_file(path: str, key: str) -> Path:
+    """The checkpoint as a readable local file, or one line saying why not."""
+    if "://" in path:
+        raise CheckpointError(f"{key} {path!r} is a URI: fetch it to a local file first (rrsis.storage)")
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{key} {path!r}: no such file")
+    return p
+
+
+def read_state(path: Path, key: str) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"{key} {str(path)!r} cannot be read as a torch checkpoint: {exc}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{key} {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_sam_weights(sam: Sam, path: str, model_type: str) -> None:
+    """Load a full SAM state dict (the official .pth layout) strictly into `sam`."""
+    state = read_state(local_file(path, "model.sam.checkpoint"), "model.sam.checkpoint")
+    if "kind" in state:
+        raise CheckpointError(
+            f"model.sam.checkpoint {path!r} is an rrsis {state['kind']!r} checkpoint; "
+            "put it in model.sam.decoder_checkpoint and give the full SAM weights in model.sam.checkpoint"
+        )
+    result = sam.load_state_dict(state, strict=False)
+    bad = list(result.missing_keys)[:3] + list(result.unexpected_keys)[:3]
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"model.sam.checkpoint {path!r} does not match SAM {model_type!r} "
+            f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected keys, e.g. {bad})"
+        )
+
+
+def set_mode(sam: Sam, mode: str) -> None:
+    """Freeze the image and prompt encoders always; the mask decoder unless fine-tuning (paper sec. 4.2)."""
+    if mode not in ("weak", "finetune"):
+        raise ModelError(f"model.sam.mode {mode!r}; allowed: 'weak', 'finetune'")
+    for p in sam.parameters():
+        p.requires_grad_(False)
+    if mode == "finetune":
+        for p in sam.mask_decoder.parameters():
+            p.requires_grad_(True)
+
+
+def build_sam(
+    cfg: SamConfig,
+    checkpoint_path: str | None = None,
+    decoder_checkpoint_path: str | None = None,
+) -> Sam:
+    """SAM per `cfg`, weights from local files (overrides of cfg's paths, e.g. after a URI fetch)."""
+    arch = sam_arch(cfg.model_type)
+    ckpt = checkpoint_path if checkpoint_path is not None else cfg.checkpoint
+    if not ckpt and cfg.model_type != "tiny":
+        raise ModelError(
+            f"model.sam.checkpoint is required for model_type {cfg.model_type!r} "
+            "(a path to the official SAM weights; nothing is downloaded)"
+        )
+    torch.manual_seed(cfg.seed)
+    sam = build_sam_model(arch)
+    if ckpt:
+        load_sam_weights(sam, ckpt, cfg.model_type)
+    dec = decoder_checkpoint_path if decoder_checkpoint_path is not None else cfg.decoder_checkpoint
+    if dec:
+        from rrsis.models.sam.checkpoint import load_decoder_checkpoint
+
+        load_decoder_checkpoint(sam, dec, cfg.model_type)
+    set_mode(sam, cfg.mode)
+    return sam.eval()
+
+
+def trainable_parameters(sam: torch.nn.Module) -> int:
+    return sum(p.numel() for p in sam.parameters() if p.requires_grad)

@@ -1,1 +1,1 @@
-"""danet model family."""
+"""danet model family: LAVT baseline with EAAS (explicit affinity alignment) and RAAM (reliable agents)."""

@@ -21,7 +21,9 @@ ModelBuilder = Callable[[ModelConfig], nn.Module]
 _BUILDERS: dict[str, ModelBuilder] = {}
 
 # name -> "module:function" taking a ModelConfig; for families whose imports are heavy.
-LAZY_BUILDERS: dict[str, str] = {}
+LAZY_BUILDERS: dict[str, str] = {
+    "sam_decoder": "rrsis.models.sam.build:build_sam_from_model_config",
+}
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:

@@ -197,3 +197,8 @@ def build_sam(
 
 def trainable_parameters(sam: torch.nn.Module) -> int:
     return sum(p.numel() for p in sam.parameters() if p.requires_grad)
+
+
+def build_sam_from_model_config(cfg: Any) -> Sam:
+    """Registry entry for `model.name: sam_decoder` (cfg is a `ModelConfig`; its `sam` section is used)."""
+    return build_sam(cfg.sam)

@@ -100,7 +100,7 @@ class SamTilePredictor:
             p = p[:, None, :] if p.ndim == 2 else p
             labels = np.ones(p.shape[:2]) if point_labels is None else np.asarray(point_labels, dtype=np.float64)
             labels = labels.reshape(p.shape[:2]).copy()
-            missing: np.ndarray = np.isnan(p).any(axis=-1)
+            missing = np.asarray(np.isnan(p).any(axis=-1), dtype=bool)
             labels[missing] = NO_POINT_LABEL
             p = np.where(missing[..., None], 0.0, p)
             coords = torch.as_tensor(frame.points_to_model(p), dtype=torch.float32, device=dev)

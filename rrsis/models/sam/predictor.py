@@ -64,10 +64,8 @@ class SamTilePredictor:
             raise InputError("SAM predictor: call set_image(tile) before predict")
         return self._embedding
 
-    def set_image(self, image: np.ndarray, key: Hashable | None = None) -> None:
-        """Embed an (H, W, 3) uint8 RGB tile; with a `key` equal to the cached one, reuse the embedding."""
-        if key is not None and key == self._key and self._embedding is not None:
-            return
+    def embed(self, image: np.ndarray) -> tuple[torch.Tensor, SamFrame]:
+        """Run the frozen image encoder on an (H, W, 3) uint8 RGB tile (no caching; training uses this)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InputError(f"SAM needs an (H, W, 3) uint8 RGB tile, got shape {image.shape} dtype {image.dtype}")
         if min(image.shape[:2]) < 1:
@@ -78,18 +76,26 @@ class SamTilePredictor:
             raise InputError(f"SAM resize gave {resized.shape[:2]}, frame expects {frame.resized_hw}")
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
         with torch.no_grad():
-            self._embedding = self.sam.image_encoder(self.sam.preprocess(x)[None])
-        self._frame, self._key = frame, key
+            embedding = self.sam.image_encoder(self.sam.preprocess(x)[None])
         self.embed_count += 1
+        return embedding, frame
+
+    def set_image(self, image: np.ndarray, key: Hashable | None = None) -> None:
+        """Embed a tile and cache it for `predict`; with a `key` equal to the cached one, reuse it."""
+        if key is not None and key == self._key and self._embedding is not None:
+            return
+        self._embedding, self._frame = self.embed(image)
+        self._key = key
 
     def prompt_tensors(
         self,
         boxes: np.ndarray | None,
         points: np.ndarray | None,
         point_labels: np.ndarray | None,
+        frame: SamFrame | None = None,
     ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
         """Tile-frame prompts -> SAM input-frame tensors. Points are (N, 2) or (N, K, 2); NaN = no point."""
-        frame, dev = self.frame, self.device
+        frame, dev = frame or self.frame, self.device
         box_t = None
         if boxes is not None:
             b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -125,9 +131,9 @@ class SamTilePredictor:
         )
         return low_res, iou
 
-    def to_tile_logits(self, low_res: torch.Tensor) -> torch.Tensor:
+    def to_tile_logits(self, low_res: torch.Tensor, frame: SamFrame | None = None) -> torch.Tensor:
         """Upsample low-res logits to the tile: unpad SAM's frame, resize to (H, W)."""
-        frame = self.frame
+        frame = frame or self.frame
         return self.sam.postprocess_masks(low_res, frame.resized_hw, (frame.height_px, frame.width_px))
 
     def predict(

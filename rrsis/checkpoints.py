@@ -1,0 +1,184 @@
+"""Self-describing checkpoints: weights plus everything needed to run them on a new scene.
+
+A checkpoint file is `torch.save` of plain containers only (dict, list, str, float, int, tensors), so it loads
+with `torch.load(weights_only=True)`: no pickled classes, no code runs on load. It carries the model name and
+full model config (to rebuild the module), the band order and per-band normalisation of the training split
+(so inference normalises exactly as training did, never per tile), the metrics, the rrsis version and the git
+commit it was trained from. Local paths, file:// and s3:// URIs go through `rrsis.storage`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from rrsis import __version__, storage
+from rrsis.errors import CheckpointError, RrsisError
+from rrsis.models.config import ModelConfig
+from rrsis.models.registry import build_model
+
+KIND = "rrsis-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    model_name: str  # ModelConfig.name, e.g. "waterland"
+    model_config: dict[str, Any]  # the ModelConfig as a plain dict
+    state_dict: dict[str, torch.Tensor]
+    bands: list[str]  # band names in the order the model expects, e.g. ["VV", "VH"]
+    norm_mean: list[float]
+    norm_std: list[float]
+    nodata_fill: float = 0.0  # value fed to the model for invalid pixels, after normalisation
+    metrics: dict[str, float] = field(default_factory=dict)
+    version: str = __version__
+    git_commit: str = "unknown"
+    train_config: dict[str, Any] = field(default_factory=dict)
+
+
+class NormSource(Protocol):
+    """Anything carrying per-band statistics: a Checkpoint or `rrsis.data.normalize.NormStats`."""
+
+    norm_mean: list[float]
+    norm_std: list[float]
+    nodata_fill: float
+
+
+def git_commit() -> str:
+    """The commit the code runs from, or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def _payload(ckpt: Checkpoint) -> dict[str, Any]:
+    data = dataclasses.asdict(ckpt)
+    data["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in ckpt.state_dict.items()}
+    data["norm_mean"] = [float(v) for v in ckpt.norm_mean]
+    data["norm_std"] = [float(v) for v in ckpt.norm_std]
+    data["metrics"] = {str(k): float(v) for k, v in ckpt.metrics.items()}
+    return {"kind": KIND, "format": FORMAT_VERSION, **data}
+
+
+def save_checkpoint(ckpt: Checkpoint, uri: str) -> None:
+    """Write `ckpt` to a local path or object-storage URI (atomically for local paths)."""
+    if len(ckpt.norm_mean) != len(ckpt.bands) or len(ckpt.norm_std) != len(ckpt.bands):
+        raise CheckpointError(
+            f"checkpoint for {uri}: {len(ckpt.bands)} bands but {len(ckpt.norm_mean)} means / {len(ckpt.norm_std)} stds"
+        )
+    buffer = io.BytesIO()
+    torch.save(_payload(ckpt), buffer)
+    storage.put_bytes(uri, buffer.getvalue())
+
+
+def load_checkpoint(uri: str) -> Checkpoint:
+    """Read a checkpoint with `weights_only=True`; missing, truncated or foreign files -> one CheckpointError line."""
+    try:
+        raw = storage.get_bytes(uri)
+    except RrsisError as exc:
+        raise CheckpointError(f"checkpoint {uri} cannot be read: {exc}") from exc
+    if not raw:
+        raise CheckpointError(f"checkpoint {uri} is empty")
+    try:
+        data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged pickle/zip can raise almost any type; all mean "unreadable"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(
+            f"checkpoint {uri} is truncated or not a torch file ({type(exc).__name__}: {first[:200]})"
+        ) from exc
+    if not isinstance(data, dict) or data.get("kind") != KIND:
+        raise CheckpointError(f"checkpoint {uri} is not an rrsis checkpoint (no kind={KIND!r} entry)")
+    if data.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {uri} has format {data.get('format')!r}; this rrsis reads {FORMAT_VERSION}")
+    names = {f.name for f in dataclasses.fields(Checkpoint)}
+    missing = sorted(n for n in names if n not in data)
+    if missing:
+        raise CheckpointError(f"checkpoint {uri} lacks entries: {', '.join(missing)}")
+    return Checkpoint(**{n: data[n] for n in names})
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Rebuild the typed ModelConfig; an unknown key or bad value names itself."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), data)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"checkpoint model_config does not fit this rrsis: {first}") from exc
+    assert isinstance(cfg, ModelConfig)
+    return cfg
+
+
+def build_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
+    """The model in eval mode with the checkpoint's weights (strict: every tensor must match)."""
+    cfg = model_config_from_dict(ckpt.model_config)
+    if cfg.name != ckpt.model_name:
+        raise CheckpointError(f"checkpoint model_name={ckpt.model_name!r} but model_config.name={cfg.name!r}")
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or ["state_dict mismatch"])[0]
+        raise CheckpointError(f"checkpoint weights do not fit model {ckpt.model_name!r}: {first[:300]}") from exc
+    return model.eval()
+
+
+def checkpoint_from_model(
+    model: nn.Module,
+    model_cfg: ModelConfig,
+    *,
+    bands: list[str],
+    norm_mean: list[float],
+    norm_std: list[float],
+    nodata_fill: float = 0.0,
+    metrics: dict[str, float] | None = None,
+    train_config: dict[str, Any] | None = None,
+) -> Checkpoint:
+    """Snapshot a model (weights copied to CPU) with its config, bands and normalisation."""
+    from rrsis.config.load import to_dict
+
+    return Checkpoint(
+        model_name=model_cfg.name,
+        model_config=to_dict(model_cfg),
+        state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        bands=list(bands),
+        norm_mean=[float(v) for v in norm_mean],
+        norm_std=[float(v) for v in norm_std],
+        nodata_fill=float(nodata_fill),
+        metrics=dict(metrics or {}),
+        version=__version__,
+        git_commit=git_commit(),
+        train_config=dict(train_config or {}),
+    )
+
+
+def normalize_image(stats: NormSource, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(C,H,W) raw values -> float32 (x - mean) / std per band; invalid or NaN pixels get `nodata_fill`."""
+    if image.ndim != 3 or image.shape[0] != len(stats.norm_mean):
+        raise CheckpointError(
+            f"image has shape {image.shape}, the normalisation expects ({len(stats.norm_mean)}, H, W)"
+        )
+    mean = np.asarray(stats.norm_mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(stats.norm_std, dtype=np.float32)[:, None, None]
+    out = (image.astype(np.float32, copy=False) - mean) / std
+    bad = ~np.asarray(valid, dtype=bool)[None] | ~np.isfinite(out)
+    return np.where(bad, np.float32(stats.nodata_fill), out).astype(np.float32, copy=False)

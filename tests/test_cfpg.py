@@ -8,6 +8,7 @@ import pytest
 from rrsis.refine.cfpg import (
     BOX_OUTSIDE_IMAGE,
     OK,
+    ROI_NODATA,
     ROI_TOO_SMALL,
     UNIFORM_ROI,
     Region,
@@ -251,3 +252,14 @@ def test_same_input_same_point() -> None:
     img = textured(90, 90, seed=3)
     img[disk(90, 90, 47, 40, 13)] = (200, 180, 90)
     assert cfpg_point(img, (20, 10, 80, 75), CFG) == cfpg_point(img, (20, 10, 80, 75), CFG)
+
+
+def test_nodata_never_becomes_the_object() -> None:
+    img = textured(80, 100, seed=4)
+    img[:, :40] = 0  # a scene collar: nodata, darker than anything and a perfect rectangle
+    img[disk(80, 100, 70, 40, 12)] = 210
+    valid = img.any(axis=2)
+    r = cfpg_point(img, (20, 10, 95, 70), CFG, valid=valid)
+    assert r.reason == OK and r.point == (70.0, 40.0)
+    all_nodata = cfpg_point(img, (0, 0, 30, 30), CFG, valid=valid)
+    assert (all_nodata.point, all_nodata.reason) == (None, ROI_NODATA)

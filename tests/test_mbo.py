@@ -109,3 +109,12 @@ def test_degenerate_inputs_return_the_mask_with_a_reason() -> None:
 
 def test_window_is_clipped_to_the_tile() -> None:
     assert mbo_window((2, 3, 30, 39), (40, 35), 5) == (0, 0, 35, 40)
+
+
+def test_nodata_is_sure_background(bright_object: tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]) -> None:
+    crop, obj, box = bright_object
+    noisy = noisy_mask(obj, box, 0)
+    valid = np.ones(obj.shape, bool)
+    valid[:, :60] = False  # pretend the left part of the window is nodata
+    r = mbo_refine(crop, noisy, box, MboConfig(), valid=valid)
+    assert r.reason == OK and not r.mask[:, :60].any()

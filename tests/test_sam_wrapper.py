@@ -202,3 +202,21 @@ def test_decoder_checkpoint_for_another_sam_is_refused(tmp_path: Path) -> None:
         build_sam(SamConfig(model_type="tiny", decoder_checkpoint=str(tmp_path / "other.pt")))
     with pytest.raises(CheckpointError, match="decoder_checkpoint"):
         build_sam(SamConfig(model_type="tiny", checkpoint=str(path)))
+
+
+def test_points_only_prompts_with_negative_labels(predictor: SamTilePredictor) -> None:
+    seen: dict[str, Any] = {}
+    handle = predictor.sam.prompt_encoder.register_forward_hook(
+        lambda _m, _a, kw, _o: seen.update(kw), with_kwargs=True
+    )
+    try:
+        predictor.set_image(tile(100, 200, seed=5))
+        pts = np.array([[[100, 50], [10, 10]], [[150, 25], [np.nan, np.nan]]], float)  # (N=2, K=2, 2)
+        masks, scores = predictor.predict(None, pts, point_labels=np.array([[1, 0], [1, 1]]))
+    finally:
+        handle.remove()
+    assert masks.shape == (2, 100, 200) and scores.shape == (2,)
+    assert seen["boxes"] is None
+    coords, labels = seen["points"]
+    assert torch.allclose(coords[1, 0], torch.tensor([48.0, 8.0]))  # (150, 25) * 0.32
+    assert labels.tolist() == [[1, 0], [1, -1]]

@@ -5,6 +5,8 @@ Each equation is its own function (tested one by one); `cfpg_point` chains them 
 degenerate ROI into a `CfpgResult` with `point=None` and a reason instead of an exception.
 
 Where the paper is vague, our choices (all constants live in `CfpgConfig`):
+- nodata: with a `valid` mask, nodata pixels are left out of the clustering and are background; an ROI
+  with fewer than min_roi_px^2 valid pixels is "roi_nodata".
 - eq. 4: box xyxy floats -> integer slice [floor(y1):ceil(y2), floor(x1):ceil(x2)], clipped to the image
   (a box across the image border keeps its inside part). Coordinates are pixel indices, as SAM's.
 - eq. 5: KMeans++ (k = 2) on RGB values as float; large ROIs are fitted on a seeded subsample of
@@ -45,7 +47,8 @@ ROI_TOO_SMALL = "roi_too_small"
 UNIFORM_ROI = "uniform_roi"
 NO_FOREGROUND_MARKER = "no_foreground_marker"
 NO_REGION_ABOVE_AREA = "no_region_above_area"
-REASONS = (OK, BOX_OUTSIDE_IMAGE, ROI_TOO_SMALL, UNIFORM_ROI, NO_FOREGROUND_MARKER, NO_REGION_ABOVE_AREA)
+ROI_NODATA = "roi_nodata"
+REASONS = (OK, BOX_OUTSIDE_IMAGE, ROI_TOO_SMALL, ROI_NODATA, UNIFORM_ROI, NO_FOREGROUND_MARKER, NO_REGION_ABOVE_AREA)
 
 
 @dataclass(frozen=True)
@@ -88,18 +91,23 @@ def crop_roi(image: np.ndarray, bounds: tuple[int, int, int, int]) -> np.ndarray
     return image[y1:y2, x1:x2]
 
 
-def is_uniform(roi: np.ndarray, cfg: CfpgConfig) -> bool:
-    return bool(roi.reshape(-1, roi.shape[-1]).astype(np.float64).std(axis=0).max() < cfg.uniform_std)
+def is_uniform(roi: np.ndarray, cfg: CfpgConfig, valid: np.ndarray | None = None) -> bool:
+    pixels = roi.reshape(-1, roi.shape[-1]) if valid is None else roi[valid]
+    return bool(pixels.astype(np.float64).std(axis=0).max() < cfg.uniform_std)
 
 
-def cluster_binary(roi: np.ndarray, cfg: CfpgConfig) -> np.ndarray:
-    """Eq. 5: KMeans++ (k=2) on pixel colours -> binary map I'_ROI (uint8, 1 = foreground cluster)."""
+def cluster_binary(roi: np.ndarray, cfg: CfpgConfig, valid: np.ndarray | None = None) -> np.ndarray:
+    """Eq. 5: KMeans++ (k=2) on pixel colours -> binary map I'_ROI (uint8, 1 = foreground cluster).
+
+    With a `valid` mask, nodata pixels take no part in the fit or the border rule and are background.
+    """
     h, w = roi.shape[:2]
+    ok = np.ones((h, w), bool) if valid is None else valid
     pixels = roi.reshape(-1, roi.shape[-1]).astype(np.float32)
-    fit_on = pixels
-    if len(pixels) > cfg.kmeans_max_pixels:
+    fit_on = pixels[ok.ravel()]
+    if len(fit_on) > cfg.kmeans_max_pixels:
         rng = np.random.default_rng(cfg.seed)
-        fit_on = pixels[rng.choice(len(pixels), cfg.kmeans_max_pixels, replace=False)]
+        fit_on = fit_on[rng.choice(len(fit_on), cfg.kmeans_max_pixels, replace=False)]
     km = KMeans(
         n_clusters=N_CLUSTERS,
         init="k-means++",
@@ -107,10 +115,10 @@ def cluster_binary(roi: np.ndarray, cfg: CfpgConfig) -> np.ndarray:
         max_iter=cfg.kmeans_max_iter,
         random_state=cfg.seed,
     ).fit(fit_on)
-    labels = km.predict(pixels).reshape(h, w)
+    labels = np.where(ok, km.predict(pixels).reshape(h, w), N_CLUSTERS)  # nodata -> an extra label
     border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
-    border_counts = np.bincount(border, minlength=N_CLUSTERS)
-    sizes = np.bincount(labels.ravel(), minlength=N_CLUSTERS)
+    border_counts = np.bincount(border, minlength=N_CLUSTERS + 1)
+    sizes = np.bincount(labels.ravel(), minlength=N_CLUSTERS + 1)
     fg = min(range(N_CLUSTERS), key=lambda c: (border_counts[c], sizes[c], c))
     return (labels == fg).astype(np.uint8)
 
@@ -192,10 +200,20 @@ def select_region(regions: list[Region], threshold_px: float) -> Region | None:
     return max(kept, key=lambda r: (r.kappa, r.area_px, -r.label))
 
 
-def cfpg_point(image: np.ndarray, box_xyxy: np.ndarray | tuple[float, ...], cfg: CfpgConfig) -> CfpgResult:
-    """Eq. 4-9 on one box of an (H, W, 3) uint8 tile -> the foreground point in tile pixels, or why not."""
+def cfpg_point(
+    image: np.ndarray,
+    box_xyxy: np.ndarray | tuple[float, ...],
+    cfg: CfpgConfig,
+    valid: np.ndarray | None = None,
+) -> CfpgResult:
+    """Eq. 4-9 on one box of an (H, W, 3) uint8 tile -> the foreground point in tile pixels, or why not.
+
+    `valid` (H, W) bool marks pixels with data; nodata never becomes the object (e.g. a scene's collar).
+    """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputError(f"CFPG needs an (H, W, 3) uint8 tile, got shape {image.shape} dtype {image.dtype}")
+    if valid is not None and valid.shape != image.shape[:2]:
+        raise InputError(f"CFPG valid mask shape {valid.shape} does not match the tile {image.shape[:2]}")
     bounds = roi_bounds(box_xyxy, image.shape[0], image.shape[1])
     x1, y1, x2, y2 = bounds
     if x2 <= x1 or y2 <= y1:
@@ -203,9 +221,14 @@ def cfpg_point(image: np.ndarray, box_xyxy: np.ndarray | tuple[float, ...], cfg:
     if min(x2 - x1, y2 - y1) < cfg.min_roi_px:
         return CfpgResult(None, ROI_TOO_SMALL, bounds)
     roi = crop_roi(image, bounds)
-    if is_uniform(roi, cfg):
+    roi_valid = None if valid is None else crop_roi(valid, bounds)
+    if roi_valid is not None and np.count_nonzero(roi_valid) < cfg.min_roi_px * cfg.min_roi_px:
+        return CfpgResult(None, ROI_NODATA, bounds)
+    if is_uniform(roi, cfg, roi_valid):
         return CfpgResult(None, UNIFORM_ROI, bounds)
-    binary = open_close(cluster_binary(roi, cfg), cfg)
+    binary = open_close(cluster_binary(roi, cfg, roi_valid), cfg)
+    if roi_valid is not None:
+        binary[~roi_valid] = 0  # closing must not grow the object into nodata
     labels = watershed_labels(roi, binary, distance_map(binary, cfg), cfg)
     if labels is None:
         return CfpgResult(None, NO_FOREGROUND_MARKER, bounds)
@@ -217,8 +240,11 @@ def cfpg_point(image: np.ndarray, box_xyxy: np.ndarray | tuple[float, ...], cfg:
     return CfpgResult(point, OK, bounds, best.kappa, best.area_px, len(regions))
 
 
-def cfpg_points(image: np.ndarray, boxes_xyxy: np.ndarray, cfg: CfpgConfig) -> tuple[np.ndarray, list[CfpgResult]]:
+def cfpg_points(
+    image: np.ndarray, boxes_xyxy: np.ndarray, cfg: CfpgConfig, valid: np.ndarray | None = None
+) -> tuple[np.ndarray, list[CfpgResult]]:
     """All boxes of a tile: (N, 2) points with NaN rows where CFPG found none (SAM's "no point")."""
-    results = [cfpg_point(image, b, cfg) for b in np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)]
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    results = [cfpg_point(image, b, cfg, valid) for b in boxes]
     pts = np.array([r.point if r.point is not None else (np.nan, np.nan) for r in results], dtype=np.float64)
     return pts.reshape(-1, 2), results

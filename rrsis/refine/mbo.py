@@ -72,13 +72,20 @@ def foreground(labels: np.ndarray) -> np.ndarray:
 
 
 def mbo_refine(
-    image: np.ndarray, mask: np.ndarray, box_xyxy: np.ndarray | tuple[float, ...], cfg: MboConfig
+    image: np.ndarray,
+    mask: np.ndarray,
+    box_xyxy: np.ndarray | tuple[float, ...],
+    cfg: MboConfig,
+    valid: np.ndarray | None = None,
 ) -> MboResult:
-    """Refine one object's mask inside a window around its box; the rest of the tile mask is kept."""
+    """Refine one object's mask inside a window around its box; the rest of the tile mask is kept.
+
+    `valid` (H, W) bool marks pixels with data: nodata is sure background and never joins the object.
+    """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputError(f"MBO needs an (H, W, 3) uint8 tile, got shape {image.shape} dtype {image.dtype}")
-    if mask.shape != image.shape[:2]:
-        raise InputError(f"MBO mask shape {mask.shape} does not match the tile {image.shape[:2]}")
+    if mask.shape != image.shape[:2] or (valid is not None and valid.shape != image.shape[:2]):
+        raise InputError(f"MBO mask/valid shapes {mask.shape} do not match the tile {image.shape[:2]}")
     out = mask.astype(bool, copy=True)
     box = roi_bounds(box_xyxy, image.shape[0], image.shape[1])
     if box[2] <= box[0] or box[3] <= box[1]:
@@ -87,6 +94,8 @@ def mbo_refine(
     wx1, wy1, wx2, wy2 = win
     box_in_window = (box[0] - wx1, box[1] - wy1, box[2] - wx1, box[3] - wy1)
     labels = initial_labels(out[wy1:wy2, wx1:wx2], box_in_window, cfg)
+    if valid is not None:
+        labels[~valid[wy1:wy2, wx1:wx2]] = cv2.GC_BGD
     if np.count_nonzero(labels == cv2.GC_FGD) < cfg.min_fg_px:
         return MboResult(out, 0, False, NO_SURE_FOREGROUND, win)
     if not np.any((labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD)):

@@ -88,11 +88,12 @@ def prompt_loss(
     frame: SamFrame,
     sample: DecoderSample,
     settings: DecoderTrainSettings,
+    decoder: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     """BCE (+ optional Dice) of one box/point prompt's single-mask output at image resolution."""
     points = None if sample.point_xy is None else np.array([sample.point_xy], dtype=np.float64)
     box_t, pts_t = predictor.prompt_tensors(np.array([sample.box_xyxy], dtype=np.float64), points, None, frame)
-    low_res, _ = predictor.decode(embedding, box_t, pts_t, multimask=False)
+    low_res, _ = predictor.decode(embedding, box_t, pts_t, multimask=False, decoder=decoder)
     logits = predictor.to_tile_logits(low_res, frame)[0, 0]
     target = torch.as_tensor(sample.mask, dtype=torch.float32, device=logits.device)
     loss = settings.bce_weight * F.binary_cross_entropy_with_logits(logits, target)
@@ -121,9 +122,15 @@ def train_one_epoch(
     items: Sequence[tuple[torch.Tensor, SamFrame, DecoderSample]],
     settings: DecoderTrainSettings,
     rng: random.Random,
+    decoder: torch.nn.Module | None = None,
 ) -> float:
-    """One shuffled pass; an optimiser step every `batch_size` prompts. Returns the mean prompt loss."""
-    predictor.sam.mask_decoder.train()
+    """One shuffled pass; an optimiser step every `batch_size` prompts. Returns the mean prompt loss.
+
+    In a Ray Train worker pass `decoder=ray.train.torch.prepare_model(predictor.sam.mask_decoder)`
+    (and that worker's shard of `items`); the plain loop leaves it None.
+    """
+    module = decoder or predictor.sam.mask_decoder
+    module.train()
     order = list(range(len(items)))
     rng.shuffle(order)
     total = 0.0
@@ -131,13 +138,13 @@ def train_one_epoch(
         chunk = order[start : start + settings.batch_size]
         optimizer.zero_grad(set_to_none=True)
         loss = sum(
-            (prompt_loss(predictor, items[j][0], items[j][1], items[j][2], settings) for j in chunk),
+            (prompt_loss(predictor, items[j][0], items[j][1], items[j][2], settings, decoder) for j in chunk),
             torch.zeros(()),
         ) / len(chunk)
         loss.backward()
         optimizer.step()
         total += float(loss.detach()) * len(chunk)
-    predictor.sam.mask_decoder.eval()
+    module.eval()
     return total / max(len(order), 1)
 
 

@@ -119,10 +119,14 @@ class SamTilePredictor:
         boxes: torch.Tensor | None,
         points: tuple[torch.Tensor, torch.Tensor] | None,
         multimask: bool,
+        decoder: torch.nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-res mask logits (N, C, h, w) and IoU scores (N, C); differentiable through the decoder."""
+        """Low-res mask logits (N, C, h, w) and IoU scores (N, C); differentiable through the decoder.
+
+        `decoder` replaces `sam.mask_decoder` for the call, e.g. the DDP-wrapped copy Ray Train prepares.
+        """
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=None)
-        low_res, iou = self.sam.mask_decoder(
+        low_res, iou = (decoder or self.sam.mask_decoder)(
             image_embeddings=embedding,
             image_pe=self.sam.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,

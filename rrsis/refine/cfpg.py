@@ -17,8 +17,10 @@ Where the paper is vague, our choices (all constants live in `CfpgConfig`):
 - opening then closing with square kernels (`open_kernel_px`, `close_kernel_px`).
 - eq. 6: Euclidean distance transform (`dist_mask_px`, 0 = exact) of the cleaned binary map.
 - markers: D > `dist_threshold_frac` * max D (relative, OpenCV's watershed recipe); sure background =
-  outside the binary map dilated `bg_dilate_iterations` times; the rest is "unknown" for watershed,
-  which floods the ROI colours; boundaries come back as -1.
+  outside the binary map dilated `bg_dilate_iterations` times by a `bg_dilate_kernel_px` square; the
+  rest is "unknown" for watershed, which floods the ROI colours; boundaries come back as -1. The
+  threshold is global over the ROI, so a foreground fragment much thinner than the thickest object gets
+  no marker and is dropped here already (the paper's "only relevant foreground regions are marked").
 - connected components (4-connectivity, so watershed's one-pixel boundaries separate basins) on the
   watershed foreground (labels >= 2).
 - eq. 7: convexity = pixel count / area of the convex hull of the pixel squares (corners), so a full
@@ -154,7 +156,8 @@ def watershed_labels(roi: np.ndarray, binary: np.ndarray, dist: np.ndarray, cfg:
         return None
     sure_fg = (dist > cfg.dist_threshold_frac * peak).astype(np.uint8)
     if cfg.bg_dilate_iterations > 0:
-        sure_bg = cv2.dilate(binary, np.ones((3, 3), np.uint8), iterations=cfg.bg_dilate_iterations)
+        kernel = np.ones((cfg.bg_dilate_kernel_px, cfg.bg_dilate_kernel_px), np.uint8)
+        sure_bg = cv2.dilate(binary, kernel, iterations=cfg.bg_dilate_iterations)
     else:
         sure_bg = binary.copy()
     _, markers = cv2.connectedComponents(sure_fg, connectivity=8)

@@ -29,6 +29,7 @@ class CfpgConfig:
     dist_mask_px: int = choice(5, 3, 5, 0)  # eq. 6 cv2.distanceTransform mask size (0 = exact)
     dist_threshold_frac: float = bounded(0.5, 0.0, 1.0, open_low=True, open_high=True)  # markers: D > frac*max D
     bg_dilate_iterations: int = bounded(2, 0, 50)  # sure background = outside the dilated binary map
+    bg_dilate_kernel_px: int = bounded(3, 1, 101)  # square kernel of that dilation
     min_area_px: int = bounded(9, 0)  # eq. 8 area threshold (pixels); also scaled by min_area_frac
     min_area_frac: float = bounded(0.01, 0.0, 1.0)  # eq. 8 threshold = max(min_area_px, frac * ROI area)
 

@@ -1,0 +1,119 @@
+"""The one table of what each rrsis stage needs from a Ray cluster, and the Ray options it turns into.
+
+A map, train or tune job runs unchanged on a laptop, on a CPU-only cluster, and on a cluster with GPU and
+CPU node types: stages that can use an accelerator (`infer`, train/tune workers) take one GPU per actor
+when the cluster has GPUs and fall back to CPU otherwise; CPU-side stages (`read`, `refine`, `write`) ask
+for a sliver of the custom resource `cpu_pool` when the cluster declares it, so they land on the CPU node
+type and leave the GPU nodes' cores to feed the GPUs. The KubeRay manifests and the cluster launcher YAML
+in `cluster/` declare `cpu_pool` on the CPU node type (checked by tests/test_cluster_manifests.py).
+
+Pure Python: no Ray import here, the caller passes `ray.cluster_resources()` in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: Custom resource that CPU-only node types declare; CPU stages request `CPU_POOL_SLICE` of it.
+CPU_POOL_RESOURCE = "cpu_pool"
+#: Tiny request: enough to pin a stage to CPU nodes, small enough never to limit how many actors fit.
+CPU_POOL_SLICE = 0.001
+#: Sentinel for `num_gpus`: decide from the cluster (one per actor when it has GPUs, else none).
+AUTO = -1.0
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """What one task or actor of a stage asks Ray for.
+
+    `accelerated` stages take `gpus_per_actor` GPUs when the cluster has any; `cpu_pool` stages prefer the
+    CPU node type when one exists. `memory_mb` is a scheduling reservation (Ray's `memory`), 0 = none.
+    """
+
+    name: str
+    num_cpus: float
+    memory_mb: int = 0
+    accelerated: bool = False
+    gpus_per_actor: float = 1.0
+    cpu_pool: bool = False
+
+
+#: Defaults per stage. Config values (e.g. `infer.num_cpus`, `infer.num_gpus`) override them per job.
+STAGES: dict[str, StageResources] = {
+    # map: windowed GDAL reads, one small task per batch of tiles
+    "map.read": StageResources("map.read", num_cpus=1.0, memory_mb=512, cpu_pool=True),
+    # map: the model; one GPU per actor when there are GPUs (the actor batches tiles)
+    "map.infer": StageResources("map.infer", num_cpus=1.0, memory_mb=2048, accelerated=True),
+    # map: CPU refinement (morphology, CFPG/MBO GrabCut) on the CPU node type
+    "map.refine": StageResources("map.refine", num_cpus=1.0, memory_mb=1024, cpu_pool=True),
+    # map: encode + PUT one mask tile per row
+    "map.write": StageResources("map.write", num_cpus=1.0, memory_mb=512, cpu_pool=True),
+    # Ray Train worker (DDP rank): one GPU each when there are GPUs
+    "train.worker": StageResources("train.worker", num_cpus=1.0, memory_mb=2048, accelerated=True),
+    # Ray Tune trial (each trial is a small Train run or a function trainable)
+    "tune.trial": StageResources("tune.trial", num_cpus=1.0, memory_mb=1024, accelerated=True),
+}
+
+
+def stage(name: str) -> StageResources:
+    """The declared resources of `name`; an unknown stage names the known ones."""
+    if name not in STAGES:
+        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(sorted(STAGES))}")
+    return STAGES[name]
+
+
+def cluster_gpus(cluster: Mapping[str, float]) -> float:
+    """GPUs in `ray.cluster_resources()` (0.0 on a CPU-only cluster)."""
+    return float(cluster.get("GPU", 0.0))
+
+
+def has_cpu_pool(cluster: Mapping[str, float]) -> bool:
+    """Whether the cluster has a CPU node type (it declares the `cpu_pool` custom resource)."""
+    return float(cluster.get(CPU_POOL_RESOURCE, 0.0)) > 0.0
+
+
+def ray_options(
+    name: str,
+    cluster: Mapping[str, float],
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float = AUTO,
+    memory_mb: int | None = None,
+) -> dict[str, Any]:
+    """Ray options (`num_cpus`, `num_gpus`, `memory`, `resources`) for one task/actor of stage `name`.
+
+    The dict goes straight into `Dataset.map_batches(**options)`, `ray.remote(**options)` or
+    `.options(**options)`. `num_gpus=AUTO` (-1) means: `gpus_per_actor` if the stage is accelerated and the
+    cluster has GPUs, else 0; an explicit value >= 0 is used as given (e.g. 0 forces CPU inference).
+    """
+    spec = stage(name)
+    gpus = num_gpus
+    if gpus < 0:
+        gpus = spec.gpus_per_actor if spec.accelerated and cluster_gpus(cluster) > 0 else 0.0
+    out: dict[str, Any] = {"num_cpus": spec.num_cpus if num_cpus is None else float(num_cpus)}
+    if gpus > 0:
+        out["num_gpus"] = float(gpus)
+    mem = spec.memory_mb if memory_mb is None else memory_mb
+    if mem > 0:
+        out["memory"] = int(mem) * _MIB
+    if spec.cpu_pool and has_cpu_pool(cluster):
+        out["resources"] = {CPU_POOL_RESOURCE: CPU_POOL_SLICE}
+    return out
+
+
+def stage_options(cluster: Mapping[str, float], prefix: str = "map.") -> dict[str, dict[str, Any]]:
+    """Default options of every stage whose name starts with `prefix`, keyed by the short name."""
+    return {n[len(prefix) :]: ray_options(n, cluster) for n in STAGES if n.startswith(prefix)}
+
+
+def worker_resources(name: str, cluster: Mapping[str, float], *, num_cpus: float | None = None) -> dict[str, Any]:
+    """`ScalingConfig` arguments for Ray Train/Tune workers: `use_gpu` and `resources_per_worker`."""
+    opts = ray_options(name, cluster, num_cpus=num_cpus)
+    per_worker: dict[str, float] = {"CPU": float(opts["num_cpus"])}
+    if opts.get("num_gpus"):
+        per_worker["GPU"] = float(opts["num_gpus"])
+    return {"use_gpu": "GPU" in per_worker, "resources_per_worker": per_worker}

@@ -23,6 +23,7 @@ _BUILDERS: dict[str, ModelBuilder] = {}
 # name -> "module:function" taking a ModelConfig; for families whose imports are heavy.
 LAZY_BUILDERS: dict[str, str] = {
     "sam_decoder": "rrsis.models.sam.build:build_sam_from_model_config",
+    "danet": "rrsis.models.danet.model:build_from_model_config",
 }
 
 

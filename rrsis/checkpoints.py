@@ -23,7 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from rrsis import __version__, storage
-from rrsis.errors import CheckpointError, RrsisError
+from rrsis.data.normalize import apply_stats
+from rrsis.errors import CheckpointError, InputError, RrsisError
 from rrsis.models.config import ModelConfig
 from rrsis.models.registry import build_model
 
@@ -173,12 +174,7 @@ def checkpoint_from_model(
 
 def normalize_image(stats: NormSource, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(C,H,W) raw values -> float32 (x - mean) / std per band; invalid or NaN pixels get `nodata_fill`."""
-    if image.ndim != 3 or image.shape[0] != len(stats.norm_mean):
-        raise CheckpointError(
-            f"image has shape {image.shape}, the normalisation expects ({len(stats.norm_mean)}, H, W)"
-        )
-    mean = np.asarray(stats.norm_mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(stats.norm_std, dtype=np.float32)[:, None, None]
-    out = (image.astype(np.float32, copy=False) - mean) / std
-    bad = ~np.asarray(valid, dtype=bool)[None] | ~np.isfinite(out)
-    return np.where(bad, np.float32(stats.nodata_fill), out).astype(np.float32, copy=False)
+    try:
+        return apply_stats(stats.norm_mean, stats.norm_std, stats.nodata_fill, image, valid)
+    except InputError as exc:
+        raise CheckpointError(str(exc)) from exc

@@ -17,6 +17,9 @@ class DataConfig:
     bands: list[str] = field(default_factory=list)  # empty: the format's default bands
     val_events: list[str] = field(default_factory=list)  # Sen1Floods11: events held out for validation
     crop_px: int = bounded(256, 0, 8192)  # random crop for training; 0 = whole chip
+    crops_per_chip: int = bounded(1, 1, 10000)  # random crops drawn from each training sample per epoch
+    val_fraction: float = bounded(0.0, 0.0, 1.0)  # extra held-out share of groups (stable hash of the name)
+    eval_tile_px: int = bounded(0, 0, 8192)  # evaluation reads samples in tiles of this size; 0 = whole
     augment: bool = True
     num_workers: int = bounded(0, 0, 64)
 
@@ -39,6 +42,10 @@ class OptimConfig:
     batch_size: int = bounded(8, 1, 65536)
     grad_accum: int = bounded(1, 1, 1024)
     amp: bool = False
+    # validation metric that picks best.pt; "last" keeps the last epoch (when val chips are the test chips)
+    monitor: str = choice("iou_mean", "iou_mean", "iou_water", "f1", "last")
+    max_minutes: float = bounded(0.0, 0.0)  # stop after the epoch that crosses this wall time; 0 = no limit
+    eval_batch_size: int = bounded(2, 1, 4096)
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Water-land datasets: Sen1Floods11, SNOWED and generic GeoTIFF pairs, read by window."""

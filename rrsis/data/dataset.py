@@ -1,0 +1,175 @@
+"""From `data.*` config to screened sample splits and a torch Dataset of normalised crops.
+
+Screening: a sample with no valid label pixel or no valid image pixel (both occur in the real Sen1Floods11
+data: `Ghana_83483` is all -1, `Paraguay_34417` is all NaN) cannot teach or measure anything; it is skipped
+with one warning line naming it, never a crash. Splits hold out whole groups (Sen1Floods11 events) so that
+validation chips come from floods the model never saw.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rrsis.data import sen1floods11, snowed
+from rrsis.data.augment import random_dihedral
+from rrsis.data.normalize import NormStats, apply_stats
+from rrsis.data.pairs import SampleRef, find_geotiff_pairs, iter_blocks, read_sample
+from rrsis.errors import ConfigError, InputError
+from rrsis.geo.tiling import PixelWindow
+from rrsis.log import get_logger
+
+log = get_logger(__name__)
+WATERLAND_FORMATS = ("sen1floods11", "snowed", "geotiff_pairs")
+MAX_CROP_TRIES = 10  # random crops redrawn when they hold no valid label pixel
+
+
+@dataclass
+class SplitRefs:
+    bands: list[str]
+    train: list[SampleRef]
+    val: list[SampleRef]
+
+    def get(self, split: str) -> list[SampleRef]:
+        """ "train", "val", "test" (= the held-out groups; these formats ship no separate test set) or "all"."""
+        if split == "train":
+            return self.train
+        if split in ("val", "test"):
+            return self.val
+        if split == "all":
+            return sorted(self.train + self.val, key=lambda r: r.sample_id)
+        raise ConfigError(f"split={split!r} is not one of train, val, test, all")
+
+
+def find_refs(data: Any) -> tuple[list[str], list[SampleRef]]:
+    """Band names and sample refs of `data.format` under `data.root` (unscreened)."""
+    if data.format == "sen1floods11":
+        names, _ = sen1floods11.band_indexes(data.sensor, data.bands)
+        return names, sen1floods11.find_chips(data.root, data.sensor, data.bands)
+    if data.format == "snowed":
+        names, _ = snowed.band_indexes(data.bands)
+        return names, snowed.find_samples(data.root, data.bands)
+    if data.format == "geotiff_pairs":
+        refs = find_geotiff_pairs(data.root, list(data.bands))
+        return (list(data.bands) or [f"B{i}" for i in refs[0].bands]), refs
+    raise ConfigError(f"data.format={data.format!r}: water-land training reads {', '.join(WATERLAND_FORMATS)}")
+
+
+def screen(refs: Sequence[SampleRef]) -> list[SampleRef]:
+    """Keep samples with at least one valid labelled pixel; warn once per skipped sample."""
+    kept = []
+    for ref in refs:
+        has_pixel = has_label = False
+        for window in iter_blocks(ref.width, ref.height):
+            _, valid, label = read_sample(ref, window)
+            has_pixel = has_pixel or bool(valid.any())
+            has_label = has_label or bool((label >= 0).any())
+            if has_label:
+                break
+        if not has_pixel:
+            log.warning("skipping sample %s: no valid image pixel in %s", ref.sample_id, ref.image_uri)
+        elif not has_label:
+            log.warning("skipping sample %s: no valid label pixel in %s", ref.sample_id, ref.label_uri)
+        else:
+            kept.append(ref)
+    return kept
+
+
+def _is_val(group: str, val_groups: set[str], val_fraction: float) -> bool:
+    if group in val_groups:
+        return True
+    return val_fraction > 0 and (zlib.crc32(group.encode()) % 10_000) / 10_000 < val_fraction
+
+
+def build_splits(data: Any) -> SplitRefs:
+    """Screened train/val refs: groups in `data.val_events` (plus a stable hash share `data.val_fraction`)."""
+    bands, refs = find_refs(data)
+    refs = screen(refs)
+    groups = {r.group for r in refs}
+    unknown = sorted(set(data.val_events) - groups)
+    if unknown:
+        raise ConfigError(f"data.val_events={unknown} match no sample group; groups: {', '.join(sorted(groups))}")
+    fraction = float(getattr(data, "val_fraction", 0.0))
+    val = [r for r in refs if _is_val(r.group, set(data.val_events), fraction)]
+    train = [r for r in refs if not _is_val(r.group, set(data.val_events), fraction)]
+    return SplitRefs(bands=bands, train=train, val=val)
+
+
+def eval_windows(ref: SampleRef, tile_px: int) -> list[PixelWindow]:
+    """Windows covering a sample for evaluation: the whole sample, or tiles of `tile_px` for large scenes."""
+    if tile_px <= 0 or (ref.width <= tile_px and ref.height <= tile_px):
+        return [ref.full_window]
+    return list(iter_blocks(ref.width, ref.height, tile_px))
+
+
+class WaterLandDataset(Dataset[dict[str, Any]]):
+    """Items {"image" float32 (C,H,W) normalised, "label" int64 (H,W) -1 ignore, "valid" bool, "index" int}.
+
+    Training: `crops_per_sample` random windows of `crop_px` per sample and epoch (torch RNG, so a seeded run
+    repeats, and DataLoader workers differ), with random flips/rotations. Evaluation: a fixed cover of each
+    sample (see `eval_windows`), no augmentation; "index" names the sample for per-chip metrics.
+    """
+
+    def __init__(
+        self,
+        refs: Sequence[SampleRef],
+        stats: NormStats,
+        *,
+        train: bool,
+        crop_px: int = 0,
+        augment: bool = False,
+        crops_per_sample: int = 1,
+    ) -> None:
+        if not refs:
+            raise InputError("the dataset split has no usable sample (all were skipped or none were found)")
+        self.refs = list(refs)
+        self.stats = stats
+        self.train = train
+        self.crop_px = crop_px
+        self.augment = augment and train
+        self.items: list[tuple[int, PixelWindow | None]] = []
+        if train:
+            self.items = [(i, None) for _ in range(crops_per_sample) for i in range(len(self.refs))]
+        else:
+            self.items = [(i, w) for i, ref in enumerate(self.refs) for w in eval_windows(ref, crop_px)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _random_window(self, ref: SampleRef) -> PixelWindow:
+        size = self.crop_px
+        if size <= 0:
+            return ref.full_window
+        col = int(torch.randint(0, max(ref.width - size, 0) + 1, ()))
+        row = int(torch.randint(0, max(ref.height - size, 0) + 1, ()))
+        return PixelWindow(col, row, size, size)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw (unnormalised) image, valid and label of item `index` (training: a fresh random crop)."""
+        sample, window = self.items[index]
+        ref = self.refs[sample]
+        if window is not None:
+            return read_sample(ref, window)
+        for _ in range(MAX_CROP_TRIES):
+            image, valid, label = read_sample(ref, self._random_window(ref))
+            if (label >= 0).any():
+                break
+        return image, valid, label
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, valid, label = self.read(index)
+        image = apply_stats(self.stats.norm_mean, self.stats.norm_std, self.stats.nodata_fill, image, valid)
+        if self.augment:
+            image, label, valid = random_dihedral(image, label, valid)
+        return {
+            "image": torch.from_numpy(image),
+            "label": torch.from_numpy(label),
+            "valid": torch.from_numpy(valid),
+            "index": self.items[index][0],
+        }

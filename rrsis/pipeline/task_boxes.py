@@ -1,0 +1,200 @@
+"""Stages of the `boxes` map task (issue 7 item 5): box groups -> CFPG -> SAM -> MBO -> masks + polygons.
+
+read (the shared `read_stage`, window of each box group) -> `prompt_stage` (CPU: tile to RGB uint8, CFPG
+points when enabled, so the point prompt feeds SAM) -> `SamBoxStage` (actor, GPU when present: embed the
+window once, decode every box of the group) -> `mbo_stage` (CPU: GrabCut per box) -> `write_boxes_stage`
+(one GeoTIFF of the group's window and one GeoJSON with a polygon per box carrying its `box_id`).
+Rows are box groups (`box_plan.plan_box_groups`): each box is segmented by exactly one row, seeing the
+whole box, so a box across a tile border yields one mask. Every stage is a plain callable over
+`dict[str, np.ndarray]` batches, tested without Ray; per-box lists travel as JSON text columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import numpy as np
+import rasterio.features
+from affine import Affine
+
+from rrsis import storage
+from rrsis.geo.raster import encode_geotiff
+from rrsis.geo.tiling import Tile
+from rrsis.models.sam.config import SamConfig
+from rrsis.pipeline.box_plan import BoxGroup
+from rrsis.refine.cfpg import cfpg_points
+from rrsis.refine.config import CfpgConfig, MboConfig
+from rrsis.refine.mbo import mbo_refine
+
+Batch = dict[str, np.ndarray]
+NODATA = 255
+PIXELS = ("image", "valid", "rgb", "box_masks")
+
+
+def sam_config_from_dict(d: dict[str, Any]) -> SamConfig:
+    """Rebuild the nested SamConfig shipped to actors as a plain dict (`dataclasses.asdict`)."""
+    flat = {k: v for k, v in d.items() if k not in ("cfpg", "mbo")}
+    return SamConfig(**flat, cfpg=CfpgConfig(**d.get("cfpg", {})), mbo=MboConfig(**d.get("mbo", {})))
+
+
+def group_row(group: BoxGroup, scene_uri: str, bands: str, prefix: str) -> dict[str, Any]:
+    """A box group as a plain-data row: the (shifted) tile window plus its boxes in window pixels."""
+    row = group.tile.to_row()
+    row.update(
+        scene_uri=scene_uri,
+        bands=bands,
+        key=storage.join(prefix, "boxes", f"{group.group_id}.tif"),
+        group_id=group.group_id,
+        box_ids=json.dumps([b.box_id for b in group.boxes]),
+        boxes=json.dumps(group.boxes_in_window().tolist()),
+    )
+    return row
+
+
+def to_rgb(image: np.ndarray, value_max: float) -> np.ndarray:
+    """(C, H, W) float -> (H, W, 3) uint8 with a fixed scene-wide scale (never the tile's own min/max)."""
+    rgb = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
+    return np.clip(rgb.transpose(1, 2, 0) * (255.0 / value_max), 0, 255).round().astype(np.uint8)
+
+
+def ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    """An object column of arrays whose first dimension differs per row."""
+    out = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out
+
+
+def _boxes(batch: Batch, i: int) -> np.ndarray:
+    return np.asarray(json.loads(str(batch["boxes"][i])), dtype=np.float64).reshape(-1, 4)
+
+
+def prompt_stage(batch: Batch, *, cfpg: dict[str, Any], value_max: float = 255.0) -> Batch:
+    """`image` -> `rgb` (B, H, W, 3) uint8, and CFPG `points` (JSON, null = no point) with `cfpg_reasons`."""
+    cfg = CfpgConfig(**cfpg)
+    rgb = np.stack([to_rgb(img, value_max) for img in batch["image"]])
+    points, reasons = [], []
+    for i in range(len(rgb)):
+        boxes = _boxes(batch, i)
+        if cfg.enabled and len(boxes):
+            pts, results = cfpg_points(rgb[i], boxes, cfg, batch["valid"][i])
+            points.append([None if np.isnan(p).any() else p.tolist() for p in pts])
+            reasons.append([r.reason for r in results])
+        else:
+            points.append([None] * len(boxes))
+            reasons.append(["disabled"] * len(boxes))
+    out = {k: v for k, v in batch.items() if k != "image"}
+    out.update(rgb=rgb, points=np.array([json.dumps(p) for p in points]))
+    out["cfpg_reasons"] = np.array([json.dumps(r) for r in reasons])
+    return out
+
+
+class SamBoxStage:
+    """Holds SAM (loaded once per actor); per row: embed the window once, decode all its box prompts."""
+
+    def __init__(
+        self,
+        sam: dict[str, Any],
+        checkpoint: str = "",
+        decoder_checkpoint: str = "",
+        device: str = "cpu",
+        torch_threads: int = 0,
+    ) -> None:
+        import torch
+
+        from rrsis.models.sam.predictor import SamTilePredictor
+
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        cfg = sam_config_from_dict(sam)
+        self.predictor = SamTilePredictor.from_config(cfg, checkpoint or None, decoder_checkpoint or None, device)
+
+    def __call__(self, batch: Batch) -> Batch:
+        start = time.perf_counter()
+        masks, scores = [], []
+        for i in range(len(batch["rgb"])):
+            boxes = _boxes(batch, i)
+            pts = [p if p is not None else [np.nan, np.nan] for p in json.loads(str(batch["points"][i]))]
+            self.predictor.set_image(batch["rgb"][i], key=str(batch["group_id"][i]))
+            m, s = self.predictor.predict(boxes, np.array(pts, dtype=np.float64).reshape(-1, 2))
+            masks.append(m.astype(np.uint8))
+            scores.append(s.tolist())
+        out = dict(batch)
+        out["box_masks"] = ragged(masks)  # K boxes per row, K varies
+        out["scores"] = np.array([json.dumps(s) for s in scores])
+        out["sam_s"] = np.full(len(masks), (time.perf_counter() - start) / max(len(masks), 1))
+        return out
+
+
+def mbo_stage(batch: Batch, *, mbo: dict[str, Any]) -> Batch:
+    """GrabCut-refine every box mask on a window around its box (`enabled: false` passes masks through)."""
+    cfg = MboConfig(**mbo)
+    refined, rounds = [], []
+    for i in range(len(batch["rgb"])):
+        masks = np.asarray(batch["box_masks"][i]).astype(bool)
+        valid = batch["valid"][i]
+        out_i, r_i = [], []
+        for mask, box in zip(masks, _boxes(batch, i), strict=True):
+            if cfg.enabled:
+                res = mbo_refine(batch["rgb"][i], mask & valid, box, cfg, valid)
+                out_i.append(res.mask)
+                r_i.append(res.iterations)
+            else:
+                out_i.append(mask & valid)
+                r_i.append(0)
+        refined.append(np.array(out_i, dtype=np.uint8).reshape(masks.shape))
+        rounds.append(r_i)
+    out = dict(batch)
+    out["box_masks"] = ragged(refined)
+    out["mbo_iterations"] = np.array([json.dumps(r) for r in rounds])
+    return out
+
+
+def box_polygon(mask: np.ndarray, transform: tuple[float, ...]) -> dict[str, Any] | None:
+    """All parts of one box's mask as one GeoJSON MultiPolygon in the scene CRS (None if empty)."""
+    polys = [
+        geom["coordinates"]
+        for geom, value in rasterio.features.shapes(
+            mask.astype(np.uint8), mask=mask.astype(bool), connectivity=4, transform=Affine(*transform[:6])
+        )
+        if int(value) == 1
+    ]
+    return {"type": "MultiPolygon", "coordinates": polys} if polys else None
+
+
+def write_boxes_stage(batch: Batch) -> Batch:
+    """Per row: the window's mask (union of its boxes; 255 = nodata) and a GeoJSON of one polygon per box."""
+    n = len(batch["rgb"])
+    written, box_px = [], []
+    for i in range(n):
+        tile = Tile.from_row({k: v[i] for k, v in batch.items() if k not in PIXELS})
+        masks = np.asarray(batch["box_masks"][i]).astype(bool)
+        union = masks.any(axis=0) if len(masks) else np.zeros(batch["valid"][i].shape, bool)
+        pixels = np.where(batch["valid"][i], union.astype(np.uint8), NODATA).astype(np.uint8)
+        key = str(batch["key"][i])
+        storage.put_bytes(key, encode_geotiff(pixels, tile.transform, tile.crs, nodata=NODATA))
+        ids = json.loads(str(batch["box_ids"][i]))
+        scores = json.loads(str(batch["scores"][i]))
+        reasons = json.loads(str(batch["cfpg_reasons"][i]))
+        features: list[dict[str, Any]] = []
+        areas = [int(m.sum()) for m in masks]
+        for k, box_id in enumerate(ids):
+            props = {"box_id": box_id, "score": round(float(scores[k]), 4), "cfpg": reasons[k], "area_px": areas[k]}
+            features.append({"type": "Feature", "properties": props, "geometry": box_polygon(masks[k], tile.transform)})
+        doc = {"type": "FeatureCollection", "features": features}
+        storage.put_bytes(key[: -len(".tif")] + ".geojson", json.dumps(doc, separators=(",", ":")).encode())
+        written.append(key)
+        box_px.append(json.dumps(areas))
+    meta = {k: v for k, v in batch.items() if k not in PIXELS}
+    meta.update(status=np.array(["written"] * n), box_px=np.array(box_px))
+    return meta
+
+
+def sam_options(cfg: SamConfig) -> dict[str, Any]:
+    """The plain dict a `SamBoxStage` actor is built from."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,82 @@
+"""The `boxes` map task's stages, chained without Ray on the real Landsat scene with a tiny SAM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from rrsis.geo.raster import read_info
+from rrsis.geo.tiling import plan_tiles
+from rrsis.models.sam.config import SamConfig
+from rrsis.pipeline.box_inputs import BoxRecord
+from rrsis.pipeline.box_plan import plan_box_groups
+from rrsis.pipeline.stages import read_stage
+from rrsis.pipeline.task_boxes import (
+    SamBoxStage,
+    group_row,
+    mbo_stage,
+    prompt_stage,
+    sam_options,
+    to_rgb,
+    write_boxes_stage,
+)
+
+BOXES = [
+    BoxRecord("cloud", 369.0, 139.0, 419.0, 201.0),  # the bright blob of tests/test_mbo.py, inside tile (0, 1)
+    BoxRecord("across", 230.0, 300.0, 330.0, 380.0),  # centre x 280 crosses the tile border at x = 224
+    BoxRecord("small", 500.0, 450.0, 540.0, 480.0),
+]
+
+
+def test_to_rgb_uses_a_fixed_scale() -> None:
+    img = np.array([[[0.0, 127.5]], [[255.0, 300.0]], [[10.0, 20.0]]], np.float32)  # (3, 1, 2)
+    rgb = to_rgb(img, 255.0)
+    assert rgb.shape == (1, 2, 3) and rgb.dtype == np.uint8
+    assert rgb[0, 0].tolist() == [0, 255, 10] and rgb[0, 1].tolist() == [128, 255, 20]  # 127.5 rounds to 128
+
+
+@pytest.mark.slow
+def test_boxes_task_stages_end_to_end(samples: Path, tmp_path: Path) -> None:
+    uri = str(samples / "rasterio" / "RGB.byte.tif")
+    info = read_info(uri)
+    tiles = plan_tiles(info.width, info.height, 256, 32, scene_id="rgb", scene_transform=info.transform, crs=info.crs)
+    groups, failures = plan_box_groups(tiles, BOXES, info.width, info.height, info.transform)
+    assert failures == []
+    rows = [group_row(g, uri, "1,2,3", str(tmp_path / "run" / "rgb")) for g in groups]
+    batch = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+
+    sam_cfg = SamConfig(model_type="tiny")
+    batch = read_stage(batch)
+    batch = prompt_stage(batch, cfpg=sam_options(sam_cfg)["cfpg"])
+    threads = torch.get_num_threads()
+    try:
+        batch = SamBoxStage(sam_options(sam_cfg), torch_threads=1)(batch)  # as a 1-CPU actor would
+    finally:
+        torch.set_num_threads(threads)
+    batch = mbo_stage(batch, mbo=sam_options(sam_cfg)["mbo"])
+    meta = write_boxes_stage(batch)
+    assert set(meta["status"]) == {"written"}
+
+    # one polygon feature per box, each box exactly once across all groups
+    features = []
+    for key in meta["key"]:
+        doc = json.loads(Path(str(key)[: -len(".tif")] + ".geojson").read_text())
+        features += doc["features"]
+    assert sorted(f["properties"]["box_id"] for f in features) == ["across", "cloud", "small"]
+    across = next(g for g in groups if any(b.box_id == "across" for b in g.boxes))
+    assert across.tile.col == 1  # owned by the tile whose core holds the centre (224 <= 280 < 448)
+
+    # mask tiles are georeferenced on their (shifted) windows, masks stay inside the window
+    for g, key in zip(groups, meta["key"], strict=True):
+        with rasterio.open(str(key)) as src:
+            assert src.crs.to_string() == info.crs
+            assert src.transform.c == pytest.approx(info.transform[2] + g.tile.window.col_off * info.transform[0])
+            assert src.transform.f == pytest.approx(info.transform[5] + g.tile.window.row_off * info.transform[4])
+            assert src.width == 256 and src.nodata == 255
+    cloud = next(f for f in features if f["properties"]["box_id"] == "cloud")
+    assert cloud["properties"]["cfpg"] == "ok"  # the bright blob gets a CFPG point

@@ -24,6 +24,8 @@ _BUILDERS: dict[str, ModelBuilder] = {}
 LAZY_BUILDERS: dict[str, str] = {
     "sam_decoder": "rrsis.models.sam.build:build_sam_from_model_config",
     "danet": "rrsis.models.danet.model:build_from_model_config",
+    "grounding": "rrsis.models.grounding.model:build_from_model_config",
+    "pslg_sam": "rrsis.models.pslg_sam:build_from_model_config",
 }
 
 

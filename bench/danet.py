@@ -98,7 +98,8 @@ def main() -> None:
         reps = args.reps if size == "tiny" else max(1, args.reps // 3)
         mode = "forward+backward" if backward else "forward only"
         print(f"\n== {size}: batch {SIZES[size]['batch']}, {mode}, best of {reps}, {args.threads} thread(s)")
-        print(f"{'variant':8} {'params':>12} {'time s':>9} {'x LAVT':>7} {'peak RSS MB':>12} {'act+grad MB':>12} x LAVT")
+        head = ("variant", "params", "time s", "x LAVT", "peak RSS MB", "act+grad MB", "x LAVT")
+        print("{:8} {:>12} {:>9} {:>7} {:>12} {:>12} {:>7}".format(*head))
         base: dict[str, float] = {}
         for variant in VARIANTS:
             r = run(size, variant, reps, args.threads, backward)

@@ -22,6 +22,9 @@ class DataConfig:
     eval_tile_px: int = bounded(0, 0, 8192)  # evaluation reads samples in tiles of this size; 0 = whole
     augment: bool = True
     num_workers: int = bounded(0, 0, 64)
+    # referring formats (dior_rsvg, refer, jsonl)
+    image_dir: str = ""  # images folder; empty: the format's default (JPEGImages/ or images/ under root)
+    split_file: str = ""  # refer: the refs(*).p file name under root; empty: the only one there
 
 
 @dataclass

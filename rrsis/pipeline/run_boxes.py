@@ -1,0 +1,168 @@
+"""`rrsis map` with `task: boxes`: scene + box file -> one SAM mask and one polygon per box.
+
+Driver: scenes -> metadata -> tile plan -> box groups (`box_plan`: the tile owning a box's centre
+segments it through a window covering the whole box) -> Ray Data: read (CPU tasks) -> prompt/CFPG (CPU
+tasks) -> SAM (actor pool, GPU when present) -> MBO (CPU tasks) -> write (CPU tasks) -> per scene one
+`boxes.geojson` (WGS84, a polygon per box with its `box_id`) -> `boxes_manifest.parquet` (one row per box)
+and `failures.parquet`. Pixels never reach the driver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from typing import Any
+
+import pyarrow as pa
+from rasterio.warp import transform_geom
+
+from rrsis import storage
+from rrsis.config.boxes import BoxesConfig
+from rrsis.errors import ConfigError, RrsisError
+from rrsis.geo.raster import read_info, resolve_bands
+from rrsis.geo.tiling import plan_tiles
+from rrsis.pipeline.box_inputs import read_boxes
+from rrsis.pipeline.box_plan import plan_box_groups
+from rrsis.pipeline.inputs import resolve_inputs
+from rrsis.pipeline.manifest import table_bytes, write_failures
+from rrsis.pipeline.plan import Failure
+from rrsis.pipeline.task_boxes import group_row, sam_options
+
+BOX_COLUMNS = ("scene_id", "box_id", "group_id", "tile_id", "key", "status", "score", "cfpg", "mbo_rounds", "area_px")
+
+
+def boxes_run_id(cfg: Any, boxes: BoxesConfig, scene_uris: list[str]) -> str:
+    if cfg.run_id:
+        return str(cfg.run_id)
+    decisive = {"task": "boxes", "scenes": scene_uris, "tiling": asdict(cfg.tiling), "boxes": asdict(boxes)}
+    return "boxes-" + hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def plan_scene_rows(
+    cfg: Any, boxes_cfg: BoxesConfig, uri: str, scene_id: str, prefix: str
+) -> tuple[list[dict[str, Any]], list[Failure]]:
+    """Box-group rows of one scene and its per-box failures (bad box file -> one scene failure)."""
+    info = read_info(uri)
+    bands = resolve_bands(info, list(cfg.bands) or [1, 2, 3][: min(3, info.count)])
+    source = boxes_cfg.path.replace("{scene_id}", scene_id)
+    boxes = read_boxes(storage.get_bytes(source), source, info.transform, info.crs)
+    tiles = plan_tiles(
+        info.width,
+        info.height,
+        cfg.tiling.tile_px,
+        cfg.tiling.overlap_px,
+        scene_id=scene_id,
+        scene_transform=info.transform,
+        crs=info.crs,
+    )
+    groups, box_failures = plan_box_groups(tiles, boxes, info.width, info.height, info.transform)
+    band_text = ",".join(str(b) for b in bands)
+    rows = [group_row(g, uri, band_text, storage.join(prefix, scene_id)) for g in groups]
+    failures = [Failure(scene_id, uri, box_id, "plan", f"box {box_id}: {reason}") for box_id, reason in box_failures]
+    return rows, failures
+
+
+def boxes_dataset(rows: list[dict[str, Any]], cfg: Any, boxes: BoxesConfig, res: Any) -> Any:
+    """Box-group rows -> written metadata rows, through read -> prompt -> SAM -> MBO -> write."""
+    import ray.data
+
+    from rrsis.pipeline.build import StageResources, _map
+    from rrsis.pipeline.stages import read_stage
+    from rrsis.pipeline.task_boxes import SamBoxStage, mbo_stage, prompt_stage, write_boxes_stage
+
+    sam = sam_options(boxes.sam)
+    cpu = StageResources(num_cpus=cfg.refine.num_cpus)
+    bs = res.batch_size
+    ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // bs)))
+    ds = _map(ds, read_stage, res.read, bs)
+    ds = _map(ds, prompt_stage, cpu, bs, fn_kwargs={"cfpg": sam["cfpg"], "value_max": boxes.value_max})
+    threads = cfg.infer.torch_threads or max(1, int(res.infer.num_cpus))
+    kwargs = {"sam": sam, "device": cfg.infer.device, "torch_threads": threads}
+    ds = _map(ds, SamBoxStage, res.infer, bs, fn_constructor_kwargs=kwargs)
+    ds = _map(ds, mbo_stage, cpu, bs, fn_kwargs={"mbo": sam["mbo"]})
+    return _map(ds, write_boxes_stage, res.write, bs)
+
+
+def box_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """One manifest row per box of a written group row."""
+    ids = json.loads(str(meta["box_ids"]))
+    scores = json.loads(str(meta["scores"]))
+    cfpg = json.loads(str(meta["cfpg_reasons"]))
+    rounds = json.loads(str(meta["mbo_iterations"]))
+    areas = json.loads(str(meta["box_px"]))
+    return [
+        {
+            "scene_id": str(meta["scene_id"]),
+            "box_id": box_id,
+            "group_id": str(meta["group_id"]),
+            "tile_id": str(meta["tile_id"]),
+            "key": str(meta["key"]),
+            "status": str(meta["status"]),
+            "score": float(scores[k]),
+            "cfpg": cfpg[k],
+            "mbo_rounds": int(rounds[k]),
+            "area_px": int(areas[k]),
+        }
+        for k, box_id in enumerate(ids)
+    ]
+
+
+def scene_vectors(prefix: str, scene_id: str, crs: str, keys: list[str]) -> str:
+    """Merge the groups' GeoJSON of one scene into `boxes.geojson` (WGS84), one feature per box."""
+    features = []
+    for key in sorted(keys):
+        for feat in json.loads(storage.get_bytes(key[: -len(".tif")] + ".geojson"))["features"]:
+            if feat["geometry"] is not None:
+                feat["geometry"] = transform_geom(crs, "EPSG:4326", feat["geometry"], precision=9)
+            features.append(feat)
+    features.sort(key=lambda f: str(f["properties"]["box_id"]))
+    out = storage.join(prefix, scene_id, "boxes.geojson")
+    storage.put_bytes(out, json.dumps({"type": "FeatureCollection", "features": features}).encode())
+    return out
+
+
+def run_boxes(cfg: Any, boxes: BoxesConfig) -> int:
+    """Map the boxes of every scene in `cfg.input` (a MapConfig); one summary line; 1 if anything failed."""
+    from rrsis.pipeline.build import cluster_gpus, resources_for
+    from rrsis.pipeline.run import _configure_storage, _connect_ray
+
+    if not boxes.path:
+        raise ConfigError("config error: key 'boxes.path' is required for task 'boxes' (a .csv or .geojson)")
+    start = time.perf_counter()
+    _configure_storage(cfg)
+    scenes, problems = resolve_inputs(list(cfg.input))
+    failures = [Failure("", p.item, "", "input", p.reason) for p in problems]
+    run_id = boxes_run_id(cfg, boxes, [s.uri for s in scenes])
+    prefix = storage.join(cfg.output, run_id)
+    rows: list[dict[str, Any]] = []
+    crs_of: dict[str, str] = {}
+    for scene in scenes:
+        try:
+            scene_rows, scene_failures = plan_scene_rows(cfg, boxes, scene.uri, scene.scene_id, prefix)
+        except RrsisError as exc:
+            failures.append(Failure(scene.scene_id, scene.uri, "", "plan", str(exc)))
+            continue
+        rows += scene_rows
+        failures += scene_failures
+        crs_of[scene.scene_id] = read_info(scene.uri).crs
+    _connect_ray(cfg)
+    res = resources_for(cfg, cluster_gpus())
+    manifest: list[dict[str, Any]] = []
+    if rows:
+        for batch in boxes_dataset(rows, cfg, boxes, res).iter_batches(batch_format="numpy", batch_size=None):
+            for i in range(len(batch["key"])):
+                manifest += box_rows({k: batch[k][i] for k in batch})
+    for scene_id, crs in crs_of.items():
+        keys = sorted({r["key"] for r in manifest if r["scene_id"] == scene_id})
+        scene_vectors(prefix, scene_id, crs, keys)
+    table = pa.Table.from_pylist(manifest or [dict.fromkeys(BOX_COLUMNS, "")][:0], schema=None)
+    storage.put_bytes(storage.join(prefix, "boxes_manifest.parquet"), table_bytes(table))
+    write_failures(storage.join(prefix, "failures.parquet"), [f.to_row() for f in failures])
+    print(
+        f"rrsis map boxes: run {run_id}: {len(manifest)} boxes segmented in {len(rows)} windows, "
+        f"{len(failures)} failures, {time.perf_counter() - start:.1f} s -> {prefix}",
+        flush=True,
+    )
+    return 1 if failures else 0

@@ -1,0 +1,45 @@
+"""`task: boxes` end to end on real Ray: the Landsat scene + a CSV of boxes -> one polygon per box."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from rrsis.config.boxes import BoxesConfig
+from rrsis.config.map import MapConfig
+from rrsis.models.sam.config import SamConfig
+from rrsis.pipeline.run_boxes import run_boxes
+
+
+@pytest.mark.slow
+def test_map_boxes_one_mask_per_box(samples: Path, tmp_path: Path, ray_session: None) -> None:
+    boxes_csv = tmp_path / "boxes.csv"
+    boxes_csv.write_text(
+        "id,x1,y1,x2,y2\n"
+        "cloud,369,139,419,201\n"
+        "across,230,300,330,380\n"  # crosses the tile border at x = 224 (256 px tiles, 32 px overlap)
+        "small,500,450,540,480\n"
+    )
+    cfg = MapConfig(task="boxes", input=[str(samples / "rasterio" / "RGB.byte.tif")], output=str(tmp_path / "out"))
+    cfg.tiling.tile_px, cfg.tiling.overlap_px = 256, 32
+    cfg.infer.torch_threads, cfg.infer.device = 1, "cpu"
+    boxes = BoxesConfig(path=str(boxes_csv), sam=SamConfig(model_type="tiny"))
+    assert run_boxes(cfg, boxes) == 0
+
+    (run_dir,) = (tmp_path / "out").iterdir()
+    manifest = pq.read_table(io.BytesIO((run_dir / "boxes_manifest.parquet").read_bytes())).to_pylist()
+    assert sorted(r["box_id"] for r in manifest) == ["across", "cloud", "small"]  # one row each: no halves
+    assert {r["status"] for r in manifest} == {"written"}
+    across = next(r for r in manifest if r["box_id"] == "across")
+    assert across["tile_id"] == "r00001_c00001"  # centre (280, 340): core column 1 [224, 448), row 1
+    vectors = json.loads((run_dir / "RGB.byte" / "boxes.geojson").read_text())
+    assert [f["properties"]["box_id"] for f in vectors["features"]] == ["across", "cloud", "small"]
+    for f in vectors["features"]:
+        if f["geometry"] is not None:  # WGS84: the scene is in UTM 18N, around 77-79 W, 23-25 N
+            lon, lat = f["geometry"]["coordinates"][0][0][0]
+            assert -80 < lon < -76 and 22 < lat < 26
+    assert Path(across["key"]).exists()

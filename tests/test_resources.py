@@ -1,0 +1,46 @@
+"""The stage resource table turns a cluster's resources into Ray options without config changes."""
+
+from __future__ import annotations
+
+import pytest
+
+from rrsis.resources import CPU_POOL_RESOURCE, CPU_POOL_SLICE, STAGES, ray_options, stage_options, worker_resources
+
+LAPTOP = {"CPU": 4.0, "memory": 8e9}
+GPU_AND_CPU_NODES = {"CPU": 48.0, "GPU": 2.0, CPU_POOL_RESOURCE: 32.0, "memory": 2e11}
+
+
+def test_cpu_only_cluster_runs_everything_on_cpu_anywhere() -> None:
+    opts = stage_options(LAPTOP)
+    assert set(opts) == {"read", "infer", "refine", "write"}
+    assert all("num_gpus" not in o and "resources" not in o for o in opts.values())
+    assert opts["infer"] == {"num_cpus": 1.0, "memory": 2048 * 1024 * 1024}
+
+
+def test_gpu_and_cpu_node_types_are_both_used() -> None:
+    opts = stage_options(GPU_AND_CPU_NODES)
+    assert opts["infer"]["num_gpus"] == 1.0 and "resources" not in opts["infer"]  # GPU nodes
+    for cpu_stage in ("read", "refine", "write"):  # pinned to the CPU node type by a sliver of cpu_pool
+        assert opts[cpu_stage]["resources"] == {CPU_POOL_RESOURCE: CPU_POOL_SLICE}
+        assert "num_gpus" not in opts[cpu_stage]
+
+
+def test_config_values_override_the_table() -> None:
+    # infer.num_gpus = 0 forces CPU inference even on a GPU cluster; 0.5 shares a GPU by two actors
+    assert "num_gpus" not in ray_options("map.infer", GPU_AND_CPU_NODES, num_gpus=0.0)
+    assert ray_options("map.infer", LAPTOP, num_gpus=0.5, num_cpus=2, memory_mb=0) == {"num_cpus": 2.0, "num_gpus": 0.5}
+
+
+def test_train_and_tune_workers() -> None:
+    assert worker_resources("train.worker", GPU_AND_CPU_NODES) == {
+        "use_gpu": True,
+        "resources_per_worker": {"CPU": 1.0, "GPU": 1.0},
+    }
+    laptop = worker_resources("tune.trial", LAPTOP, num_cpus=2)
+    assert laptop == {"use_gpu": False, "resources_per_worker": {"CPU": 2.0}}
+
+
+def test_unknown_stage_names_the_known_ones() -> None:
+    with pytest.raises(KeyError, match=r"map\.infer"):
+        ray_options("map.nope", LAPTOP)
+    assert all(name == spec.name for name, spec in STAGES.items())

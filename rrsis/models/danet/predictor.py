@@ -1,0 +1,46 @@
+"""Inference wrapper for `rrsis eval` / `rrsis map task=referring method=danet`.
+
+DANet fuses the words into every encoder stage, so unlike SAM there is no text-independent image embedding to
+cache: each (image, expression) pair is one full forward. What the wrapper does batch is many expressions
+for one image (one forward with the image repeated), and it owns the resize to the model's square input
+size and back, so callers hand it any (3, H, W) float image already normalised with the checkpoint's stats.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase
+
+from rrsis.errors import InputError
+from rrsis.models.danet.model import Danet
+from rrsis.models.danet.text import load_tokenizer, tokenize
+
+
+class DanetPredictor:
+    def __init__(
+        self, model: Danet, tokenizer: PreTrainedTokenizerBase | None = None, device: str | torch.device = "cpu"
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.cfg = model.cfg
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.cfg.text_encoder)
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray | torch.Tensor, expressions: list[str]) -> np.ndarray:
+        """P(referred) as float32 (len(expressions), H, W) for a normalised (3, H, W) image."""
+        x = torch.as_tensor(image, dtype=torch.float32)
+        if x.ndim != 3 or x.shape[0] != 3:
+            raise InputError(f"danet predictor: image must be (3, H, W), got {tuple(x.shape)}")
+        if not expressions:
+            raise InputError("danet predictor: no expression given")
+        if not torch.isfinite(x).all():
+            raise InputError("danet predictor: image has NaN/inf; fill nodata before predicting")
+        h, w = x.shape[-2:]
+        size = (self.cfg.input_px, self.cfg.input_px)
+        x = F.interpolate(x[None].to(self.device), size=size, mode="bilinear", align_corners=False)
+        ids, mask = tokenize(self.tokenizer, expressions, self.cfg.max_tokens)
+        out = self.model(x.expand(len(expressions), -1, -1, -1), ids.to(self.device), mask.to(self.device))
+        logits = F.interpolate(out.logits, size=(h, w), mode="bilinear", align_corners=False)
+        return logits[:, 0].sigmoid().cpu().numpy().astype(np.float32)

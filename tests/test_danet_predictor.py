@@ -1,0 +1,46 @@
+"""DANet checkpoints round-trip through rrsis.checkpoints and predict through `DanetPredictor`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from rrsis.checkpoints import build_from_checkpoint, checkpoint_from_model, load_checkpoint, save_checkpoint
+from rrsis.errors import InputError
+from rrsis.models.config import ModelConfig
+from rrsis.models.danet.config import DanetConfig
+from rrsis.models.danet.model import Danet
+from rrsis.models.danet.predictor import DanetPredictor
+from rrsis.models.registry import build_model
+
+TINY = dict(backbone="tiny", window_size=4, input_px=64, decoder_dim=32, key_dim=16, num_heads=4, ffn_dim=48, k=8)
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+@pytest.mark.slow
+def test_checkpoint_round_trip_and_predictor(tmp_path: Path, samples: Path) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="danet", danet=DanetConfig(**TINY))  # type: ignore[arg-type]
+    model = build_model(cfg)
+    assert isinstance(model, Danet)
+    uri = str(tmp_path / "danet.pt")
+    save_checkpoint(checkpoint_from_model(model, cfg, bands=["R", "G", "B"], norm_mean=MEAN, norm_std=STD), uri)
+    restored = build_from_checkpoint(load_checkpoint(uri))
+    assert isinstance(restored, Danet) and restored.cfg.k == 8
+
+    with rasterio.open(samples / "rasterio" / "RGB.byte.tif") as src:  # a real Landsat crop, 100 x 80 px
+        raw = src.read(window=rasterio.windows.Window(300, 300, 100, 80)).astype(np.float32) / 255.0
+    image = (raw - np.array(MEAN, np.float32)[:, None, None]) / np.array(STD, np.float32)[:, None, None]
+    texts = ["the river", "the bright field"]
+    probs = DanetPredictor(restored).predict(image, texts)
+    assert probs.shape == (2, 80, 100) and probs.dtype == np.float32
+    assert 0.0 <= probs.min() and probs.max() <= 1.0
+    np.testing.assert_allclose(DanetPredictor(model).predict(image, texts), probs, atol=1e-6)  # same weights
+    with pytest.raises(InputError, match="NaN"):
+        DanetPredictor(restored).predict(np.full((3, 8, 8), np.nan, np.float32), texts)
+    with pytest.raises(InputError, match=r"\(3, H, W\)"):
+        DanetPredictor(restored).predict(image[:2], texts)

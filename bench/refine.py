@@ -3,11 +3,15 @@
 Boxes are square, centred on the valid part of data/samples/rasterio/RGB.byte.tif; the "SAM mask" MBO
 refines is the box's bright pixels (mean RGB above the box median) dilated by 3 px, i.e. a coarse mask.
 Prints ms per box, the cost ratio between sizes, and CFPG with vs without the KMeans subsample.
-Run: .venv/bin/python bench/refine.py
+With --pipeline it also runs `task: boxes` on Ray (tiny SAM, CPU) over a grid of boxes with CFPG+MBO off
+and on, and prints the wall-time ratio (an embedded Ray on 127.0.0.1; a warm-up run goes first).
+Run: .venv/bin/python bench/refine.py [--pipeline]
 """
 
 from __future__ import annotations
 
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,5 +83,42 @@ def main() -> None:
         )
 
 
+def pipeline_on_off(n_side: int = 8) -> None:
+    """Wall time of the boxes pipeline with refinement (CFPG + MBO) off vs on, same boxes, same Ray."""
+    import ray
+
+    from rrsis.config.boxes import BoxesConfig
+    from rrsis.config.map import MapConfig
+    from rrsis.models.sam.config import SamConfig
+    from rrsis.pipeline.run_boxes import run_boxes
+
+    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = ["id,x1,y1,x2,y2"]
+        for i in range(n_side):
+            for j in range(n_side):
+                x, y = 180 + 55 * i, 150 + 55 * j
+                lines.append(f"b{i}_{j},{x},{y},{x + 48},{y + 48}")
+        Path(tmp, "boxes.csv").write_text("\n".join(lines) + "\n")
+        walls = {}
+        for label, refine in (("warm-up", False), ("off", False), ("on", True)):
+            sam = SamConfig(model_type="tiny")
+            sam.cfpg.enabled = sam.mbo.enabled = refine
+            cfg = MapConfig(task="boxes", input=[str(SCENE)], output=str(Path(tmp, label)))
+            cfg.tiling.tile_px, cfg.tiling.overlap_px = 256, 32
+            cfg.infer.device = "cpu"
+            start = time.perf_counter()
+            run_boxes(cfg, BoxesConfig(path=str(Path(tmp, "boxes.csv")), sam=sam))
+            walls[label] = time.perf_counter() - start
+    ray.shutdown()
+    print(f"pipeline, {n_side * n_side} boxes of 48 px, tiny SAM on CPU, 256 px tiles:")
+    print(
+        f"  refinement off {walls['off']:.1f} s, on {walls['on']:.1f} s, "
+        f"wall ratio on/off {walls['on'] / walls['off']:.2f}"
+    )
+
+
 if __name__ == "__main__":
     main()
+    if "--pipeline" in sys.argv:
+        pipeline_on_off()

@@ -37,7 +37,11 @@ class ChannelLayerNorm(nn.LayerNorm):
 
 
 class Trunk(nn.Module):
-    """A feature extractor: (B, in_bands, H, W) with H, W multiples of `stride` -> (B, out_channels, H, W)."""
+    """A feature extractor: (B, in_bands, H, W) with H, W multiples of `stride` -> (B, out_channels, H, W).
+
+    `stride` is the multiple `WaterlandNet` pads the input to (the trunk's exact downsampling factor for
+    SeNet and MU-Net; 16 for DeepUNet, whose deeper levels use ceil-mode pooling).
+    """
 
     stride: int = 1
     out_channels: int = 0

@@ -3,7 +3,10 @@
 Choices, following the paper's description and Table I ([in, (c, 2c) x7, (2c, c) x7, ...], c = 32 full / 16 half):
 - A stem conv maps the input bands to c channels.
 - DownBlock: conv c->2c, ReLU, conv 2c->c, then the "plus" layer adds the block input (residual), ReLU. The
-  plus output is kept as the skip, then 2x2 max-pooling. Seven DownBlocks, so the stride is 2^7 = 128.
+  plus output is kept as the skip, then 2x2 max-pooling. Seven DownBlocks: a 2^7 = 128 px input reaches 1x1.
+- Pooling uses ceil mode and every UpBlock upsamples to its skip's exact size, so the net accepts any size;
+  `WaterlandNet` pads only to a multiple of 16 (exact halvings for the first four levels), not 128, which
+  would make a 64 px training crop cost four times as much.
 - UpBlock: bilinear x2 upsampling, concatenation with the matching skip (c + c = 2c), conv 2c->c, ReLU, conv
   c->c, plus the upsampled input, ReLU. Seven UpBlocks mirror the DownBlocks.
 - BatchNorm after every conv (DeepUNet's paper predates our use; it makes the small-batch training stable).
@@ -38,14 +41,14 @@ class ResidualPair(nn.Module):
 class DeepUNetTrunk(Trunk):
     """Stem, seven residual DownBlocks, seven residual UpBlocks; c-channel features at input resolution."""
 
-    stride = 2**DEPTH
+    stride = 16  # the input multiple we pad to; deeper pools are ceil-mode (see module docstring)
 
     def __init__(self, in_bands: int, base: int) -> None:
         super().__init__()
         self.stem = ConvBNAct(in_bands, base)
         self.down = nn.ModuleList(ResidualPair(base, 2 * base, base) for _ in range(DEPTH))
         self.up = nn.ModuleList(ResidualPair(2 * base, base, base) for _ in range(DEPTH))
-        self.pool = nn.MaxPool2d(2)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
         self.out_channels = base
 
     def forward(self, x: Tensor) -> Tensor:

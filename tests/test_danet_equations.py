@@ -37,6 +37,14 @@ def test_eq1_self_affinity_by_hand() -> None:
     torch.testing.assert_close(self_affinity(F3)[0], expected)
 
 
+def test_eq1_cosine_reading() -> None:
+    # ||f_0|| = ||f_1|| = 1, ||f_2|| = sqrt2: cos = [[1, 0, 1/sqrt2], [0, 1, 1/sqrt2], [1/sqrt2, 1/sqrt2, 1]]
+    r = 1 / math.sqrt(2)
+    rows = [[E(1), E(0), E(r)], [E(0), E(1), E(r)], [E(r), E(r), E(1)]]
+    expected = torch.tensor([[v / sum(row) for v in row] for row in rows])
+    torch.testing.assert_close(self_affinity(F3, norm="cosine")[0], expected)
+
+
 def test_eq1_of_binary_labels_and_empty_labels() -> None:
     # Â = [1, 0, 1]: Â Â^T = [[1,0,1],[0,0,0],[1,0,1]], ||Â||^2 = 2 -> logits [[.5,0,.5],[0,0,0],[.5,0,.5]].
     s = self_affinity(torch.tensor([[[1.0], [0.0], [1.0]]]))[0]

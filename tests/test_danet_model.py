@@ -90,9 +90,12 @@ def test_affinity_gradients_reach_only_the_stages_it_constrains(stages: list[int
 
 
 def test_eval_mode_skips_eaas_and_registry_builds_danet() -> None:
-    cfg = ModelConfig(name="danet", danet=DanetConfig(**TINY))  # type: ignore[arg-type]
+    cfg = ModelConfig(name="danet", danet=DanetConfig(**TINY, text_trainable=False))  # type: ignore[arg-type]
     model = build_model(cfg)
     assert isinstance(model, Danet)
+    model.train()  # a frozen text encoder has no trainable weights and stays in eval mode (no dropout)
+    assert model.decoder.training and not model.text.bert.training
+    assert not any(p.requires_grad for p in model.text.parameters())
     ids, mask = tokenize(load_tokenizer(), ["the water"], 8)
     model.eval()
     with torch.no_grad():

@@ -98,7 +98,7 @@ def test_tiny_danet_overfits_real_samples(batch: Batch) -> None:
         {"eaas": False, "raam": True},
         {"agent_mode": "cross_attention"},
         {"agent_mode": "masked_attention"},
-        {"k": 1, "lambda_af": 1.0, "alpha": 0.5, "affinity_stages": [4], "dis": "cosine"},
+        {"k": 1, "lambda_af": 1.0, "alpha": 0.5, "affinity_stages": [4], "dis": "cosine", "affinity_norm": "cosine"},
     ],
 )
 def test_each_ablation_trains(batch: Batch, switches: dict[str, object]) -> None:

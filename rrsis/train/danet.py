@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rrsis.losses.danet import danet_loss
+from rrsis.models.danet.config import DanetConfig
 from rrsis.models.danet.model import Danet
 
 Batch = dict[str, torch.Tensor]
@@ -39,11 +40,22 @@ def _to(batch: Batch, device: torch.device | str) -> Batch:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def train_step(model: Danet, batch: Batch, optimizer: torch.optim.Optimizer, lambda_af: float) -> dict[str, float]:
-    """One optimisation step of eq. 11; returns the loss terms as floats."""
+def _config(model: nn.Module) -> DanetConfig:
+    """The DanetConfig of a Danet, also when wrapped (DistributedDataParallel keeps it as `.module`)."""
+    core = getattr(model, "module", model)
+    assert isinstance(core, Danet)
+    return core.cfg
+
+
+def train_step(
+    model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, lambda_af: float | None = None
+) -> dict[str, float]:
+    """One optimisation step of eq. 11 (lambda_af defaults to the model's config); returns the loss terms."""
+    cfg = _config(model)
     model.train()
     out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
-    loss = danet_loss(out.logits, batch["mask"], out.affinity_features, out.affinity_labels, lambda_af)
+    weight = cfg.lambda_af if lambda_af is None else lambda_af
+    loss = danet_loss(out.logits, batch["mask"], out.affinity_features, out.affinity_labels, weight, cfg.affinity_norm)
     optimizer.zero_grad(set_to_none=True)
     loss.total.backward()
     optimizer.step()
@@ -52,10 +64,10 @@ def train_step(model: Danet, batch: Batch, optimizer: torch.optim.Optimizer, lam
 
 
 def train_one_epoch(
-    model: Danet,
+    model: nn.Module,
     batches: Iterable[Batch],
     optimizer: torch.optim.Optimizer,
-    lambda_af: float,
+    lambda_af: float | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Mean of each loss term over the epoch's batches."""
@@ -69,7 +81,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict_masks(model: Danet, batch: Batch, threshold: float = 0.5) -> torch.Tensor:
+def predict_masks(model: nn.Module, batch: Batch, threshold: float = 0.5) -> torch.Tensor:
     """Boolean masks (B, H, W): sigmoid(Y) > threshold, in eval mode (no EAAS work at inference)."""
     model.eval()
     out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
@@ -87,7 +99,7 @@ def sample_ious(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: Danet, batches: Iterable[Batch], device: torch.device | str = "cpu") -> dict[str, float]:
+def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu") -> dict[str, float]:
     """mIoU (mean of per-sample IoU) and oIoU (total intersection / total union), the papers' main metrics."""
     ious: list[torch.Tensor] = []
     inter = union = 0.0

@@ -26,6 +26,9 @@ class DanetConfig:
     lambda_af: float = bounded(0.5, 0.0)  # eq. 11 weight of L_affinity
     alpha: float = bounded(0.80, 0.0, 1.0, open_low=True, open_high=True)  # eq. 2 threshold
     affinity_stages: list[int] = items([2, 3, 4], 1, 2, 3, 4)  # noqa: RUF009  Tab. 4: {F2, F3, F4} is the paper default
+    # eq. 1's ||F||^2: `frobenius` (the matrix norm, as written) or `cosine` (per-pixel norms ||f_m|| ||f_n||,
+    # an alternative reading under which the affinity is far from uniform). Stage 1 costs (h1*w1)^2 per image.
+    affinity_norm: str = choice("frobenius", "frobenius", "cosine")
     dis: str = choice(*DISTANCES)  # eq. 5 distance; the paper's eq. 7 implies the scaled dot product
     # --- architecture ---
     backbone: str = choice(*BACKBONES)  # Swin size; `tiny` is a few-channel preset for tests

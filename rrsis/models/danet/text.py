@@ -47,8 +47,14 @@ class TextEncoder(nn.Module):
         except (OSError, ValueError) as exc:
             raise ModelError(f"model.danet.text_encoder: cannot load {resolved}: {exc}") from exc
         self.dim: int = int(self.bert.config.hidden_size)
+        self.trainable = trainable
         if not trainable:
             self.bert.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        """A frozen encoder stays in eval mode: no dropout noise on features nothing can adapt to."""
+        super().train(mode and self.trainable)
+        return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         words = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

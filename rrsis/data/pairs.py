@@ -52,7 +52,7 @@ def _check_label(label: np.ndarray, nodata: float | None, uri: str, water_value:
     if nodata is not None and not np.isnan(nodata):
         known |= label == nodata
     if not known.all():
-        bad = np.unique(label[~known])[:5].tolist()
+        bad = [int(v) if float(v).is_integer() else float(v) for v in np.unique(label[~known])[:5]]
         raise InputError(f"label {uri} has values {bad} besides 0 (land), {water_value} (water), -1 / nodata")
     return out
 

@@ -12,8 +12,10 @@ from rrsis.config.fields import bounded, choice
 class TilingConfig:
     tile_px: int = bounded(512, 16, 8192)
     overlap_px: int = bounded(64, 0, 4096)
-    # "cosine": blend class probabilities over the overlap; "crop": each tile keeps only its core.
-    blend: str = choice("crop", "crop", "cosine")
+    # "crop": each tile keeps only its core, the overlap is context for the model (measured in
+    # tests/test_pipeline_seams.py against a whole-image forward). Blending is not implemented: with enough
+    # context the crop already matches the whole-image forward, and it needs no cross-tile state.
+    blend: str = choice("crop", "crop")
 
     def validate(self, prefix: str) -> None:
         from rrsis.errors import ConfigError
@@ -33,6 +35,12 @@ class InferConfig:
     num_gpus: float = bounded(-1.0, -1.0, 8.0)  # -1: one GPU per actor when the cluster has GPUs, else CPU
     num_cpus: float = bounded(1.0, 0.0, 256.0)
     device: str = choice("auto", "auto", "cpu", "cuda")
+    threshold: float = bounded(0.5, 0.0, 1.0)  # water where P(water) >= threshold
+    torch_threads: int = bounded(0, 0, 256)  # 0: one per CPU the actor holds (at least 1)
+    # Forward tiles one at a time: a tile's output then never depends on which tiles share its batch, so
+    # reruns and retries are byte-identical (batched CPU convolutions differ in the last float bits).
+    # Set false on GPUs for throughput.
+    batch_invariant: bool = True
 
 
 @dataclass
@@ -50,7 +58,7 @@ class OutputsConfig:
     mosaic: bool = True
     vectors: bool = True
     quicklook: bool = True
-    probability: bool = False  # also write a uint8 probability layer (0..255)
+    probability: bool = False  # add band 2 to tiles and mosaic: round(P(water) * 254), 255 = nodata
 
 
 @dataclass
@@ -66,5 +74,7 @@ class MapConfig:
     infer: InferConfig = field(default_factory=InferConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
+    read_num_cpus: float = bounded(1.0, 0.0, 256.0)  # per read task (windowed GDAL reads)
+    write_num_cpus: float = bounded(1.0, 0.0, 256.0)  # per write task (encode + PUT one mask tile per row)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)

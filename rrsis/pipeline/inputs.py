@@ -1,0 +1,137 @@
+"""Turn the `input` list of a map config into scene URIs, each with a stable, unique scene id.
+
+Accepted items: local paths, `file://`, `s3://` and `http(s)://` URIs; globs (`*`, `?`, `[`) on local paths
+and on s3 keys; folders and s3 prefixes ending in `/` (every raster under them, recursively); and text files
+(`.txt`, `.lst`, `.list`) with one item per line (`#` comments allowed). A literal path is kept even when it
+does not exist, so a missing scene is reported in failures.parquet like any other bad scene; a glob or prefix
+that matches nothing is reported the same way.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+
+from rrsis import storage
+from rrsis.errors import InputError, StorageError
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class SceneRef:
+    """One scene to map: where it is and the id its outputs are keyed by."""
+
+    scene_id: str
+    uri: str
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """An input item that named no scene (empty glob/prefix, unreadable list file)."""
+
+    item: str
+    reason: str
+
+
+def _is_raster(uri: str) -> bool:
+    return uri.lower().endswith(RASTER_SUFFIXES)
+
+
+def _scheme(uri: str) -> str:
+    head, sep, _ = uri.partition("://")
+    return head.lower() if sep else ""
+
+
+def _expand_s3(item: str) -> list[str]:
+    if _GLOB_CHARS.search(item):
+        static = _GLOB_CHARS.split(item, maxsplit=1)[0]
+        return [u for u in storage.list_prefix(static) if fnmatch.fnmatchcase(u, item) and _is_raster(u)]
+    if item.endswith("/"):
+        return [u for u in storage.list_prefix(item) if _is_raster(u)]
+    return [item]
+
+
+def _expand_local(item: str) -> list[str]:
+    path = item[len("file://") :] if item.startswith("file://") else item
+    if _GLOB_CHARS.search(path):
+        return sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p) and _is_raster(p))
+    if os.path.isdir(path):
+        return [u for u in storage.list_prefix(path) if _is_raster(u)]
+    return [path]
+
+
+def _read_list(item: str) -> list[str]:
+    try:
+        text = storage.get_bytes(item).decode("utf-8")
+    except (UnicodeDecodeError, StorageError) as exc:
+        raise InputError(f"input list {item} cannot be read: {exc}") from exc
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if line]
+
+
+def expand_item(item: str) -> list[str]:
+    """The scene URIs one input item names (a list file expands its lines, one level deep)."""
+    item = item.strip()
+    if not item:
+        return []
+    scheme = _scheme(item)
+    if item.lower().endswith(LIST_SUFFIXES) and scheme in ("", "file", "s3"):
+        out: list[str] = []
+        for line in _read_list(item):
+            out.extend(expand_item(line) if not line.lower().endswith(LIST_SUFFIXES) else [line])
+        return out
+    if scheme in ("http", "https"):
+        return [item]
+    if scheme == "s3":
+        return _expand_s3(item)
+    if scheme in ("", "file"):
+        return _expand_local(item)
+    raise InputError(f"input {item!r}: unsupported scheme {scheme!r}; use a local path, s3://, http(s):// or a list")
+
+
+def scene_id_for(uri: str) -> str:
+    """File name without its extension, made safe for object keys."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return _UNSAFE.sub("_", stem).strip("_") or "scene"
+
+
+def resolve_inputs(items: list[str]) -> tuple[list[SceneRef], list[InputProblem]]:
+    """Expand every item, drop duplicate URIs (first wins), and give each scene a unique id.
+
+    Two different URIs with the same file name get their id suffixed with 8 hex digits of the URI's SHA-1,
+    so ids stay deterministic whatever the order of the inputs.
+    """
+    uris: list[str] = []
+    problems: list[InputProblem] = []
+    seen: set[str] = set()
+    for item in items:
+        try:
+            found = expand_item(str(item))
+        except InputError as exc:
+            problems.append(InputProblem(str(item), str(exc)))
+            continue
+        if not found and str(item).strip():
+            problems.append(InputProblem(str(item), f"input {item!r} matches no raster ({', '.join(RASTER_SUFFIXES)})"))
+        for uri in found:
+            if uri not in seen:
+                seen.add(uri)
+                uris.append(uri)
+    counts: dict[str, int] = {}
+    for uri in uris:
+        counts[scene_id_for(uri)] = counts.get(scene_id_for(uri), 0) + 1
+    scenes = []
+    for uri in uris:
+        sid = scene_id_for(uri)
+        if counts[sid] > 1:
+            sid = f"{sid}-{hashlib.sha1(uri.encode()).hexdigest()[:8]}"
+        scenes.append(SceneRef(sid, uri))
+    return scenes, problems

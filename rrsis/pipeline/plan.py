@@ -1,0 +1,159 @@
+"""The driver's half of a map run: open scene metadata only and turn every scene into tile rows.
+
+A tile row is plain data (`Tile.to_row()` plus the scene URI, the 1-based band list and the output key), so
+the Ray dataset built from rows carries no pixels: every worker reads its own window from the scene URI.
+A scene that cannot be mapped (missing, corrupt, truncated, no CRS, wrong band count) becomes a failure row
+here and never reaches Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rrsis import storage
+from rrsis.errors import ConfigError, InputError
+from rrsis.geo.raster import RasterInfo, read_info, resolve_bands
+from rrsis.geo.tiling import plan_tiles
+from rrsis.pipeline.inputs import SceneRef
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """A scene that passed the metadata checks, with where its outputs go."""
+
+    scene_id: str
+    uri: str
+    info: RasterInfo
+    bands: tuple[int, ...]
+    prefix: str  # output_uri/run_id/scene_id
+    tile_count: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One row of failures.parquet: a scene (tile_id empty) or a tile that could not be mapped."""
+
+    scene_id: str
+    scene_uri: str
+    tile_id: str
+    stage: str
+    reason: str
+
+    def to_row(self) -> dict[str, str]:
+        return {
+            "scene_id": self.scene_id,
+            "scene_uri": self.scene_uri,
+            "tile_id": self.tile_id,
+            "stage": self.stage,
+            "reason": self.reason,
+        }
+
+
+def tile_key(prefix: str, tile_id: str) -> str:
+    """Deterministic output key of one mask tile: output_uri/run_id/<scene_id>/tiles/<tile_id>.tif."""
+    return storage.join(prefix, "tiles", f"{tile_id}.tif")
+
+
+def sidecar_key(key: str) -> str:
+    """The small JSON written after a tile: its checksum, used to verify the tile on resume."""
+    return f"{key}.json"
+
+
+def choose_bands(info: RasterInfo, requested: Sequence[str], model_bands: Sequence[str], in_bands: int) -> list[int]:
+    """1-based bands for a scene: `requested` if given, else the model's band names, else all bands.
+
+    Model band names that the file does not carry as descriptions fall back to bands 1..n when the file has
+    exactly as many bands as the model needs (many GeoTIFFs have no band descriptions).
+    """
+    if requested:
+        bands = resolve_bands(info, list(requested))
+    elif model_bands:
+        try:
+            bands = resolve_bands(info, list(model_bands))
+        except InputError:
+            if info.count != len(model_bands):
+                raise InputError(
+                    f"scene {info.uri} has {info.count} bands; the model needs {len(model_bands)} "
+                    f"({', '.join(model_bands)}): set `bands` to choose them"
+                ) from None
+            bands = list(range(1, info.count + 1))
+    else:
+        bands = resolve_bands(info, [])
+    if len(bands) != in_bands:
+        raise InputError(f"scene {info.uri}: {len(bands)} band(s) selected ({bands}) but the model takes {in_bands}")
+    return bands
+
+
+def plan_scene(
+    scene: SceneRef,
+    run_prefix: str,
+    *,
+    tile_px: int,
+    overlap_px: int,
+    requested_bands: Sequence[str],
+    model_bands: Sequence[str],
+    in_bands: int,
+) -> tuple[ScenePlan, list[dict[str, Any]]]:
+    """Metadata checks and tile rows of one scene; InputError (one line naming the file) when unusable."""
+    info = read_info(scene.uri)
+    if not info.crs:
+        raise InputError(f"scene {scene.uri} has no CRS: outputs could not be georeferenced")
+    bands = choose_bands(info, requested_bands, model_bands, in_bands)
+    prefix = storage.join(run_prefix, scene.scene_id)
+    try:
+        tiles = plan_tiles(
+            info.width,
+            info.height,
+            tile_px,
+            overlap_px,
+            scene_id=scene.scene_id,
+            scene_transform=info.transform,
+            crs=info.crs,
+        )
+    except ConfigError as exc:
+        raise InputError(f"scene {scene.uri}: {exc}") from exc
+    band_text = ",".join(str(b) for b in bands)
+    rows = []
+    for tile in tiles:
+        row = tile.to_row()
+        row["scene_uri"] = scene.uri
+        row["bands"] = band_text
+        row["key"] = tile_key(prefix, tile.tile_id)
+        rows.append(row)
+    plan = ScenePlan(scene.scene_id, scene.uri, info, tuple(bands), prefix, len(rows))
+    return plan, rows
+
+
+def plan_run(
+    scenes: Sequence[SceneRef],
+    run_prefix: str,
+    *,
+    tile_px: int,
+    overlap_px: int,
+    requested_bands: Sequence[str],
+    model_bands: Sequence[str],
+    in_bands: int,
+) -> tuple[list[ScenePlan], list[dict[str, Any]], list[Failure]]:
+    """Plan every scene; bad scenes become `Failure`s (stage "plan") and the rest go on."""
+    plans: list[ScenePlan] = []
+    rows: list[dict[str, Any]] = []
+    failures: list[Failure] = []
+    for scene in scenes:
+        try:
+            plan, scene_rows = plan_scene(
+                scene,
+                run_prefix,
+                tile_px=tile_px,
+                overlap_px=overlap_px,
+                requested_bands=requested_bands,
+                model_bands=model_bands,
+                in_bands=in_bands,
+            )
+        except InputError as exc:
+            failures.append(Failure(scene.scene_id, scene.uri, "", "plan", str(exc)))
+            continue
+        plans.append(plan)
+        rows.extend(scene_rows)
+    return plans, rows, failures

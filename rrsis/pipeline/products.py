@@ -1,0 +1,174 @@
+"""Per-scene products built from the mask tiles once all of a scene's tiles exist.
+
+- `mosaic.tif`: COG stitched from the tile cores by `rrsis.geo.mosaic.build_cog` (streamed, one tile at a
+  time), band 1 class (0 land, 1 water, 255 nodata), band 2 round(P(water)*254) when probabilities are on.
+- `water.geojson`: water polygons of the whole mosaic, EPSG:4326 (RFC 7946), property `area_m2` computed in a
+  local Lambert equal-area projection centred on the scene (see `rrsis.pipeline.area`). GDAL's polygoniser
+  runs on the mosaic band itself, scanline by scanline, so polygons are never split at tile or block borders
+  and the raster is never held in memory (memory grows with the polygons, not the pixels).
+- `quicklook.png`: at most `QUICKLOOK_PX` on the long side, read through the COG overviews: the scene's first
+  band in grey (2-98 % stretch), water in blue, nodata black.
+- `stats.json`: water km², water fraction of valid pixels, nodata fraction (from the manifest's per-tile sums).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.features
+from affine import Affine
+from PIL import Image
+from rasterio.enums import Resampling
+from rasterio.warp import transform_geom
+
+from rrsis import storage
+from rrsis.geo.mosaic import build_cog
+from rrsis.geo.raster import open_raster
+from rrsis.geo.tiling import PixelWindow
+from rrsis.pipeline.area import WGS84, laea_for_window, polygon_area_m2
+from rrsis.pipeline.refiners import NODATA
+
+QUICKLOOK_PX = 1024
+WATER_RGB = np.array([30, 144, 255], dtype=np.float32)
+
+
+def build_mosaic(out_uri: str, scene: dict[str, Any], parts: Sequence[tuple[PixelWindow, str]], *, count: int) -> str:
+    """Stitch the scene's tiles (core window, key) into a COG at `out_uri`."""
+    return build_cog(
+        out_uri,
+        int(scene["width"]),
+        int(scene["height"]),
+        scene["transform"],
+        str(scene["crs"]),
+        "uint8",
+        parts,
+        count=count,
+        nodata=NODATA,
+    )
+
+
+def build_vectors(mosaic_uri: str, out_uri: str, scene: dict[str, Any]) -> int:
+    """Polygonise water (value 1) of the mosaic into GeoJSON with `area_m2`; returns the polygon count."""
+    crs = str(scene["crs"])
+    laea = laea_for_window(scene["transform"], crs, 0, 0, int(scene["width"]), int(scene["height"]))
+    count = 0
+    with tempfile.TemporaryDirectory(prefix="rrsis-vectors-") as tmp:
+        path = os.path.join(tmp, "water.geojson")
+        with open(path, "w", encoding="utf-8") as out, open_raster(mosaic_uri) as src:
+            out.write('{"type": "FeatureCollection", "name": "water", "features": [\n')
+            band = rasterio.band(src, 1)
+            for geometry, value in rasterio.features.shapes(band, mask=band, connectivity=4, transform=src.transform):
+                if int(value) != 1:
+                    continue
+                area = polygon_area_m2(geometry, crs, laea)
+                feature = {
+                    "type": "Feature",
+                    "properties": {"id": count, "class": "water", "area_m2": round(area, 3)},
+                    "geometry": transform_geom(crs, WGS84, geometry, precision=9),
+                }
+                out.write((",\n" if count else "") + json.dumps(feature, separators=(",", ":")))
+                count += 1
+            out.write("\n]}\n")
+        storage.put_file(path, out_uri)
+    return count
+
+
+def _stretch(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """0..255 grey from the 2nd-98th percentile of valid values (0 where there are none)."""
+    if not valid.any():
+        return np.zeros(values.shape, dtype=np.float32)
+    lo, hi = np.percentile(values[valid], [2, 98])
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    return np.clip((values - lo) * scale, 0, 255).astype(np.float32)
+
+
+def build_quicklook(mosaic_uri: str, scene_uri: str, band: int, out_uri: str) -> str:
+    """A small RGB PNG: scene band in grey, water blended in blue, nodata black."""
+    with open_raster(mosaic_uri) as src:
+        factor = max(1.0, max(src.width, src.height) / QUICKLOOK_PX)
+        shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
+        mask = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+    with open_raster(scene_uri) as src:
+        background = src.read(band, out_shape=shape, resampling=Resampling.nearest).astype(np.float32)
+    valid = (mask != NODATA) & np.isfinite(background)
+    grey = _stretch(np.nan_to_num(background), valid)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    water = mask == 1
+    rgb[water] = 0.4 * rgb[water] + 0.6 * WATER_RGB
+    rgb[~valid] = 0
+    with tempfile.TemporaryDirectory(prefix="rrsis-quicklook-") as tmp:
+        path = os.path.join(tmp, "quicklook.png")
+        Image.fromarray(rgb.astype(np.uint8), mode="RGB").save(path, optimize=False)
+        storage.put_file(path, out_uri)
+    return out_uri
+
+
+def scene_stats(scene: dict[str, Any], tiles: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Water area and fractions from the per-tile sums of the manifest."""
+    total_px = int(scene["width"]) * int(scene["height"])
+    valid_px = sum(int(t["valid_px"]) for t in tiles)
+    water_px = sum(int(t["water_px"]) for t in tiles)
+    return {
+        "scene_id": scene["scene_id"],
+        "scene_uri": scene["uri"],
+        "width_px": int(scene["width"]),
+        "height_px": int(scene["height"]),
+        "crs": scene["crs"],
+        "tiles": len(tiles),
+        "valid_px": valid_px,
+        "water_px": water_px,
+        "water_km2": sum(float(t["water_m2"]) for t in tiles) / 1e6,
+        "valid_km2": sum(float(t["valid_m2"]) for t in tiles) / 1e6,
+        "water_fraction": water_px / valid_px if valid_px else 0.0,
+        "nodata_fraction": 1.0 - valid_px / total_px if total_px else 1.0,
+        "area_method": "local Lambert azimuthal equal-area (WGS84) per tile row",
+    }
+
+
+def scene_products(scene: dict[str, Any], tiles: Sequence[dict[str, Any]], outputs: dict[str, bool]) -> dict[str, Any]:
+    """Every product of one scene; returns the stats with the product URIs added. Runs on a Ray worker."""
+    prefix = str(scene["prefix"])
+    result = scene_stats(scene, tiles)
+    storage.put_bytes(storage.join(prefix, "stats.json"), json.dumps(result, indent=2, sort_keys=True).encode())
+    result["stats"] = storage.join(prefix, "stats.json")
+    if not (outputs.get("mosaic") or outputs.get("vectors") or outputs.get("quicklook")):
+        return result
+    parts = [
+        (
+            PixelWindow(int(t["core_col_off"]), int(t["core_row_off"]), int(t["core_width"]), int(t["core_height"])),
+            str(t["key"]),
+        )
+        for t in tiles
+    ]
+    mosaic = storage.join(prefix, "mosaic.tif")
+    build_mosaic(mosaic, scene, parts, count=2 if outputs.get("probability") else 1)
+    result["mosaic"] = mosaic
+    if outputs.get("vectors"):
+        result["vectors"] = storage.join(prefix, "water.geojson")
+        result["polygons"] = build_vectors(mosaic, result["vectors"], scene)
+    if outputs.get("quicklook"):
+        result["quicklook"] = build_quicklook(
+            mosaic, str(scene["uri"]), int(scene["bands"][0]), storage.join(prefix, "quicklook.png")
+        )
+    return result
+
+
+def scene_record(plan: Any) -> dict[str, Any]:
+    """The plain-data view of a `ScenePlan` that products need (it travels to a Ray task)."""
+    info = plan.info
+    return {
+        "scene_id": plan.scene_id,
+        "uri": plan.uri,
+        "prefix": plan.prefix,
+        "width": info.width,
+        "height": info.height,
+        "crs": info.crs,
+        "transform": tuple(Affine(*info.transform[:6])[:6]),
+        "bands": list(plan.bands),
+    }

@@ -1,0 +1,241 @@
+"""`run_map(cfg)`: the driver of `rrsis map`, from scene list to manifest, products and a summary line.
+
+Order: resolve inputs -> plan (metadata only) -> Ray -> resume check -> read/infer/refine/write on Ray Data
+-> per-scene products (Ray tasks) -> manifest.parquet, failures.parquet, summary.json -> one summary line.
+Returns 0 when every scene was mapped, 1 when any scene or tile failed (the others are complete).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from typing import Any
+
+from rrsis import storage
+from rrsis.config.map import MapConfig
+from rrsis.errors import ConfigError
+from rrsis.pipeline.inputs import SceneRef, resolve_inputs
+from rrsis.pipeline.plan import Failure, ScenePlan, plan_run
+
+log = logging.getLogger("rrsis.map")
+
+
+def run_id_for(cfg: MapConfig, scenes: list[SceneRef]) -> str:
+    """`cfg.run_id`, or a deterministic id from what decides the outputs (so a rerun resumes)."""
+    if cfg.run_id:
+        return cfg.run_id
+    decisive = {
+        "task": cfg.task,
+        "scenes": [s.uri for s in scenes],
+        "bands": list(cfg.bands),
+        "tiling": asdict(cfg.tiling),
+        "checkpoint": cfg.infer.checkpoint,
+        "threshold": cfg.infer.threshold,
+        "refine": asdict(cfg.refine),
+        "probability": cfg.outputs.probability,
+    }
+    digest = hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
+    return f"map-{digest[:12]}"
+
+
+def _connect_ray(cfg: MapConfig) -> None:
+    """Reuse a running Ray; else connect to RAY_ADDRESS / ray.address; else start one on 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, configure_logging=False)
+        return
+    # Logical CPUs: at least 4, so the two actor pools and the read and write tasks all fit on a laptop.
+    kwargs: dict[str, Any] = {
+        "_node_ip_address": "127.0.0.1",
+        "include_dashboard": False,
+        "num_cpus": cfg.ray.num_cpus or max(4, os.cpu_count() or 1),
+    }
+    if cfg.ray.num_gpus:
+        kwargs["num_gpus"] = cfg.ray.num_gpus
+    for attempt in range(1, 4):  # a loaded machine can miss Ray's 15 s agent start-up deadline: retry
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:
+            if attempt == 3 or "timed out during startup" not in str(exc):
+                raise
+            log.warning("embedded Ray did not start (attempt %d of 3): %s; retrying", attempt, exc)
+            ray.shutdown()
+
+
+def _configure_storage(cfg: MapConfig) -> None:
+    from rrsis.storage import s3
+
+    s3.configure(cfg.storage.endpoint_url, cfg.storage.region, cfg.storage.max_attempts, cfg.storage.backoff_s)
+    if cfg.storage.endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = cfg.storage.endpoint_url  # GDAL's /vsis3/ and Ray workers read it
+
+
+def _model_info(checkpoint: str) -> tuple[str, list[str], int]:
+    """(model tag, band names, input bands) from the checkpoint, read once on the driver."""
+    from rrsis.checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    bands = [str(b) for b in (ckpt.bands or [])]
+    in_bands = len(bands) or int(getattr(getattr(ckpt.model_config, "waterland", None), "in_bands", 0) or 0)
+    sha = hashlib.sha256(storage.get_bytes(checkpoint)).hexdigest()[:12]
+    return f"{ckpt.model_name}@{sha}", bands, in_bands
+
+
+def _check_existing(cfg: MapConfig, run_prefix: str) -> None:
+    if cfg.resume or cfg.overwrite:
+        return
+    if storage.list_prefix(storage.join(run_prefix, "")):
+        raise ConfigError(
+            f"config error: key 'resume': run {run_prefix} already has outputs; set resume=true to continue it "
+            "or overwrite=true to recompute every tile"
+        )
+
+
+def _split_done(
+    rows: list[dict[str, Any]], cfg: MapConfig, res: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(tiles to compute, verified tiles from an earlier attempt of this run)."""
+    from rrsis.pipeline.build import verify_dataset
+
+    if cfg.overwrite or not rows:
+        return rows, []
+    todo: list[dict[str, Any]] = []
+    done: list[dict[str, Any]] = []
+    for row in verify_dataset(rows, res).iter_rows():
+        (done if row["done"] else todo).append({k: v for k, v in row.items() if k != "done"})
+    keep = set(rows[0])
+    return [{k: v for k, v in r.items() if k in keep} for r in todo], done
+
+
+def _products(plans: list[ScenePlan], tiles: list[dict[str, Any]], cfg: MapConfig) -> tuple[list, list[Failure]]:
+    """Products of every complete scene as Ray tasks; scenes with failed or all-nodata tiles fail instead."""
+    from rrsis.pipeline.build import products_task
+
+    by_scene: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for t in tiles:
+        by_scene[str(t["scene_id"])].append(t)
+    failures: list[Failure] = []
+    pending = []
+    outputs = asdict(cfg.outputs)
+    for plan in plans:
+        scene_tiles = by_scene[plan.scene_id]
+        bad = [t for t in scene_tiles if t["status"] == "failed"]
+        if bad:
+            failures.extend(Failure(plan.scene_id, plan.uri, str(t["tile_id"]), "tile", str(t["reason"])) for t in bad)
+            reason = f"{len(bad)} of {len(scene_tiles)} tiles failed"
+            failures.append(Failure(plan.scene_id, plan.uri, "", "tiles", reason))
+            continue
+        if sum(int(t["valid_px"]) for t in scene_tiles) == 0:
+            failures.append(Failure(plan.scene_id, plan.uri, "", "stats", f"scene {plan.uri} is all nodata"))
+            continue
+        pending.append((plan, products_task(plan, scene_tiles, outputs)))
+    import ray
+
+    results = []
+    for plan, ref in pending:
+        try:
+            results.append(ray.get(ref))
+        except Exception as exc:  # a products task failing must not lose the other scenes
+            failures.append(Failure(plan.scene_id, plan.uri, "", "products", f"{type(exc).__name__}: {exc}"))
+    return results, failures
+
+
+def run_map(cfg: MapConfig) -> int:
+    """Map every scene of `cfg.input`; see the module docstring. Prints one summary line."""
+    from rrsis.pipeline.build import cluster_cpus, cluster_gpus, map_dataset, resources_for
+    from rrsis.pipeline.manifest import write_failures, write_manifest
+
+    if cfg.task != "waterland":
+        raise ConfigError(f"config error: key 'task': {cfg.task!r} is not wired into `rrsis map` yet; use 'waterland'")
+    start = time.perf_counter()
+    _configure_storage(cfg)
+    scenes, problems = resolve_inputs(list(cfg.input))
+    failures = [Failure("", p.item, "", "input", p.reason) for p in problems]
+    run_id = run_id_for(cfg, scenes)
+    run_prefix = storage.join(cfg.output, run_id)
+    _check_existing(cfg, run_prefix)
+    model, model_bands, in_bands = _model_info(cfg.infer.checkpoint)
+    plans, rows, plan_failures = plan_run(
+        scenes,
+        run_prefix,
+        tile_px=cfg.tiling.tile_px,
+        overlap_px=cfg.tiling.overlap_px,
+        requested_bands=list(cfg.bands),
+        model_bands=model_bands,
+        in_bands=in_bands,
+    )
+    failures.extend(plan_failures)
+    for f in plan_failures:
+        log.warning("scene %s skipped: %s", f.scene_uri, f.reason)
+    _connect_ray(cfg)
+    res = resources_for(cfg, cluster_gpus(), cluster_cpus())
+    todo, done = _split_done(rows, cfg, res)
+    log.info("run %s: %d scenes, %d tiles (%d verified from before)", run_id, len(plans), len(rows), len(done))
+    tiles: list[dict[str, Any]] = [{**r, "status": "skipped", "model": model} for r in done]
+    compute_start = time.perf_counter()
+    if todo:
+        for batch in map_dataset(todo, cfg, res, model=model).iter_batches(batch_format="numpy", batch_size=None):
+            keys = list(batch)
+            tiles.extend({k: batch[k][i] for k in keys} | {"model": model} for i in range(len(batch["key"])))
+    compute_s = time.perf_counter() - compute_start
+    manifest = write_manifest(storage.join(run_prefix, "manifest.parquet"), tiles)
+    rows_out = manifest.to_pylist()
+    results, product_failures = _products(plans, rows_out, cfg)
+    failures.extend(product_failures)
+    failures_uri = storage.join(run_prefix, "failures.parquet")
+    write_failures(failures_uri, [f.to_row() for f in failures])
+    summary = _summary(run_id, run_prefix, scenes, plans, rows_out, results, failures, compute_s, start)
+    storage.put_bytes(storage.join(run_prefix, "summary.json"), json.dumps(summary, indent=2, default=str).encode())
+    print(_summary_line(summary), flush=True)
+    return 1 if failures else 0
+
+
+def _summary(
+    run_id: str,
+    run_prefix: str,
+    scenes: list[SceneRef],
+    plans: list[ScenePlan],
+    tiles: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+    failures: list[Failure],
+    compute_s: float,
+    start: float,
+) -> dict[str, Any]:
+    computed = sum(1 for t in tiles if t["status"] == "written")
+    failed_scenes = {f.scene_uri for f in failures if not f.tile_id}
+    return {
+        "run_id": run_id,
+        "output": run_prefix,
+        "scenes": len(scenes) + sum(1 for f in failures if f.stage == "input"),
+        "scenes_ok": len(results),
+        "scenes_failed": len(failed_scenes),
+        "tiles": len(tiles),
+        "tiles_computed": computed,
+        "tiles_skipped": sum(1 for t in tiles if t["status"] == "skipped"),
+        "tiles_failed": sum(1 for t in tiles if t["status"] == "failed"),
+        "water_km2": sum(float(r["water_km2"]) for r in results),
+        "tiles_per_s": computed / compute_s if compute_s > 0 else 0.0,
+        "wall_s": time.perf_counter() - start,
+        "products": results,
+        "planned_scenes": [p.scene_id for p in plans],
+    }
+
+
+def _summary_line(s: dict[str, Any]) -> str:
+    status = "ok" if not s["scenes_failed"] else f"{s['scenes_failed']} FAILED (see failures.parquet)"
+    return (
+        f"rrsis map {s['run_id']}: {status}; scenes {s['scenes_ok']}/{s['scenes']} mapped, "
+        f"tiles {s['tiles']} ({s['tiles_computed']} computed, {s['tiles_skipped']} resumed, "
+        f"{s['tiles_failed']} failed), water {s['water_km2']:.3f} km², {s['tiles_per_s']:.1f} tiles/s, "
+        f"{s['wall_s']:.1f} s; outputs: {s['output']}"
+    )

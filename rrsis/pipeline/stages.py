@@ -1,0 +1,232 @@
+"""The four stages of `rrsis map` as plain callables over `dict[str, np.ndarray]` batches.
+
+Each runs without Ray (unit tests call them directly); `rrsis.pipeline.build` wires them into Ray Data.
+Row columns in: `Tile.to_row()` + `scene_uri`, `bands` ("1,2"), `key`. Each stage adds its columns and a
+`<stage>_s` per-tile timing; a tile that fails gets `status="failed"` and a one-line `reason`, travels on
+with empty pixels, and is written to failures.parquet by the driver: never silently dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from rrsis import storage
+from rrsis.errors import InputError, RrsisError, StorageError
+from rrsis.geo.raster import encode_geotiff, open_raster, read_window
+from rrsis.geo.tiling import Tile
+from rrsis.pipeline.area import row_pixel_areas_m2
+from rrsis.pipeline.plan import sidecar_key
+from rrsis.pipeline.refiners import NODATA, make_refiner
+
+Batch = dict[str, np.ndarray]
+PIXEL_COLUMNS = ("image", "valid", "prob", "mask")
+
+
+def _rows(batch: Batch) -> int:
+    return len(batch["tile_id"])
+
+
+def _tile(batch: Batch, i: int) -> Tile:
+    return Tile.from_row({name: values[i] for name, values in batch.items() if name not in PIXEL_COLUMNS})
+
+
+def _status(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+    n = _rows(batch)
+    status = np.asarray(batch["status"], dtype=object) if "status" in batch else np.full(n, "ok", dtype=object)
+    reason = np.asarray(batch["reason"], dtype=object) if "reason" in batch else np.full(n, "", dtype=object)
+    return status, reason
+
+
+def read_stage(batch: Batch) -> Batch:
+    """Read each row's window (boundless, selected bands) -> `image` (B,C,T,T) float32, `valid` (B,T,T).
+
+    Rows of one scene share one open dataset per batch. A read error fails that tile only.
+    """
+    start = time.perf_counter()
+    n = _rows(batch)
+    status, reason = _status(batch)
+    tiles = [_tile(batch, i) for i in range(n)]
+    bands = [[int(b) for b in str(text).split(",")] for text in batch["bands"]]
+    size = tiles[0].window.height, tiles[0].window.width
+    image = np.zeros((n, len(bands[0]), *size), dtype=np.float32)
+    valid = np.zeros((n, *size), dtype=bool)
+    for uri in dict.fromkeys(str(u) for u in batch["scene_uri"]):
+        members = [i for i in range(n) if str(batch["scene_uri"][i]) == uri]
+        try:
+            with open_raster(uri) as src:
+                for i in members:
+                    try:
+                        image[i], valid[i] = read_window(src, tiles[i].window, bands[i], "float32")
+                    except InputError as exc:
+                        status[i], reason[i] = "failed", f"read: {exc}"
+        except InputError as exc:
+            for i in members:
+                status[i], reason[i] = "failed", f"read: {exc}"
+    out = dict(batch)
+    out.update(image=image, valid=valid, status=status, reason=reason)
+    out["read_s"] = np.full(n, (time.perf_counter() - start) / n)
+    return out
+
+
+class InferStage:
+    """Holds the model (loaded once per actor) and turns `image` into `prob` = P(class 1) (B,T,T) float32.
+
+    Normalisation uses the statistics stored in the checkpoint, never the tile's own, so tiles agree at
+    their borders. The `image` column is dropped: only probabilities travel on.
+    """
+
+    def __init__(
+        self, checkpoint: str, device: str = "auto", torch_threads: int = 0, batch_invariant: bool = True
+    ) -> None:
+        import torch
+
+        from rrsis.checkpoints import build_from_checkpoint, load_checkpoint
+
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.batch_invariant = batch_invariant
+        self.ckpt = load_checkpoint(checkpoint)
+        self.model = build_from_checkpoint(self.ckpt).to(self.device).eval()
+
+    def __call__(self, batch: Batch) -> Batch:
+
+        from rrsis.checkpoints import normalize_image
+
+        start = time.perf_counter()
+        image, valid = batch["image"], batch["valid"]
+        x = np.stack([normalize_image(self.ckpt, image[i], valid[i]) for i in range(image.shape[0])])
+        step = 1 if self.batch_invariant else len(x)
+        prob = np.concatenate([self._forward(x[i : i + step]) for i in range(0, len(x), step)])
+        out = {k: v for k, v in batch.items() if k != "image"}
+        out["prob"] = prob.astype(np.float32, copy=False)
+        out["infer_s"] = np.full(image.shape[0], (time.perf_counter() - start) / image.shape[0])
+        return out
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device))
+            if isinstance(logits, (tuple, list)):
+                logits = logits[0]
+            return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()  # type: ignore[no-any-return]
+
+
+class RefineStage:
+    """Applies the task's refiner (see `rrsis.pipeline.refiners`) -> `mask` (B,T,T) uint8."""
+
+    def __init__(self, task: str, options: dict[str, Any], keep_prob: bool = False) -> None:
+        self.refiner = make_refiner(task, options)
+        self.keep_prob = keep_prob
+
+    def __call__(self, batch: Batch) -> Batch:
+        start = time.perf_counter()
+        out = self.refiner(dict(batch))
+        if not self.keep_prob:
+            out.pop("prob", None)
+        out["refine_s"] = np.full(_rows(batch), (time.perf_counter() - start) / _rows(batch))
+        return out
+
+
+def tile_pixels(mask: np.ndarray, valid: np.ndarray, prob: np.ndarray | None, tile: Tile) -> np.ndarray:
+    """The core of one tile as written: band 1 class (0/1/255), optional band 2 round(P*254) (255 nodata)."""
+    rows, cols = tile.core.relative_to(tile.window).slices()
+    core = mask[rows, cols]
+    if prob is None:
+        return np.ascontiguousarray(core)
+    scaled = np.rint(np.clip(prob[rows, cols], 0.0, 1.0) * 254.0).astype(np.uint8)
+    scaled[~valid[rows, cols]] = NODATA
+    return np.stack([core, scaled])
+
+
+def _previous_attempt(key: str) -> int:
+    try:
+        return int(json.loads(storage.get_bytes(sidecar_key(key))).get("attempt", 0))
+    except (StorageError, ValueError):
+        return 0
+
+
+def write_stage(batch: Batch, *, model: str = "") -> Batch:
+    """Write each tile's core to its key (atomic, deterministic bytes) and its JSON sidecar after it.
+
+    Returns metadata only (no pixel columns): the manifest row of each tile.
+    """
+    n = _rows(batch)
+    status, reason = _status(batch)
+    out: dict[str, list[Any]] = {
+        name: [] for name in ("checksum", "bytes", "attempt", "valid_px", "water_px", "valid_m2", "water_m2", "write_s")
+    }
+    for i in range(n):
+        start = time.perf_counter()
+        record: dict[str, Any] = dict.fromkeys(out, 0)
+        record["checksum"] = ""
+        if status[i] == "ok":
+            tile = _tile(batch, i)
+            try:
+                record.update(_write_one(batch, i, tile, model))
+                status[i] = "written"
+            except RrsisError as exc:
+                status[i], reason[i] = "failed", f"write: {exc}"
+        record["write_s"] = time.perf_counter() - start
+        for name in out:
+            out[name].append(record[name])
+    meta = {k: v for k, v in batch.items() if k not in PIXEL_COLUMNS}
+    meta.update({name: np.asarray(values) for name, values in out.items()})
+    meta["status"], meta["reason"] = status.astype(str), reason.astype(str)
+    return meta
+
+
+def _write_one(batch: Batch, i: int, tile: Tile, model: str) -> dict[str, Any]:
+    key = str(batch["key"][i])
+    prob = batch["prob"][i] if "prob" in batch else None
+    pixels = tile_pixels(batch["mask"][i], batch["valid"][i], prob, tile)
+    data = encode_geotiff(pixels, tile.core_transform, tile.crs, nodata=NODATA)
+    classes = pixels[0] if pixels.ndim == 3 else pixels
+    row_area = row_pixel_areas_m2(tile.transform, tile.crs, *tile.core.relative_to(tile.window).to_tuple())
+    valid_rows = (classes != NODATA).sum(axis=1)
+    water_rows = (classes == 1).sum(axis=1)
+    record = {
+        "checksum": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "attempt": _previous_attempt(key) + 1,
+        "valid_px": int(valid_rows.sum()),
+        "water_px": int(water_rows.sum()),
+        "valid_m2": float(np.dot(valid_rows, row_area)),
+        "water_m2": float(np.dot(water_rows, row_area)),
+    }
+    storage.put_bytes(key, data)
+    storage.put_bytes(sidecar_key(key), json.dumps({**record, "model": model}, sort_keys=True).encode())
+    return record
+
+
+def verify_stage(batch: Batch) -> Batch:
+    """Resume check: `done` when the tile's sidecar exists and the tile's SHA-256 matches it.
+
+    A verified tile carries its recorded statistics, so the manifest of a resumed run is complete.
+    """
+    n = _rows(batch)
+    done = np.zeros(n, dtype=bool)
+    fields = ("checksum", "bytes", "attempt", "valid_px", "water_px", "valid_m2", "water_m2")
+    values: dict[str, list[Any]] = {name: [] for name in fields}
+    for i in range(n):
+        key = str(batch["key"][i])
+        record: dict[str, Any] = {"checksum": "", "bytes": 0, "attempt": 0}
+        try:
+            record = json.loads(storage.get_bytes(sidecar_key(key)))
+            done[i] = hashlib.sha256(storage.get_bytes(key)).hexdigest() == record.get("checksum")
+        except (StorageError, ValueError):
+            done[i] = False
+        for name in fields:
+            values[name].append(record.get(name, 0) if done[i] else ("" if name == "checksum" else 0))
+    out = dict(batch)
+    out["done"] = done
+    out.update({name: np.asarray(v) for name, v in values.items()})
+    return out

@@ -17,3 +17,6 @@ class EvalConfig:
     panels: int = bounded(4, 0, 100)
     baseline: bool = True  # water-land: print the Otsu-threshold baseline beside the model
     device: str = choice("auto", "auto", "cpu", "cuda")
+    # referring models (grounding, pslg_sam): expressions per forward pass, and a cap for quick looks (0 = all)
+    batch_size: int = bounded(8, 1, 4096)
+    limit: int = bounded(0, 0)

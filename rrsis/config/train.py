@@ -49,6 +49,11 @@ class OptimConfig:
     monitor: str = choice("iou_mean", "iou_mean", "iou_water", "f1", "last")
     max_minutes: float = bounded(0.0, 0.0)  # stop after the epoch that crosses this wall time; 0 = no limit
     eval_batch_size: int = bounded(2, 1, 4096)
+    # grounding (PSLG-SAM sec. 4.2: text encoder 1e-5, rest `lr` 1e-4, x0.1 at epoch 45 of 60, 3 warm-up epochs)
+    lr_text: float = bounded(1e-5, 0.0, 10.0)  # text encoder's learning rate (0 = frozen)
+    warmup_epochs: int = bounded(0, 0, 100000)  # linear warm-up from ~0 to the full rates
+    lr_decay_epochs: list[int] = field(default_factory=list)  # epochs (1-based) after which rates x decay_factor
+    lr_decay_factor: float = bounded(0.1, 0.0, 1.0, open_low=True)
 
 
 @dataclass

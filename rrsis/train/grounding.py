@@ -1,0 +1,179 @@
+"""Train the grounding model (PSLG-SAM stage one, sec. 4.2), read top to bottom.
+
+Samples (image, expression, box) from any referring format -> batches of raw images and expressions (the
+model resizes and tokenizes) -> L1 + GIoU + query-score loss -> AdamW with two parameter groups (text
+encoder at `optim.lr_text`, the rest at `optim.lr`) -> per-step schedule: linear warm-up over
+`optim.warmup_epochs`, then ×`lr_decay_factor` after each of `lr_decay_epochs` (the paper: 60 epochs,
+×0.1 at 45, 3 warm-up epochs, batch 2). `train_one_epoch` and `evaluate_boxes` are plain functions, so the
+same calls run here and inside a Ray Train worker. No augmentation: the paper names none.
+
+Checkpoints are rrsis checkpoints (`rrsis.checkpoints`, weights_only): `best.pt` by validation Acc@0.5
+(or the last epoch without a validation split, or with `optim.monitor=last`) and `last.pt`; the saved model
+config sets `image_weights: none` because the trained ResNet weights travel in the state dict.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rrsis import storage
+from rrsis.checkpoints import checkpoint_from_model, save_checkpoint
+from rrsis.config.load import to_dict, to_yaml
+from rrsis.config.train import OptimConfig, TrainConfig
+from rrsis.data.referring import ReferringSample, load_image, load_referring_split
+from rrsis.errors import ConfigError, InputError
+from rrsis.log import get_logger
+from rrsis.metrics.referring import ReferringMeter
+from rrsis.models.grounding.losses import grounding_loss, xyxy_to_cxcywh
+from rrsis.models.grounding.model import GroundingModel
+
+log = get_logger(__name__)
+RGB = ["red", "green", "blue"]
+
+
+class BoxSamples(Dataset[dict[str, Any]]):
+    """(image uint8, expression, target box cxcywh normalised to the image) per sample with a box."""
+
+    def __init__(self, samples: Sequence[ReferringSample]) -> None:
+        missing = [s.sample_id for s in samples if s.box_xyxy is None]
+        if missing:
+            raise InputError(f"grounding training needs a box for every sample; sample {missing[0]} has none")
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.samples[i]
+        image = load_image(s)
+        h, w = image.shape[:2]
+        assert s.box_xyxy is not None
+        box = torch.tensor(s.box_xyxy, dtype=torch.float32) / torch.tensor([w, h, w, h], dtype=torch.float32)
+        return {"image": image, "text": s.text, "target": xyxy_to_cxcywh(box.clamp(0, 1)), "sample": s}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "images": [it["image"] for it in items],
+        "texts": [it["text"] for it in items],
+        "target": torch.stack([it["target"] for it in items]),
+        "samples": [it["sample"] for it in items],
+    }
+
+
+def build_optimizer(model: GroundingModel, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with the paper's two groups (the text group is absent when the text encoder is frozen)."""
+    groups = model.param_groups(optim.lr_text, optim.lr)
+    if optim.lr_text == 0.0:
+        groups = [g for g in groups if g["name"] != "text"]
+    return torch.optim.AdamW(groups, weight_decay=optim.weight_decay)  # type: ignore[arg-type]
+
+
+def lr_factor(step: int, steps_per_epoch: int, optim: OptimConfig) -> float:
+    """Multiplier of every group's base rate at optimiser step `step` (0-based)."""
+    warm = optim.warmup_epochs * steps_per_epoch
+    factor = (step + 1) / warm if warm and step < warm else 1.0
+    epoch_done = step // max(steps_per_epoch, 1)  # full epochs finished before this step
+    passed = sum(1 for e in optim.lr_decay_epochs if epoch_done >= e)
+    return factor * optim.lr_decay_factor**passed
+
+
+def train_one_epoch(
+    model: GroundingModel,
+    batches: Iterable[dict[str, Any]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> dict[str, float]:
+    """One pass over `batches`; returns the mean of each loss term."""
+    model.train()
+    cfg = model.cfg
+    sums: dict[str, float] = {}
+    n = 0
+    for batch in batches:
+        ids, mask = model.text.tokenize(batch["texts"], model.device)
+        out = model(model.preprocess(batch["images"]), ids, mask)
+        terms = grounding_loss(
+            out["boxes"], out["logits"], batch["target"].to(model.device), cfg.l1_weight, cfg.giou_weight,
+            cfg.score_weight,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        n += 1
+    return {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
+
+
+def evaluate_boxes(model: GroundingModel, batches: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Acc@0.5 and mean IoU of the predicted boxes over a split."""
+    meter = ReferringMeter()
+    for batch in batches:
+        boxes, _ = model.predict(batch["images"], batch["texts"])
+        for s, box in zip(batch["samples"], boxes, strict=True):
+            meter.add(s.sample_id, s.category, pred_box=box, gt_box=np.asarray(s.box_xyxy))
+    return meter.summary()
+
+
+def _val_samples(cfg: TrainConfig) -> list[ReferringSample]:
+    try:
+        return load_referring_split(cfg.data, "val")
+    except InputError as exc:  # formats/datasets without a val split (RRSIS-M ships train/test)
+        log.info("no validation split (%s): keeping the last epoch", exc)
+        return []
+
+
+def run_grounding_train(cfg: TrainConfig) -> int:
+    if cfg.model.name != "grounding":
+        raise ConfigError(f"model.name={cfg.model.name!r}: this trainer runs the grounding model")
+    torch.manual_seed(cfg.seed)
+    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    train_set = BoxSamples(load_referring_split(cfg.data, "train"))
+    if not len(train_set):
+        raise ConfigError(f"data.root={cfg.data.root!r} has no training sample")
+    val = _val_samples(cfg)
+    loader = DataLoader(train_set, batch_size=cfg.optim.batch_size, shuffle=True, collate_fn=collate,
+                        num_workers=cfg.data.num_workers)
+    val_loader = DataLoader(BoxSamples(val), batch_size=cfg.optim.eval_batch_size, collate_fn=collate) if val else None
+    model = GroundingModel(cfg.model.grounding).to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    steps = len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, cfg.optim))
+    run_dir = storage.join(cfg.output, cfg.run_name)
+    storage.put_bytes(storage.join(run_dir, "config.yaml"), to_yaml(cfg).encode())
+    saved_cfg = copy.deepcopy(cfg.model)
+    saved_cfg.grounding.image_weights = "none"  # the trained weights are in the state dict
+    history: list[str] = []
+    best = -1.0
+    started = time.monotonic()
+    for epoch in range(1, cfg.optim.epochs + 1):
+        record: dict[str, Any] = {"epoch": epoch, **train_one_epoch(model, loader, optimizer, scheduler)}
+        if val_loader is not None:
+            summary = evaluate_boxes(model, val_loader)
+            record.update({f"val_{k}": summary[k] for k in ("box_acc@0.5", "box_miou")})
+        record["seconds"] = round(time.monotonic() - started, 2)
+        history.append(json.dumps(record))
+        storage.put_bytes(storage.join(run_dir, "metrics.jsonl"), ("\n".join(history) + "\n").encode())
+        metrics = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
+        ckpt = checkpoint_from_model(
+            model, saved_cfg, bands=RGB, norm_mean=list(cfg.model.grounding.pixel_mean),
+            norm_std=list(cfg.model.grounding.pixel_std), metrics=metrics, train_config=to_dict(cfg),
+        )
+        save_checkpoint(ckpt, storage.join(run_dir, "last.pt"))
+        score = record.get("val_box_acc@0.5", float(epoch)) if cfg.optim.monitor != "last" else float(epoch)
+        if score >= best:
+            best = score
+            save_checkpoint(ckpt, storage.join(run_dir, "best.pt"))
+        log.info("epoch %d: %s", epoch, record)
+    print(f"grounding run written to {run_dir} (best.pt, last.pt, metrics.jsonl)")
+    return 0

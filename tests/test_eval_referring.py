@@ -22,8 +22,14 @@ from rrsis.models.pslg_sam import PslgSam
 from rrsis.models.sam.config import SamConfig
 
 TINY_GROUNDING = GroundingConfig(
-    image_encoder="tiny", image_size_px=64, hidden_dim=32, num_heads=2, decoder_layers=1, ffn_dim=64,
-    num_queries=2, dropout=0.0,
+    image_encoder="tiny",
+    image_size_px=64,
+    hidden_dim=32,
+    num_heads=2,
+    decoder_layers=1,
+    ffn_dim=64,
+    num_queries=2,
+    dropout=0.0,
 )
 
 
@@ -38,10 +44,19 @@ def refer_split(root: Path) -> Path:
         cv2.imwrite(str(root / "images" / f"{i}.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         images.append({"id": i, "file_name": f"{i}.jpg", "height": 48, "width": 48})
         poly = [x, y, x + s, y, x + s, y + s, x, y + s]
-        anns.append({"id": 100 + i, "image_id": i, "category_id": 1 + i % 2, "bbox": [x, y, s, s],
-                     "segmentation": [poly]})
-        refs.append({"ref_id": i, "image_id": i, "ann_id": 100 + i, "split": "test", "category_id": 1 + i % 2,
-                     "sentences": [{"sent_id": i, "sent": f"the yellow square number {i}"}]})
+        anns.append(
+            {"id": 100 + i, "image_id": i, "category_id": 1 + i % 2, "bbox": [x, y, s, s], "segmentation": [poly]}
+        )
+        refs.append(
+            {
+                "ref_id": i,
+                "image_id": i,
+                "ann_id": 100 + i,
+                "split": "test",
+                "category_id": 1 + i % 2,
+                "sentences": [{"sent_id": i, "sent": f"the yellow square number {i}"}],
+            }
+        )
     cats = [{"id": 1, "name": "storagetank"}, {"id": 2, "name": "vehicle"}]
     (root / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     (root / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
@@ -54,13 +69,24 @@ def test_eval_pslg_sam_writes_metrics_csv_panels(tmp_path: Path) -> None:
     model = PslgSam(model_cfg.grounding, model_cfg.sam)
     ckpt_path = tmp_path / "pslg.pt"
     save_checkpoint(
-        checkpoint_from_model(model, model_cfg, bands=["red", "green", "blue"], norm_mean=[0.0] * 3,
-                              norm_std=[1.0] * 3),
+        checkpoint_from_model(
+            model, model_cfg, bands=["red", "green", "blue"], norm_mean=[0.0] * 3, norm_std=[1.0] * 3
+        ),
         str(ckpt_path),
     )
     out = tmp_path / "eval"
-    rc = main(["eval", f"checkpoint={ckpt_path}", "data.format=refer", f"data.root={root}", "split=test",
-               f"output={out}", "panels=1", "batch_size=2"])
+    rc = main(
+        [
+            "eval",
+            f"checkpoint={ckpt_path}",
+            "data.format=refer",
+            f"data.root={root}",
+            "split=test",
+            f"output={out}",
+            "panels=1",
+            "batch_size=2",
+        ]
+    )
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     rows = list(csv.DictReader((out / "samples.csv").open()))
@@ -75,14 +101,16 @@ def test_eval_pslg_sam_writes_metrics_csv_panels(tmp_path: Path) -> None:
     assert metrics["miou"] == pytest.approx(np.mean([float(r["iou"]) for r in rows]))
     # and an independent pass through the model + metric functions gives the same numbers
     rebuilt = build_from_checkpoint(load_checkpoint(str(ckpt_path)))
-    samples = load_referring_split(type("D", (), {"format": "refer", "root": str(root), "image_dir": "",
-                                                   "split_file": ""})(), "test")
+    samples = load_referring_split(
+        type("D", (), {"format": "refer", "root": str(root), "image_dir": "", "split_file": ""})(), "test"
+    )
     meter = ReferringMeter()
     for s in samples:
         img = load_image(s)
         (pred,) = predict_referring(rebuilt, [img], [s.text])
-        meter.add(s.sample_id, s.category, pred.mask, load_mask(s, img.shape[:2]), pred.box_xyxy,
-                  np.asarray(s.box_xyxy))
+        meter.add(
+            s.sample_id, s.category, pred.mask, load_mask(s, img.shape[:2]), pred.box_xyxy, np.asarray(s.box_xyxy)
+        )
     want = meter.summary()
     for key in ("miou", "oiou", "pr@0.5", "pr@0.9", "box_acc@0.5", "box_miou", "category_miou"):
         assert metrics[key] == pytest.approx(want[key]), key
@@ -109,9 +137,17 @@ def test_train_grounding_then_eval_boxes(tmp_path: Path) -> None:
     (root / "train.txt").write_text("0\n1\n")
     (root / "test.txt").write_text("2\n")
     overrides = [
-        "model.name=grounding", "data.format=dior_rsvg", f"data.root={root}", f"output={tmp_path / 'runs'}",
-        "run_name=g", "optim.epochs=1", "optim.batch_size=2", "optim.lr=1e-4", "optim.lr_text=0.0",
-        "optim.warmup_epochs=1", "optim.lr_decay_epochs=[1]",
+        "model.name=grounding",
+        "data.format=dior_rsvg",
+        f"data.root={root}",
+        f"output={tmp_path / 'runs'}",
+        "run_name=g",
+        "optim.epochs=1",
+        "optim.batch_size=2",
+        "optim.lr=1e-4",
+        "optim.lr_text=0.0",
+        "optim.warmup_epochs=1",
+        "optim.lr_decay_epochs=[1]",
         *[f"model.grounding.{k}={v}" for k, v in vars(TINY_GROUNDING).items() if isinstance(v, (int, float))],
     ]
     cfg = load_config(TrainConfig, None, overrides)
@@ -122,8 +158,20 @@ def test_train_grounding_then_eval_boxes(tmp_path: Path) -> None:
     ckpt = load_checkpoint(str(run / "best.pt"))
     assert ckpt.model_name == "grounding" and ckpt.model_config["grounding"]["image_weights"] == "none"
     out = tmp_path / "eval"
-    assert main(["eval", f"checkpoint={run / 'best.pt'}", "data.format=dior_rsvg", f"data.root={root}",
-                 "split=test", f"output={out}", "panels=1"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                f"checkpoint={run / 'best.pt'}",
+                "data.format=dior_rsvg",
+                f"data.root={root}",
+                "split=test",
+                f"output={out}",
+                "panels=1",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_boxes"] == 1 and "miou" not in metrics
     row = next(csv.DictReader((out / "samples.csv").open()))

@@ -16,8 +16,14 @@ from rrsis.models.registry import build_model
 from rrsis.models.sam.config import SamConfig
 
 TINY_GROUNDING = GroundingConfig(
-    image_encoder="tiny", image_size_px=64, hidden_dim=32, num_heads=2, decoder_layers=1, ffn_dim=64,
-    num_queries=2, dropout=0.0,
+    image_encoder="tiny",
+    image_size_px=64,
+    hidden_dim=32,
+    num_heads=2,
+    decoder_layers=1,
+    ffn_dim=64,
+    num_queries=2,
+    dropout=0.0,
 )
 
 
@@ -40,8 +46,14 @@ def test_predict_returns_box_mask_scores(model: PslgSam) -> None:
     assert box.shape == (4,) and mask.shape == (64, 80) and mask.dtype == bool
     assert 0 <= box[0] <= box[2] <= 80 and 0 <= box[1] <= box[3] <= 64
     assert 0.0 <= scores["box_score"] <= 1.0
-    assert scores["cfpg_reason"] in ("ok", "roi_too_small", "uniform_roi", "no_foreground_marker",
-                                     "no_region_above_area", "box_outside_image")
+    assert scores["cfpg_reason"] in (
+        "ok",
+        "roi_too_small",
+        "uniform_roi",
+        "no_foreground_marker",
+        "no_region_above_area",
+        "box_outside_image",
+    )
 
 
 def test_batched_equals_single_and_embeds_each_image_once(model: PslgSam) -> None:

@@ -20,8 +20,10 @@ from rrsis.errors import InputError
 
 XML = """<annotation><filename>{name}.jpg</filename><size><width>32</width><height>24</height><depth>3</depth></size>
 {objects}</annotation>"""
-OBJ = ("<object><name>{cat}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax>"
-       "</bndbox><description>{text}</description></object>")
+OBJ = (
+    "<object><name>{cat}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax>"
+    "</bndbox><description>{text}</description></object>"
+)
 
 
 def write_jpeg(path: Path, h: int = 24, w: int = 32) -> np.ndarray:
@@ -75,9 +77,14 @@ def test_dior_rsvg_malformed_inputs_name_file_and_record(tmp_path: Path) -> None
     (root / "Annotations" / "00003.xml").write_text(XML.format(name="00003", objects=bad))
     with pytest.raises(InputError, match=r"00003\.xml: object 0: box .* is empty"):
         load_rsvg(str(root), "all")
-    (root / "Annotations" / "00003.xml").write_text(XML.format(name="00003", objects="<object><name>x</name>"
-                                                                 "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>3</xmax>"
-                                                                 "<ymax>3</ymax></bndbox></object>"))
+    (root / "Annotations" / "00003.xml").write_text(
+        XML.format(
+            name="00003",
+            objects="<object><name>x</name>"
+            "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>3</xmax>"
+            "<ymax>3</ymax></bndbox></object>",
+        )
+    )
     with pytest.raises(InputError, match=r"00003\.xml: object 0: missing <description>"):
         load_rsvg(str(root), "all")
     (root / "Annotations" / "00003.xml").unlink()
@@ -106,26 +113,56 @@ def refer_fixture(root: Path, refs: list[object] | None = None) -> Path:
     write_jpeg(root / "images" / "a.jpg", 4, 4)
     write_jpeg(root / "images" / "b.jpg", 4, 4)
     coco = {
-        "images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4},
-                   {"id": 2, "file_name": "b.jpg", "height": 4, "width": 4}],
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "height": 4, "width": 4},
+            {"id": 2, "file_name": "b.jpg", "height": 4, "width": 4},
+        ],
         "annotations": [
-            {"id": 10, "image_id": 1, "category_id": 3, "bbox": [1, 1, 1, 3], "segmentation": {"counts": "538",
-                                                                                              "size": [4, 4]}},
-            {"id": 20, "image_id": 2, "category_id": 4, "bbox": [0, 0, 2, 2],
-             "segmentation": [[0, 0, 1, 0, 1, 1, 0, 1]]},
-            {"id": 21, "image_id": 2, "category_id": 4, "bbox": [3, 3, 1, 1], "segmentation": {"counts": [15, 1],
-                                                                                              "size": [4, 4]}},
+            {
+                "id": 10,
+                "image_id": 1,
+                "category_id": 3,
+                "bbox": [1, 1, 1, 3],
+                "segmentation": {"counts": "538", "size": [4, 4]},
+            },
+            {
+                "id": 20,
+                "image_id": 2,
+                "category_id": 4,
+                "bbox": [0, 0, 2, 2],
+                "segmentation": [[0, 0, 1, 0, 1, 1, 0, 1]],
+            },
+            {
+                "id": 21,
+                "image_id": 2,
+                "category_id": 4,
+                "bbox": [3, 3, 1, 1],
+                "segmentation": {"counts": [15, 1], "size": [4, 4]},
+            },
         ],
         "categories": [{"id": 3, "name": "vehicle"}, {"id": 4, "name": "storagetank"}],
     }
     (root / "instances.json").write_text(json.dumps(coco))
     if refs is None:
         refs = [
-            {"ref_id": 0, "image_id": 1, "ann_id": 10, "split": "train", "category_id": 3, "file_name": "a.jpg",
-             "sentences": [{"sent_id": 0, "sent": "the car"}, {"sent_id": 1, "raw": "a vehicle"}]},
+            {
+                "ref_id": 0,
+                "image_id": 1,
+                "ann_id": 10,
+                "split": "train",
+                "category_id": 3,
+                "file_name": "a.jpg",
+                "sentences": [{"sent_id": 0, "sent": "the car"}, {"sent_id": 1, "raw": "a vehicle"}],
+            },
             # RRSIS-M style: one expression, two instances
-            {"ref_id": 1, "image_id": 2, "ann_id": [20, 21], "split": "test", "category_id": 4,
-             "sentences": [{"sent_id": 2, "sent": "the storage tanks"}]},
+            {
+                "ref_id": 1,
+                "image_id": 2,
+                "ann_id": [20, 21],
+                "split": "test",
+                "category_id": 4,
+                "sentences": [{"sent_id": 2, "sent": "the storage tanks"}],
+            },
         ]
     (root / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
     return root
@@ -146,8 +183,10 @@ def test_refer_splits_masks_and_multi_instance(tmp_path: Path) -> None:
 
 
 def test_refer_malformed_records_name_file_and_ref(tmp_path: Path) -> None:
-    root = refer_fixture(tmp_path / "bad", refs=[{"ref_id": 5, "image_id": 1, "ann_id": 99, "split": "train",
-                                                   "sentences": [{"sent": "x"}]}])
+    root = refer_fixture(
+        tmp_path / "bad",
+        refs=[{"ref_id": 5, "image_id": 1, "ann_id": 99, "split": "train", "sentences": [{"sent": "x"}]}],
+    )
     with pytest.raises(InputError, match=r"refs\(unc\)\.p: ref 0: ann_id 99 is not in instances.json"):
         load_refer(str(root), "train")
     (root / "refs(unc).p").write_bytes(pickle.dumps([{"ref_id": 1}]))

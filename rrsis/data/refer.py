@@ -24,8 +24,20 @@ from rrsis.errors import InputError
 # What a pickle may name: only builtin value types (protocol <= 2 pickles name set/frozenset this way).
 ALLOWED_GLOBALS = {
     ("builtins", name)
-    for name in ("set", "frozenset", "list", "dict", "tuple", "str", "bytes", "bytearray", "int", "float", "bool",
-                 "complex")
+    for name in (
+        "set",
+        "frozenset",
+        "list",
+        "dict",
+        "tuple",
+        "str",
+        "bytes",
+        "bytearray",
+        "int",
+        "float",
+        "bool",
+        "complex",
+    )
 }
 
 
@@ -83,8 +95,15 @@ def _index_instances(path: Path) -> tuple[dict[int, Any], dict[int, Any], dict[i
     return images, anns, cats
 
 
-def _ref_samples(ref: Any, n: int, refs_path: Path, images: dict[int, Any], anns: dict[int, Any],
-                 cats: dict[int, str], image_dir: Path) -> list[ReferringSample]:
+def _ref_samples(
+    ref: Any,
+    n: int,
+    refs_path: Path,
+    images: dict[int, Any],
+    anns: dict[int, Any],
+    cats: dict[int, str],
+    image_dir: Path,
+) -> list[ReferringSample]:
     where = f"{refs_path}: ref {n}"
     if not isinstance(ref, dict):
         raise InputError(f"{where}: is a {type(ref).__name__}, not a dict")
@@ -106,8 +125,12 @@ def _ref_samples(ref: Any, n: int, refs_path: Path, images: dict[int, Any], anns
     boxes = [inst["bbox"] for inst in instances if "bbox" in inst]
     box: tuple[float, float, float, float] | None = None
     if boxes:  # COCO [x, y, w, h] -> xyxy; several instances -> their enclosing box
-        box = (float(min(b[0] for b in boxes)), float(min(b[1] for b in boxes)),
-               float(max(b[0] + b[2] for b in boxes)), float(max(b[1] + b[3] for b in boxes)))
+        box = (
+            float(min(b[0] for b in boxes)),
+            float(min(b[1] for b in boxes)),
+            float(max(b[0] + b[2] for b in boxes)),
+            float(max(b[1] + b[3] for b in boxes)),
+        )
     category = cats.get(int(ref.get("category_id", instances[0].get("category_id", -1)) if instances else -1), "")
     segments = tuple(inst["segmentation"] for inst in instances if inst.get("segmentation"))
     out = []
@@ -115,15 +138,17 @@ def _ref_samples(ref: Any, n: int, refs_path: Path, images: dict[int, Any], anns
         text = (sent.get("sent") or sent.get("raw") or "").strip() if isinstance(sent, dict) else ""
         if not text:
             raise InputError(f"{where}: sentence {k} has no text")
-        out.append(ReferringSample(
-            sample_id=f"{ref_id}_{sent.get('sent_id', k)}",
-            image_path=str(image_dir / str(image.get("file_name", ref.get("file_name", "")))),
-            text=text,
-            category=category,
-            box_xyxy=box,
-            segments=segments,
-            image_hw=hw,
-        ))
+        out.append(
+            ReferringSample(
+                sample_id=f"{ref_id}_{sent.get('sent_id', k)}",
+                image_path=str(image_dir / str(image.get("file_name", ref.get("file_name", "")))),
+                text=text,
+                category=category,
+                box_xyxy=box,
+                segments=segments,
+                image_hw=hw,
+            )
+        )
     return out
 
 

@@ -81,8 +81,10 @@ def load_referring_split(data: Any, split: str) -> list[ReferringSample]:
         from rrsis.data.jsonl import load_jsonl
 
         return load_jsonl(data.root, split)
-    raise ConfigError(f"config error: key 'data.format': {data.format!r} is not a referring format; "
-                      f"allowed: {', '.join(REFERRING_FORMATS)}")
+    raise ConfigError(
+        f"config error: key 'data.format': {data.format!r} is not a referring format; "
+        f"allowed: {', '.join(REFERRING_FORMATS)}"
+    )
 
 
 def require_dir(path: str | Path, what: str) -> Path:

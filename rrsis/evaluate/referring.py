@@ -75,15 +75,17 @@ def _mask_view(image: np.ndarray, mask: np.ndarray | None, rgb: tuple[int, int, 
     return out
 
 
-def render_panel(image: np.ndarray, sample: ReferringSample, pred: Prediction, gt_mask: np.ndarray | None,
-                 row: SampleScore) -> np.ndarray:
+def render_panel(
+    image: np.ndarray, sample: ReferringSample, pred: Prediction, gt_mask: np.ndarray | None, row: SampleScore
+) -> np.ndarray:
     """image + boxes | predicted mask | ground-truth mask, with the expression and IoUs as a caption."""
     boxed = image.copy()
     _draw_box(boxed, sample.box_xyxy, (0, 200, 0))
     _draw_box(boxed, pred.box_xyxy, (230, 30, 30))
     gap = np.full((image.shape[0], GAP_PX, 3), 255, np.uint8)
-    strip = np.concatenate([boxed, gap, _mask_view(image, pred.mask, (230, 30, 30)), gap,
-                            _mask_view(image, gt_mask, (0, 200, 0))], axis=1)
+    strip = np.concatenate(
+        [boxed, gap, _mask_view(image, pred.mask, (230, 30, 30)), gap, _mask_view(image, gt_mask, (0, 200, 0))], axis=1
+    )
     caption = np.full((CAPTION_PX, strip.shape[1], 3), 255, np.uint8)
     iou = "-" if row.iou is None else f"{row.iou:.3f}"
     biou = "-" if row.box_iou is None else f"{row.box_iou:.3f}"
@@ -121,8 +123,12 @@ def _fmt_box(box: Any) -> str:
     return "" if box is None else " ".join(f"{float(v):.2f}" for v in box)
 
 
-def evaluate_referring(model: nn.Module, samples: list[ReferringSample], batch_size: int, panels: int,
-                       ) -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, np.ndarray]]]:
+def evaluate_referring(
+    model: nn.Module,
+    samples: list[ReferringSample],
+    batch_size: int,
+    panels: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, np.ndarray]]]:
     """(metrics summary, CSV rows, [(panel name, RGB panel)]) over `samples`."""
     meter = ReferringMeter()
     rows: list[dict[str, Any]] = []
@@ -136,17 +142,27 @@ def evaluate_referring(model: nn.Module, samples: list[ReferringSample], batch_s
         for s, img, pred in zip(batch, images, preds, strict=True):
             gt_mask = load_mask(s, img.shape[:2]) if pred.mask is not None else None
             row = meter.add(
-                s.sample_id, s.category,
-                pred_mask=pred.mask if gt_mask is not None else None, gt_mask=gt_mask,
+                s.sample_id,
+                s.category,
+                pred_mask=pred.mask if gt_mask is not None else None,
+                gt_mask=gt_mask,
                 pred_box=pred.box_xyxy if s.box_xyxy is not None else None,
                 gt_box=None if s.box_xyxy is None else np.asarray(s.box_xyxy),
             )
-            rows.append({
-                "sample_id": s.sample_id, "category": s.category, "text": s.text,
-                "iou": row.iou, "inter_px": row.inter_px, "union_px": row.union_px, "box_iou": row.box_iou,
-                "pred_box": _fmt_box(pred.box_xyxy), "gt_box": _fmt_box(s.box_xyxy),
-                **{k: v for k, v in pred.scores.items()},
-            })
+            rows.append(
+                {
+                    "sample_id": s.sample_id,
+                    "category": s.category,
+                    "text": s.text,
+                    "iou": row.iou,
+                    "inter_px": row.inter_px,
+                    "union_px": row.union_px,
+                    "box_iou": row.box_iou,
+                    "pred_box": _fmt_box(pred.box_xyxy),
+                    "gt_box": _fmt_box(s.box_xyxy),
+                    **{k: v for k, v in pred.scores.items()},
+                }
+            )
             item = _Keep(_rank(row), s, pred, row)
             _keep(best, item, panels, best=True)
             _keep(worst, item, panels, best=False)
@@ -169,8 +185,14 @@ def run_referring_eval(cfg: EvalConfig, ckpt: Checkpoint) -> int:
         raise ConfigError(f"eval: split {cfg.split!r} of {cfg.data.root!r} has no sample")
     log.info("evaluating %s on %d expressions of %s/%s", ckpt.model_name, len(samples), cfg.data.root, cfg.split)
     summary, rows, panels = evaluate_referring(model, samples, cfg.batch_size, cfg.panels)
-    report = {"model": ckpt.model_name, "checkpoint": cfg.checkpoint, "data": cfg.data.root, "format": cfg.data.format,
-              "split": cfg.split, **summary}
+    report = {
+        "model": ckpt.model_name,
+        "checkpoint": cfg.checkpoint,
+        "data": cfg.data.root,
+        "format": cfg.data.format,
+        "split": cfg.split,
+        **summary,
+    }
     storage.put_bytes(storage.join(cfg.output, "metrics.json"), json.dumps(report, indent=2).encode())
     storage.put_bytes(storage.join(cfg.output, "samples.csv"), _csv(rows).encode())
     for name, panel in panels:

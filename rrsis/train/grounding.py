@@ -101,7 +101,11 @@ def train_one_epoch(
         ids, mask = model.text.tokenize(batch["texts"], model.device)
         out = model(model.preprocess(batch["images"]), ids, mask)
         terms = grounding_loss(
-            out["boxes"], out["logits"], batch["target"].to(model.device), cfg.l1_weight, cfg.giou_weight,
+            out["boxes"],
+            out["logits"],
+            batch["target"].to(model.device),
+            cfg.l1_weight,
+            cfg.giou_weight,
             cfg.score_weight,
         )
         optimizer.zero_grad(set_to_none=True)
@@ -142,8 +146,9 @@ def run_grounding_train(cfg: TrainConfig) -> int:
     if not len(train_set):
         raise ConfigError(f"data.root={cfg.data.root!r} has no training sample")
     val = _val_samples(cfg)
-    loader = DataLoader(train_set, batch_size=cfg.optim.batch_size, shuffle=True, collate_fn=collate,
-                        num_workers=cfg.data.num_workers)
+    loader = DataLoader(
+        train_set, batch_size=cfg.optim.batch_size, shuffle=True, collate_fn=collate, num_workers=cfg.data.num_workers
+    )
     val_loader = DataLoader(BoxSamples(val), batch_size=cfg.optim.eval_batch_size, collate_fn=collate) if val else None
     model = GroundingModel(cfg.model.grounding).to(device)
     optimizer = build_optimizer(model, cfg.optim)
@@ -166,8 +171,13 @@ def run_grounding_train(cfg: TrainConfig) -> int:
         storage.put_bytes(storage.join(run_dir, "metrics.jsonl"), ("\n".join(history) + "\n").encode())
         metrics = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
         ckpt = checkpoint_from_model(
-            model, saved_cfg, bands=RGB, norm_mean=list(cfg.model.grounding.pixel_mean),
-            norm_std=list(cfg.model.grounding.pixel_std), metrics=metrics, train_config=to_dict(cfg),
+            model,
+            saved_cfg,
+            bands=RGB,
+            norm_mean=list(cfg.model.grounding.pixel_mean),
+            norm_std=list(cfg.model.grounding.pixel_std),
+            metrics=metrics,
+            train_config=to_dict(cfg),
         )
         save_checkpoint(ckpt, storage.join(run_dir, "last.pt"))
         score = record.get("val_box_acc@0.5", float(epoch)) if cfg.optim.monitor != "last" else float(epoch)

@@ -98,6 +98,10 @@ def make_checkpoint(
 
 
 def run_train(cfg: TrainConfig) -> int:
+    if cfg.model.name == "grounding":  # PSLG-SAM stage one has its own plain loop
+        from rrsis.train.grounding import run_grounding_train
+
+        return run_grounding_train(cfg)
     if cfg.train.enabled:
         from rrsis.train.ray_train import fit
 

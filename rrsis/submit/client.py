@@ -51,10 +51,22 @@ def submit(
         try:
             job_id = client.submit_job(**pkg.submit_kwargs())
         except (RuntimeError, ValueError, TypeError, OSError) as exc:
+            if _was_created(client, pkg.submission_id):
+                # an overloaded dashboard can answer 5xx after it stored the job: it exists, follow it
+                log.warning("job server reported an error, but job %s exists; following it", pkg.submission_id)
+                return pkg.submission_id
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             values = list(pkg.runtime_env["env_vars"].values())
             raise JobError(control.scrub(f"submitting {pkg.submission_id} failed: {first}", values)) from None
     return str(job_id)
+
+
+def _was_created(client: Any, submission_id: str) -> bool:
+    try:
+        client.get_job_status(submission_id)
+    except Exception:  # not found, or the server is really down: either way, not created
+        return False
+    return True
 
 
 def submit_from_cli(args: argparse.Namespace) -> int:

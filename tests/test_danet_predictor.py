@@ -44,3 +44,34 @@ def test_checkpoint_round_trip_and_predictor(tmp_path: Path, samples: Path) -> N
         DanetPredictor(restored).predict(np.full((3, 8, 8), np.nan, np.float32), texts)
     with pytest.raises(InputError, match=r"\(3, H, W\)"):
         DanetPredictor(restored).predict(image[:2], texts)
+
+
+@pytest.mark.slow
+def test_rrsis_eval_runs_a_danet_checkpoint(tmp_path: Path, samples: Path) -> None:
+    """`rrsis eval` on a JSONL split of real Landsat crops; the referred region is the nodata collar."""
+    import json
+
+    import cv2
+
+    from rrsis.cli import main
+
+    with rasterio.open(samples / "rasterio" / "RGB.byte.tif") as src:
+        rgb = src.read(window=rasterio.windows.Window(0, 0, 96, 96)).transpose(1, 2, 0)  # corner: collar + land
+        rgb2 = src.read(window=rasterio.windows.Window(600, 560, 96, 96)).transpose(1, 2, 0)
+    lines = []
+    for i, img in enumerate((rgb, rgb2)):
+        cv2.imwrite(str(tmp_path / f"img{i}.png"), cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(tmp_path / f"mask{i}.png"), (img.max(axis=2) == 0).astype(np.uint8) * 255)
+        lines.append(json.dumps({"image": f"img{i}.png", "mask": f"mask{i}.png", "text": "the black border"}))
+    (tmp_path / "all.jsonl").write_text("\n".join(lines) + "\n")
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="danet", danet=DanetConfig(**TINY))  # type: ignore[arg-type]
+    model = build_model(cfg)
+    ckpt = str(tmp_path / "danet.pt")
+    save_checkpoint(checkpoint_from_model(model, cfg, bands=["R", "G", "B"], norm_mean=MEAN, norm_std=STD), ckpt)
+    out = tmp_path / "eval"
+    args = [f"checkpoint={ckpt}", "data.format=jsonl", f"data.root={tmp_path / 'all.jsonl'}", "split=all"]
+    assert main(["eval", *args, f"output={out}", "panels=1"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["model"] == "danet" and 0.0 <= report["miou"] <= 1.0
+    assert len((out / "samples.csv").read_text().strip().splitlines()) == 3  # header + 2 expressions

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rrsis.config.fields import bounded, choice, items
 from rrsis.errors import ConfigError
@@ -43,6 +43,9 @@ class DanetConfig:
     num_heads: int = bounded(8, 1)  # heads of RAAM's self-attention over the predictor
     ffn_dim: int = bounded(1024, 1)  # hidden width of RAAM's FFN
     dropout: float = bounded(0.0, 0.0, 1.0, open_high=True)
+    # RGB normalisation of the Swin weights (ImageNet, 0-1 RGB): used when predicting from raw uint8 images.
+    pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
     def validate(self, prefix: str = "") -> None:
         """Cross-field checks the field helpers cannot express (each names the key)."""
@@ -56,5 +59,10 @@ class DanetConfig:
             raise ConfigError(
                 f"config error: key '{prefix}num_heads': {self.num_heads} must divide decoder_dim={self.decoder_dim}"
             )
+        for key in ("pixel_mean", "pixel_std"):
+            if len(getattr(self, key)) != 3:
+                raise ConfigError(f"config error: key '{prefix}{key}': needs 3 values (R, G, B)")
+        if min(self.pixel_std) <= 0:
+            raise ConfigError(f"config error: key '{prefix}pixel_std': values must be > 0")
         if self.input_px % 32:
             raise ConfigError(f"config error: key '{prefix}input_px': {self.input_px} must be a multiple of 32")

@@ -18,6 +18,14 @@ from rrsis.models.danet.model import Danet
 from rrsis.models.danet.text import load_tokenizer, tokenize
 
 
+def rgb_to_input(image: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 normalised with the model's pixel statistics."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"danet predictor: RGB image must be (H, W, 3), got {image.shape}")
+    x = image.astype(np.float32).transpose(2, 0, 1) / 255.0
+    return (x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+
+
 class DanetPredictor:
     def __init__(
         self, model: Danet, tokenizer: PreTrainedTokenizerBase | None = None, device: str | torch.device = "cpu"
@@ -44,3 +52,11 @@ class DanetPredictor:
         out = self.model(x.expand(len(expressions), -1, -1, -1), ids.to(self.device), mask.to(self.device))
         logits = F.interpolate(out.logits, size=(h, w), mode="bilinear", align_corners=False)
         return logits[:, 0].sigmoid().cpu().numpy().astype(np.float32)
+
+    def predict_masks(self, images: list[np.ndarray], texts: list[str], threshold: float = 0.5) -> list[np.ndarray]:
+        """One boolean (H, W) mask per (uint8 RGB image, expression) pair: the `rrsis eval` interface."""
+        if len(images) != len(texts):
+            raise InputError(f"danet predictor: {len(images)} images but {len(texts)} expressions")
+        mean, std = self.cfg.pixel_mean, self.cfg.pixel_std
+        pairs = zip(images, texts, strict=True)
+        return [self.predict(rgb_to_input(img, mean, std), [text])[0] > threshold for img, text in pairs]

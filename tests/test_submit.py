@@ -170,7 +170,7 @@ def test_submit_follow_status_logs_and_env_by_name(
     assert f"submitted map job {job_id}" in err and f"job {job_id} SUCCEEDED" in err
     assert "config .rrsis-submit/" in out and "submit_demo: ok" in out
     # CPU stages went to the cpu_pool custom resource, infer stayed on CPU (no GPU on this head)
-    assert '"resources": {"cpu_pool": 0.001}' in out and "stage map.infer: {\"num_cpus\": 1.0" in out
+    assert '"resources": {"cpu_pool": 0.001}' in out and 'stage map.infer: {"num_cpus": 1.0' in out
     assert "env passed by name: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY" in out
 
     code, out2, _ = _run(capsys, "jobs", "status", job_id, "--address", head.address)

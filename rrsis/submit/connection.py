@@ -37,9 +37,7 @@ def resolve_address(cli_address: str | None, config_address: str = "") -> str:
         raise JobError("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
     address = address.strip().rstrip("/")
     if address.startswith("ray://"):
-        raise JobError(
-            f"{source}={address!r} is a Ray Client address; jobs go to the dashboard: http://HEAD:8265"
-        )
+        raise JobError(f"{source}={address!r} is a Ray Client address; jobs go to the dashboard: http://HEAD:8265")
     if "://" not in address:
         address = f"http://{address}"
     parsed = urlparse(address)
@@ -91,13 +89,20 @@ def check_reachable(address: str, headers: dict[str, str], timeout_s: float) -> 
         raise JobError(f"job server at {address} answered HTTP {exc.code} on /api/version") from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise JobError(f"cannot reach the Ray job server at {address}: {reason}") from None
-    except json.JSONDecodeError:
-        raise JobError(f"{address} answered /api/version with something other than JSON: not a Ray dashboard") from None
+        raise JobError(f"cannot reach the Ray job server at {address}: {reason}{_port_hint(address)}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise JobError(f"{address} is not a Ray dashboard (no JSON on /api/version){_port_hint(address)}") from None
     version = body.get("ray_version") if isinstance(body, dict) else None
     if not version:
         raise JobError(f"{address} does not look like a Ray dashboard (no ray_version in /api/version)")
     return str(version)
+
+
+def _port_hint(address: str) -> str:
+    """RAY_ADDRESS often holds the GCS address (port 6379): jobs go to the dashboard port instead."""
+    if urlparse(address).port not in (6379, 10001):
+        return ""
+    return " (that is the GCS/Ray Client port; the job server is the dashboard, default port 8265)"
 
 
 @contextlib.contextmanager

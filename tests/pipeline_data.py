@@ -64,10 +64,32 @@ def tiny_checkpoint(path: Path | str, *, family: str = "senet", seed: int = 0) -
     torch.manual_seed(seed)
     model_cfg = ModelConfig(name="waterland", waterland=WaterlandConfig(family=family, width="half", in_bands=2))
     model = build_model(model_cfg).eval()
-    # The last layer's bias decides the water share of a random model: keep it near half so masks have both.
+    _calibrate(model)
     ckpt = checkpoint_from_model(model, model_cfg, bands=["VV", "VH"], norm_mean=[-12.0, -12.0], norm_std=[4.0, 4.0])
     save_checkpoint(ckpt, str(path))
     return str(path)
+
+
+def _calibrate(model: torch.nn.Module) -> None:
+    """Make a random model's water share about half, with contrast: masks then have edges to get wrong.
+
+    On a normalised blob image like `write_scene`'s, the head is shifted so the median logit difference is 0
+    and scaled so its spread is about 4 (random U-Nets otherwise output one class everywhere).
+    """
+    yy, xx = np.mgrid[0:96, 0:96].astype(np.float32)
+    blob = np.sin(xx / 23.0) * np.cos(yy / 17.0) * 1.5
+    x = torch.from_numpy(np.stack([blob, blob])[None].astype(np.float32))
+    head = model.heads[0]  # type: ignore[index]
+    with torch.no_grad():
+        logits = model(x)
+        diff = (logits[:, 1] - logits[:, 0]).flatten()
+        scale = 4.0 / float(diff.std().clamp_min(1e-6))
+        head.weight[1] -= head.weight[0]
+        head.bias[1] -= head.bias[0] + float(diff.median())
+        head.weight[0].zero_()
+        head.bias[0].zero_()
+        head.weight.mul_(scale)
+        head.bias.mul_(scale)
 
 
 def map_config(*overrides: str) -> MapConfig:

@@ -86,7 +86,8 @@ def _model_info(checkpoint: str) -> tuple[str, list[str], int]:
 
     ckpt = load_checkpoint(checkpoint)
     bands = [str(b) for b in (ckpt.bands or [])]
-    in_bands = len(bands) or int(getattr(getattr(ckpt.model_config, "waterland", None), "in_bands", 0) or 0)
+    family = ckpt.model_config.get(ckpt.model_name, {})
+    in_bands = len(bands) or int(family.get("in_bands", 0) if isinstance(family, dict) else 0)
     sha = hashlib.sha256(storage.get_bytes(checkpoint)).hexdigest()[:12]
     return f"{ckpt.model_name}@{sha}", bands, in_bands
 
@@ -155,6 +156,10 @@ def run_map(cfg: MapConfig) -> int:
     from rrsis.pipeline.build import cluster_cpus, cluster_gpus, map_dataset, resources_for
     from rrsis.pipeline.manifest import write_failures, write_manifest
 
+    if cfg.task == "boxes":
+        from rrsis.pipeline.run_boxes import run_boxes
+
+        return run_boxes(cfg, cfg.boxes)
     if cfg.task != "waterland":
         raise ConfigError(f"config error: key 'task': {cfg.task!r} is not wired into `rrsis map` yet; use 'waterland'")
     start = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rrsis.config.boxes import BoxesConfig
 from rrsis.config.common import RayConfig, StorageConfig
 from rrsis.config.fields import bounded, choice
 
@@ -74,6 +75,7 @@ class MapConfig:
     infer: InferConfig = field(default_factory=InferConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
+    boxes: BoxesConfig = field(default_factory=BoxesConfig)  # task: boxes (box file, SAM, CFPG/MBO)
     read_num_cpus: float = bounded(1.0, 0.0, 256.0)  # per read task (windowed GDAL reads)
     write_num_cpus: float = bounded(1.0, 0.0, 256.0)  # per write task (encode + PUT one mask tile per row)
     storage: StorageConfig = field(default_factory=StorageConfig)

@@ -1,7 +1,9 @@
 """Benchmark: forward+backward time and peak memory of LAVT vs +EAAS vs +RAAM vs full DANet, side by side.
 
 Each (size, variant) runs in a fresh process so its peak RSS (ru_maxrss) is its own; "act+grad MB" is that peak
-minus the RSS right after building the model (activations, gradients, optimiser-free). Sizes:
+minus the RSS right after building the model (activations, gradients, optimiser-free). Time is the process's
+CPU time per iteration (best of N, one intra-op thread by default), which stays comparable when other jobs
+share the machine; wall time is printed beside it. Sizes:
   tiny  - the `tiny` Swin preset, 64x64, batch 4 (the test/demo model);
   paper - Swin-B, 480x480, batch 1, decoder 256, K 32 (the paper's setting; text encoder = offline MiniLM since
           no BERT-base weights are available offline). Forward+backward if memory allows, else forward only.
@@ -58,9 +60,9 @@ def _measure(size: str, variant: str, reps: int, threads: int, backward: bool, q
     image, target = torch.randn(b, 3, px, px), (torch.rand(b, px, px) > 0.5).float()
     model.train()
     after_build = _rss_mb()
-    times = []
+    times, walls = [], []
     for i in range(reps + 1):  # first run is warm-up
-        t0 = time.perf_counter()
+        t0, w0 = time.process_time(), time.perf_counter()
         if backward:
             out = model(image, ids, mask)
             loss = danet_loss(out.logits, target, out.affinity_features, out.affinity_labels, cfg.lambda_af)
@@ -70,8 +72,10 @@ def _measure(size: str, variant: str, reps: int, threads: int, backward: bool, q
             with torch.no_grad():
                 model(image, ids, mask)
         if i:
-            times.append(time.perf_counter() - t0)
-    queue.put({"params": n_params, "s": min(times), "peak_mb": _rss_mb(), "act_mb": _rss_mb() - after_build})
+            times.append(time.process_time() - t0)
+            walls.append(time.perf_counter() - w0)
+    peak = _rss_mb()
+    queue.put({"params": n_params, "s": min(times), "wall": min(walls), "peak_mb": peak, "act_mb": peak - after_build})
 
 
 def run(size: str, variant: str, reps: int, threads: int, backward: bool) -> dict[str, float]:
@@ -98,8 +102,8 @@ def main() -> None:
         reps = args.reps if size == "tiny" else max(1, args.reps // 3)
         mode = "forward+backward" if backward else "forward only"
         print(f"\n== {size}: batch {SIZES[size]['batch']}, {mode}, best of {reps}, {args.threads} thread(s)")
-        head = ("variant", "params", "time s", "x LAVT", "peak RSS MB", "act+grad MB", "x LAVT")
-        print("{:8} {:>12} {:>9} {:>7} {:>12} {:>12} {:>7}".format(*head))
+        head = ("variant", "params", "CPU s", "x LAVT", "wall s", "peak RSS MB", "act+grad MB", "x LAVT")
+        print("{:8} {:>12} {:>9} {:>7} {:>8} {:>12} {:>12} {:>7}".format(*head), flush=True)
         base: dict[str, float] = {}
         for variant in VARIANTS:
             r = run(size, variant, reps, args.threads, backward)
@@ -108,8 +112,9 @@ def main() -> None:
                 continue
             base = base or r
             print(
-                f"{variant:8} {int(r['params']):>12,d} {r['s']:>9.3f} {r['s'] / base['s']:>7.2f} "
-                f"{r['peak_mb']:>12.0f} {r['act_mb']:>12.0f} {r['act_mb'] / max(base['act_mb'], 1e-9):>7.2f}"
+                f"{variant:8} {int(r['params']):>12,d} {r['s']:>9.3f} {r['s'] / base['s']:>7.2f} {r['wall']:>8.2f} "
+                f"{r['peak_mb']:>12.0f} {r['act_mb']:>12.0f} {r['act_mb'] / max(base['act_mb'], 1e-9):>7.2f}",
+                flush=True,
             )
 
 

@@ -86,7 +86,8 @@ def _model_info(checkpoint: str) -> tuple[str, list[str], int]:
 
     ckpt = load_checkpoint(checkpoint)
     bands = [str(b) for b in (ckpt.bands or [])]
-    in_bands = len(bands) or int(getattr(getattr(ckpt.model_config, "waterland", None), "in_bands", 0) or 0)
+    family = ckpt.model_config.get(ckpt.model_name, {})
+    in_bands = len(bands) or int(family.get("in_bands", 0) if isinstance(family, dict) else 0)
     sha = hashlib.sha256(storage.get_bytes(checkpoint)).hexdigest()[:12]
     return f"{ckpt.model_name}@{sha}", bands, in_bands
 

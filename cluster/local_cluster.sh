@@ -80,14 +80,21 @@ cmd_start() {
     --ray-client-server-port=$((PORT_BASE + 10)) --temp-dir="$STATE_DIR/tmp" \
     --num-cpus="$HEAD_CPUS" --num-gpus=0 $(node_ports 0)
   wait_dashboard
+  for _ in $(seq 120); do
+    if [[ "$(alive_nodes)" -ge 1 ]]; then break; fi
+    sleep 0.5
+  done
   local i
   for ((i = 1; i <= WORKERS; i++)); do
     local resources='{}'
     # odd workers stand in for the accelerator node type, even ones for the CPU node type
     if ((i % 2 == 0)); then resources='{"cpu_pool": '"$WORKER_CPUS"'}'; fi
     # shellcheck disable=SC2046
+    # each node its own temp dir: nodes sharing one would share (and clobber) socket and log file names
+    mkdir -p "$STATE_DIR/tmp$i"
     start_node "worker$i" --address="$head_ip:$GCS_PORT" --node-ip-address="127.0.0.$((i + 2))" \
-      --num-cpus="$WORKER_CPUS" --num-gpus=0 --resources="$resources" $(node_ports "$i")
+      --temp-dir="$STATE_DIR/tmp$i" --num-cpus="$WORKER_CPUS" --num-gpus=0 --resources="$resources" \
+      $(node_ports "$i")
     # one at a time: nodes on one machine share the session dir and pick socket names on registration
     for _ in $(seq 240); do
       if [[ "$(alive_nodes)" -ge $((i + 1)) ]]; then break; fi

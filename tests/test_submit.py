@@ -155,6 +155,21 @@ def test_package_passes_env_by_name_and_cleans_up(tmp_path: Path, secret_env: st
     assert control.scrub(f"x {secret_env} y") == "x *** y"
 
 
+def test_checkout_mode_stages_the_config_in_the_working_dir_only_while_submitting(tmp_path: Path) -> None:
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "eval.py").write_text("print('eval')\n")
+    sub = SubmitConfig(working_dir=str(tmp_path), job_id="rrsis-unit-2", env_vars=[], python="python3.11")
+    with job_package("eval", "split: test\n", sub) as pkg:
+        assert pkg.runtime_env["working_dir"] == str(tmp_path.resolve())
+        assert ".git" in pkg.runtime_env["excludes"] and ".venv" in pkg.runtime_env["excludes"]
+        assert (tmp_path / CONFIG_DIR / "rrsis-unit-2.yaml").read_text() == "split: test\n"
+        assert pkg.entrypoint.startswith("python3.11 jobs/eval.py --config ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs"]  # nothing left behind
+    with pytest.raises(JobError, match=r"jobs/train\.py not found"):
+        with job_package("train", "", sub):
+            pass
+
+
 # --- a real cluster -----------------------------------------------------------------------------------
 
 

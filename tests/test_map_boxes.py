@@ -9,10 +9,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from rrsis.config.boxes import BoxesConfig
+from rrsis.config.load import load_config
 from rrsis.config.map import MapConfig
-from rrsis.models.sam.config import SamConfig
-from rrsis.pipeline.run_boxes import run_boxes
+from rrsis.pipeline.run import run_map
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -24,11 +25,10 @@ def test_map_boxes_one_mask_per_box(samples: Path, tmp_path: Path, ray_session: 
         "across,230,300,330,380\n"  # crosses the tile border at x = 224 (256 px tiles, 32 px overlap)
         "small,500,450,540,480\n"
     )
-    cfg = MapConfig(task="boxes", input=[str(samples / "rasterio" / "RGB.byte.tif")], output=str(tmp_path / "out"))
-    cfg.tiling.tile_px, cfg.tiling.overlap_px = 256, 32
-    cfg.infer.torch_threads, cfg.infer.device = 1, "cpu"
-    boxes = BoxesConfig(path=str(boxes_csv), sam=SamConfig(model_type="tiny"))
-    assert run_boxes(cfg, boxes) == 0
+    overrides = [f"output={tmp_path / 'out'}", f"boxes.path={boxes_csv}", "infer.torch_threads=1", "infer.device=cpu"]
+    cfg = load_config(MapConfig, REPO / "configs" / "map" / "sam_boxes.yaml", overrides)
+    assert (cfg.task, cfg.tiling.tile_px, cfg.tiling.overlap_px, cfg.boxes.sam.model_type) == ("boxes", 256, 32, "tiny")
+    assert run_map(cfg) == 0  # `rrsis map` dispatches task: boxes to run_boxes
 
     (run_dir,) = (tmp_path / "out").iterdir()
     manifest = pq.read_table(io.BytesIO((run_dir / "boxes_manifest.parquet").read_bytes())).to_pylist()

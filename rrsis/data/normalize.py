@@ -28,14 +28,15 @@ class NormStats:
 def apply_stats(
     norm_mean: Sequence[float], norm_std: Sequence[float], nodata_fill: float, image: np.ndarray, valid: np.ndarray
 ) -> np.ndarray:
-    """(C,H,W) raw values -> float32 (x - mean) / std per band; invalid or NaN pixels get `nodata_fill`."""
+    """(C,H,W) raw values -> float32 (x - mean) / std per band; a pixel invalid, or NaN in any band, gets
+    `nodata_fill` in every band (a half-valid pixel is not a measurement)."""
     if image.ndim != 3 or image.shape[0] != len(norm_mean):
         raise InputError(f"image has shape {image.shape}, the normalisation expects ({len(norm_mean)}, H, W)")
     mean = np.asarray(norm_mean, dtype=np.float32)[:, None, None]
     std = np.asarray(norm_std, dtype=np.float32)[:, None, None]
     with np.errstate(invalid="ignore", over="ignore"):
         out = (image.astype(np.float32, copy=False) - mean) / std
-    bad = ~np.asarray(valid, dtype=bool)[None] | ~np.isfinite(out)
+    bad = ~np.asarray(valid, dtype=bool)[None] | ~np.isfinite(out).all(axis=0, keepdims=True)
     return np.where(bad, np.float32(nodata_fill), out).astype(np.float32, copy=False)
 
 

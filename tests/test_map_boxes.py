@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import rasterio
+import rasterio.windows
 
 from rrsis.config.load import load_config
 from rrsis.config.map import MapConfig
@@ -43,3 +45,8 @@ def test_map_boxes_one_mask_per_box(samples: Path, tmp_path: Path, ray_session: 
             lon, lat = f["geometry"]["coordinates"][0][0][0]
             assert -80 < lon < -76 and 22 < lat < 26
     assert Path(across["key"]).exists()
+    with rasterio.open(run_dir / "RGB.byte" / "mosaic.tif") as mosaic, rasterio.open(across["key"]) as part:
+        assert (mosaic.width, mosaic.height, mosaic.crs) == (791, 718, part.crs)  # the whole scene's grid
+        win = rasterio.windows.Window(across["win_col_off"], across["win_row_off"], 256, 256)
+        inside = mosaic.read(1, window=win)
+        assert ((part.read(1) == 1) <= (inside == 1)).all()  # every masked pixel of the window is in the union

@@ -10,11 +10,12 @@ import pytest
 import rasterio
 import torch
 
-from rrsis.geo.raster import read_info
-from rrsis.geo.tiling import plan_tiles
+from rrsis.geo.raster import encode_geotiff, read_info
+from rrsis.geo.tiling import PixelWindow, plan_tiles
 from rrsis.models.sam.config import SamConfig
 from rrsis.pipeline.box_inputs import BoxRecord
 from rrsis.pipeline.box_plan import plan_box_groups
+from rrsis.pipeline.box_products import union_mosaic
 from rrsis.pipeline.stages import read_stage
 from rrsis.pipeline.task_boxes import (
     SamBoxStage,
@@ -80,3 +81,24 @@ def test_boxes_task_stages_end_to_end(samples: Path, tmp_path: Path) -> None:
             assert src.width == 256 and src.nodata == 255
     cloud = next(f for f in features if f["properties"]["box_id"] == "cloud")
     assert cloud["properties"]["cfpg"] == "ok"  # the bright blob gets a CFPG point
+
+
+def test_union_mosaic_ors_overlapping_windows(tmp_path: Path) -> None:
+    tf = (10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0)
+    a = np.zeros((4, 4), np.uint8)
+    a[1, 1] = 1
+    b = np.zeros((4, 4), np.uint8)  # b's window starts 2 px right: its (1, 0) is scene (1, 2), 0 over a's ones
+    b[0, 0] = 1
+    b[1, 0] = 255  # nodata is not a mask
+    (tmp_path / "a.tif").write_bytes(encode_geotiff(a, tf, "EPSG:32633", nodata=255))
+    (tmp_path / "b.tif").write_bytes(encode_geotiff(b, tf, "EPSG:32633", nodata=255))
+    out = str(tmp_path / "mosaic.tif")
+    parts = [(PixelWindow(0, 0, 4, 4), str(tmp_path / "a.tif")), (PixelWindow(2, 0, 4, 4), str(tmp_path / "b.tif"))]
+    union_mosaic(out, 5, 3, tf, "EPSG:32633", parts, block_px=16)  # b sticks out of the 5 x 3 scene: clipped
+    with rasterio.open(out) as src:
+        got = src.read(1)
+        assert src.transform.c == 500000.0 and src.crs.to_string() == "EPSG:32633"
+    expected = np.zeros((3, 5), np.uint8)
+    expected[1, 1] = 1  # from a
+    expected[0, 2] = 1  # from b's (0, 0), shifted 2 px
+    assert np.array_equal(got, expected)

@@ -3,7 +3,8 @@
 Driver: scenes -> metadata -> tile plan -> box groups (`box_plan`: the tile owning a box's centre
 segments it through a window covering the whole box) -> Ray Data: read (CPU tasks) -> prompt/CFPG (CPU
 tasks) -> SAM (actor pool, GPU when present) -> MBO (CPU tasks) -> write (CPU tasks) -> per scene one
-`boxes.geojson` (WGS84, a polygon per box with its `box_id`) -> `boxes_manifest.parquet` (one row per box)
+`boxes.geojson` (WGS84, a polygon per box with its `box_id`) and `mosaic.tif` (COG, union of the box
+masks) -> `boxes_manifest.parquet` (one row per box)
 and `failures.parquet`. Pixels never reach the driver.
 """
 
@@ -22,15 +23,31 @@ from rrsis import storage
 from rrsis.config.boxes import BoxesConfig
 from rrsis.errors import ConfigError, RrsisError
 from rrsis.geo.raster import read_info, resolve_bands
-from rrsis.geo.tiling import plan_tiles
+from rrsis.geo.tiling import PixelWindow, plan_tiles
 from rrsis.pipeline.box_inputs import read_boxes
 from rrsis.pipeline.box_plan import plan_box_groups
+from rrsis.pipeline.box_products import union_mosaic
 from rrsis.pipeline.inputs import resolve_inputs
 from rrsis.pipeline.manifest import table_bytes, write_failures
 from rrsis.pipeline.plan import Failure
 from rrsis.pipeline.task_boxes import group_row, sam_options
 
-BOX_COLUMNS = ("scene_id", "box_id", "group_id", "tile_id", "key", "status", "score", "cfpg", "mbo_rounds", "area_px")
+BOX_COLUMNS = (
+    "scene_id",
+    "box_id",
+    "group_id",
+    "tile_id",
+    "key",
+    "status",
+    "score",
+    "cfpg",
+    "mbo_rounds",
+    "area_px",
+    "win_col_off",
+    "win_row_off",
+    "win_width",
+    "win_height",
+)
 
 
 def boxes_run_id(cfg: Any, boxes: BoxesConfig, scene_uris: list[str]) -> str:
@@ -104,6 +121,7 @@ def box_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
             "cfpg": cfpg[k],
             "mbo_rounds": int(rounds[k]),
             "area_px": int(areas[k]),
+            **{f"win_{n}": int(meta[f"win_{n}"]) for n in ("col_off", "row_off", "width", "height")},
         }
         for k, box_id in enumerate(ids)
     ]
@@ -137,7 +155,7 @@ def run_boxes(cfg: Any, boxes: BoxesConfig) -> int:
     run_id = boxes_run_id(cfg, boxes, [s.uri for s in scenes])
     prefix = storage.join(cfg.output, run_id)
     rows: list[dict[str, Any]] = []
-    crs_of: dict[str, str] = {}
+    info_of: dict[str, Any] = {}
     for scene in scenes:
         try:
             scene_rows, scene_failures = plan_scene_rows(cfg, boxes, scene.uri, scene.scene_id, prefix)
@@ -146,7 +164,7 @@ def run_boxes(cfg: Any, boxes: BoxesConfig) -> int:
             continue
         rows += scene_rows
         failures += scene_failures
-        crs_of[scene.scene_id] = read_info(scene.uri).crs
+        info_of[scene.scene_id] = read_info(scene.uri)
     _connect_ray(cfg)
     res = resources_for(cfg, cluster_gpus())
     manifest: list[dict[str, Any]] = []
@@ -154,10 +172,19 @@ def run_boxes(cfg: Any, boxes: BoxesConfig) -> int:
         for batch in boxes_dataset(rows, cfg, boxes, res).iter_batches(batch_format="numpy", batch_size=None):
             for i in range(len(batch["key"])):
                 manifest += box_rows({k: batch[k][i] for k in batch})
-    for scene_id, crs in crs_of.items():
-        keys = sorted({r["key"] for r in manifest if r["scene_id"] == scene_id})
-        scene_vectors(prefix, scene_id, crs, keys)
-    table = pa.Table.from_pylist(manifest or [dict.fromkeys(BOX_COLUMNS, "")][:0], schema=None)
+    for scene_id, info in info_of.items():
+        rows_here = [r for r in manifest if r["scene_id"] == scene_id]
+        scene_vectors(prefix, scene_id, info.crs, sorted({r["key"] for r in rows_here}))
+        parts = {
+            r["key"]: PixelWindow(*(r[f"win_{n}"] for n in ("col_off", "row_off", "width", "height")))
+            for r in rows_here
+        }
+        mosaic = storage.join(prefix, scene_id, "mosaic.tif")
+        union_mosaic(
+            mosaic, info.width, info.height, info.transform, info.crs, [(w, k) for k, w in sorted(parts.items())]
+        )
+    empty = pa.table({c: pa.array([], pa.string()) for c in BOX_COLUMNS})
+    table = pa.Table.from_pylist(manifest) if manifest else empty
     storage.put_bytes(storage.join(prefix, "boxes_manifest.parquet"), table_bytes(table))
     write_failures(storage.join(prefix, "failures.parquet"), [f.to_row() for f in failures])
     print(

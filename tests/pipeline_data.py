@@ -54,7 +54,7 @@ def write_scene(
     return str(path)
 
 
-def tiny_checkpoint(path: Path | str, *, family: str = "senet", seed: int = 0) -> str:
+def tiny_checkpoint(path: Path | str, *, family: str = "senet", seed: int = 0, in_bands: int = 2) -> str:
     """A random-initialised model of the real water-land class, saved as a real checkpoint."""
     from rrsis.checkpoints import checkpoint_from_model, save_checkpoint
     from rrsis.models.config import ModelConfig
@@ -62,15 +62,16 @@ def tiny_checkpoint(path: Path | str, *, family: str = "senet", seed: int = 0) -
     from rrsis.models.waterland.config import WaterlandConfig
 
     torch.manual_seed(seed)
-    model_cfg = ModelConfig(name="waterland", waterland=WaterlandConfig(family=family, width="half", in_bands=2))
+    model_cfg = ModelConfig(name="waterland", waterland=WaterlandConfig(family=family, width="half", in_bands=in_bands))
     model = build_model(model_cfg).eval()
-    _calibrate(model)
-    ckpt = checkpoint_from_model(model, model_cfg, bands=["VV", "VH"], norm_mean=[-12.0, -12.0], norm_std=[4.0, 4.0])
+    _calibrate(model, in_bands)
+    names = ["VV", "VH"] if in_bands == 2 else [f"B{i + 1}" for i in range(in_bands)]
+    ckpt = checkpoint_from_model(model, model_cfg, bands=names, norm_mean=[-12.0] * in_bands, norm_std=[4.0] * in_bands)
     save_checkpoint(ckpt, str(path))
     return str(path)
 
 
-def _calibrate(model: torch.nn.Module) -> None:
+def _calibrate(model: torch.nn.Module, in_bands: int) -> None:
     """Make a random model's water share about half, with contrast: masks then have edges to get wrong.
 
     On a normalised blob image like `write_scene`'s, the head is shifted so the median logit difference is 0
@@ -78,7 +79,7 @@ def _calibrate(model: torch.nn.Module) -> None:
     """
     yy, xx = np.mgrid[0:96, 0:96].astype(np.float32)
     blob = np.sin(xx / 23.0) * np.cos(yy / 17.0) * 1.5
-    x = torch.from_numpy(np.stack([blob, blob])[None].astype(np.float32))
+    x = torch.from_numpy(np.stack([blob] * in_bands)[None].astype(np.float32))
     head = model.heads[0]  # type: ignore[index]
     with torch.no_grad():
         logits = model(x)

@@ -73,7 +73,6 @@ def _tiled_mosaic(tmp_path: Path, ckpt: str, scene: str, tile_px: int, overlap_p
 def _border_band(shape: tuple[int, int], cores: list[PixelWindow]) -> np.ndarray:
     """Pixels within BORDER_PX of a core edge that is inside the scene (where a seam would show)."""
     band = np.zeros(shape, dtype=bool)
-    height, width = shape
     for core in cores:
         if core.col_off > 0:
             band[core.row_slice, max(0, core.col_off - BORDER_PX) : core.col_off + BORDER_PX] = True

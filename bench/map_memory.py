@@ -1,0 +1,146 @@
+"""Peak memory of `rrsis map` on a big generated scene vs a small one: it must not grow with the scene.
+
+Generates (once, cached under --cache) a B x N x N uint16 GeoTIFF per size, written block by block, and maps
+each with a tiny real water-land model on a fresh local Ray. A sampler sums the RSS of every process of that
+Ray (driver, GCS, raylet, workers: all descendants of this process) every 0.25 s; the peak of that sum is
+reported. Goals: big-scene peak <= 2.5 GB and big / small <= 1.15.
+
+    .venv/bin/python bench/map_memory.py [--big 20000] [--small 5000] [--bands 4] [--tile 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.pipeline_data import map_config, tiny_checkpoint
+
+BLOCK = 1024
+
+
+def generate(path: Path, size: int, bands: int) -> str:
+    """Smooth stripes plus noise, uint16, tiled deflate; never more than one block row in memory."""
+    if path.exists():
+        return str(path)
+    tmp = path.with_suffix(".partial.tif")
+    profile = {
+        "driver": "GTiff", "width": size, "height": size, "count": bands, "dtype": "uint16",
+        "crs": "EPSG:32630", "transform": from_origin(500000, 4200000, 10, 10), "nodata": 0,
+        "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "BIGTIFF": "YES",
+    }  # fmt: skip
+    rng = np.random.default_rng(0)
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for row in range(0, size, BLOCK):
+            height = min(BLOCK, size - row)
+            yy, xx = np.mgrid[row : row + height, 0:size].astype(np.float32)
+            base = 1000 + 400 * np.sin(xx / 97.0) * np.cos(yy / 71.0)
+            block = np.stack([base + rng.integers(1, 50, base.shape) for _ in range(bands)]).astype("uint16")
+            dst.write(block, window=Window(0, row, size, height))
+    tmp.rename(path)
+    return str(path)
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+class PeakSampler(threading.Thread):
+    """Peak of (this process + all its descendants) summed RSS."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        me = os.getpid()
+        while not self.stop.is_set():
+            self.peak = max(self.peak, sum(rss_bytes(p) for p in [me, *descendants(me)]))
+            time.sleep(0.25)
+
+
+def map_once(scene: str, ckpt: str, out: Path, tile: int) -> tuple[int, float, int]:
+    import ray
+
+    from rrsis.pipeline.run import run_map
+
+    sampler = PeakSampler()
+    sampler.start()
+    start = time.perf_counter()
+    ray.init(_node_ip_address="127.0.0.1", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    cfg = map_config(
+        f"input=[{scene}]", f"output={out}", f"infer.checkpoint={ckpt}",
+        f"tiling.tile_px={tile}", "tiling.overlap_px=64", "infer.batch_size=1", "outputs.quicklook=true",
+    )  # fmt: skip
+    code = run_map(cfg)
+    ray.shutdown()
+    sampler.stop.set()
+    sampler.join()
+    return sampler.peak, time.perf_counter() - start, code
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--big", type=int, default=20000)
+    parser.add_argument("--small", type=int, default=5000)
+    parser.add_argument("--bands", type=int, default=4)
+    parser.add_argument("--tile", type=int, default=1024)
+    parser.add_argument("--family", default="deepunet")
+    parser.add_argument("--cache", default="/tmp/rrsis-bench-scenes")
+    args = parser.parse_args()
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="rrsis-mem-"))
+    ckpt = tiny_checkpoint(tmp / "model.pt", family=args.family, in_bands=args.bands)
+    results = {}
+    for size in (args.small, args.big):
+        start = time.perf_counter()
+        scene = generate(cache / f"scene_{size}x{size}x{args.bands}.tif", size, args.bands)
+        gen_s = time.perf_counter() - start
+        peak, wall, code = map_once(scene, ckpt, tmp / f"out{size}", args.tile)
+        results[size] = peak
+        print(
+            f"{size}x{size}x{args.bands}: peak RSS summed over Ray processes {peak / 1e9:.2f} GB, "
+            f"map {wall:.0f} s (exit {code}), scene generation {gen_s:.0f} s"
+        )
+    ratio = results[args.big] / results[args.small]
+    print(f"big peak {results[args.big] / 1e9:.2f} GB (goal <= 2.5); big / small {ratio:.3f} (goal <= 1.15)")
+
+
+if __name__ == "__main__":
+    main()

@@ -63,6 +63,7 @@ def refer_split(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_eval_pslg_sam_writes_metrics_csv_panels(tmp_path: Path) -> None:
     root = refer_split(tmp_path / "rrsisd")
     model_cfg = ModelConfig(name="pslg_sam", grounding=TINY_GROUNDING, sam=SamConfig(model_type="tiny"))

@@ -56,6 +56,7 @@ def test_predict_returns_box_mask_scores(model: PslgSam) -> None:
     )
 
 
+@pytest.mark.slow
 def test_batched_equals_single_and_embeds_each_image_once(model: PslgSam) -> None:
     img, other = scene(), scene()[::-1].copy()
     texts = ["the yellow square", "the background", "a square"]

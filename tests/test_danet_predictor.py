@@ -21,14 +21,21 @@ TINY = dict(backbone="tiny", window_size=4, input_px=64, decoder_dim=32, key_dim
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-@pytest.mark.slow
-def test_checkpoint_round_trip_and_predictor(tmp_path: Path, samples: Path) -> None:
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Danet, str]:
+    """A tiny DANet and its checkpoint file (saved once: the MiniLM weights make it ~90 MB)."""
     torch.manual_seed(0)
     cfg = ModelConfig(name="danet", danet=DanetConfig(**TINY))  # type: ignore[arg-type]
     model = build_model(cfg)
     assert isinstance(model, Danet)
-    uri = str(tmp_path / "danet.pt")
+    uri = str(tmp_path_factory.mktemp("danet") / "danet.pt")
     save_checkpoint(checkpoint_from_model(model, cfg, bands=["R", "G", "B"], norm_mean=MEAN, norm_std=STD), uri)
+    return model, uri
+
+
+@pytest.mark.slow
+def test_checkpoint_round_trip_and_predictor(saved: tuple[Danet, str], samples: Path) -> None:
+    model, uri = saved
     restored = build_from_checkpoint(load_checkpoint(uri))
     assert isinstance(restored, Danet) and restored.cfg.k == 8
 
@@ -47,7 +54,7 @@ def test_checkpoint_round_trip_and_predictor(tmp_path: Path, samples: Path) -> N
 
 
 @pytest.mark.slow
-def test_rrsis_eval_runs_a_danet_checkpoint(tmp_path: Path, samples: Path) -> None:
+def test_rrsis_eval_runs_a_danet_checkpoint(saved: tuple[Danet, str], tmp_path: Path, samples: Path) -> None:
     """`rrsis eval` on a JSONL split of real Landsat crops; the referred region is the nodata collar."""
     import json
 
@@ -64,11 +71,7 @@ def test_rrsis_eval_runs_a_danet_checkpoint(tmp_path: Path, samples: Path) -> No
         cv2.imwrite(str(tmp_path / f"mask{i}.png"), (img.max(axis=2) == 0).astype(np.uint8) * 255)
         lines.append(json.dumps({"image": f"img{i}.png", "mask": f"mask{i}.png", "text": "the black border"}))
     (tmp_path / "all.jsonl").write_text("\n".join(lines) + "\n")
-    torch.manual_seed(0)
-    cfg = ModelConfig(name="danet", danet=DanetConfig(**TINY))  # type: ignore[arg-type]
-    model = build_model(cfg)
-    ckpt = str(tmp_path / "danet.pt")
-    save_checkpoint(checkpoint_from_model(model, cfg, bands=["R", "G", "B"], norm_mean=MEAN, norm_std=STD), ckpt)
+    ckpt = saved[1]
     out = tmp_path / "eval"
     args = [f"checkpoint={ckpt}", "data.format=jsonl", f"data.root={tmp_path / 'all.jsonl'}", "split=all"]
     assert main(["eval", *args, f"output={out}", "panels=1"]) == 0

@@ -60,6 +60,10 @@ def test_boxes_task_stages_end_to_end(samples: Path, tmp_path: Path) -> None:
     finally:
         torch.set_num_threads(threads)
     batch = mbo_stage(batch, mbo=sam_options(sam_cfg)["mbo"])
+    n = len(batch["key"])
+    failed = write_boxes_stage({**batch, "status": np.array(["failed"] * n), "reason": np.array(["read: boom"] * n)})
+    assert set(failed["status"]) == {"failed"} and set(failed["reason"]) == {"read: boom"}
+    assert not any(Path(str(k)).exists() for k in batch["key"])  # a failed row writes nothing
     meta = write_boxes_stage(batch)
     assert set(meta["status"]) == {"written"}
 

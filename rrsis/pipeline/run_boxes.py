@@ -39,6 +39,7 @@ BOX_COLUMNS = (
     "tile_id",
     "key",
     "status",
+    "reason",
     "score",
     "cfpg",
     "mbo_rounds",
@@ -117,6 +118,7 @@ def box_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
             "tile_id": str(meta["tile_id"]),
             "key": str(meta["key"]),
             "status": str(meta["status"]),
+            "reason": str(meta.get("reason", "")),
             "score": float(scores[k]),
             "cfpg": cfpg[k],
             "mbo_rounds": int(rounds[k]),
@@ -172,8 +174,11 @@ def run_boxes(cfg: Any, boxes: BoxesConfig) -> int:
         for batch in boxes_dataset(rows, cfg, boxes, res).iter_batches(batch_format="numpy", batch_size=None):
             for i in range(len(batch["key"])):
                 manifest += box_rows({k: batch[k][i] for k in batch})
+    failed_groups = {(r["scene_id"], r["group_id"]): r for r in manifest if r["status"] == "failed"}
+    for (scene_id, group_id), r in sorted(failed_groups.items()):
+        failures.append(Failure(scene_id, "", group_id, "boxes", f"{group_id}: {r['reason']}"))
     for scene_id, info in info_of.items():
-        rows_here = [r for r in manifest if r["scene_id"] == scene_id]
+        rows_here = [r for r in manifest if r["scene_id"] == scene_id and r["status"] == "written"]
         scene_vectors(prefix, scene_id, info.crs, sorted({r["key"] for r in rows_here}))
         parts = {
             r["key"]: PixelWindow(*(r[f"win_{n}"] for n in ("col_off", "row_off", "width", "height")))

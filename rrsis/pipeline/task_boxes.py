@@ -21,6 +21,7 @@ import rasterio.features
 from affine import Affine
 
 from rrsis import storage
+from rrsis.errors import RrsisError
 from rrsis.geo.raster import encode_geotiff
 from rrsis.geo.tiling import Tile
 from rrsis.models.sam.config import SamConfig
@@ -168,31 +169,45 @@ def box_polygon(mask: np.ndarray, transform: tuple[float, ...]) -> dict[str, Any
 
 
 def write_boxes_stage(batch: Batch) -> Batch:
-    """Per row: the window's mask (union of its boxes; 255 = nodata) and a GeoJSON of one polygon per box."""
+    """Per row: the window's mask (union of its boxes; 255 = nodata) and a GeoJSON of one polygon per box.
+
+    A row that failed upstream (e.g. its read) keeps `status="failed"` and its reason and writes nothing.
+    """
     n = len(batch["rgb"])
-    written, box_px = [], []
+    status = np.asarray(batch["status"], dtype=object) if "status" in batch else np.full(n, "ok", dtype=object)
+    reason = np.asarray(batch["reason"], dtype=object) if "reason" in batch else np.full(n, "", dtype=object)
+    box_px = []
     for i in range(n):
-        tile = Tile.from_row({k: v[i] for k, v in batch.items() if k not in PIXELS})
         masks = np.asarray(batch["box_masks"][i]).astype(bool)
-        union = masks.any(axis=0) if len(masks) else np.zeros(batch["valid"][i].shape, bool)
-        pixels = np.where(batch["valid"][i], union.astype(np.uint8), NODATA).astype(np.uint8)
-        key = str(batch["key"][i])
-        storage.put_bytes(key, encode_geotiff(pixels, tile.transform, tile.crs, nodata=NODATA))
-        ids = json.loads(str(batch["box_ids"][i]))
-        scores = json.loads(str(batch["scores"][i]))
-        reasons = json.loads(str(batch["cfpg_reasons"][i]))
-        features: list[dict[str, Any]] = []
         areas = [int(m.sum()) for m in masks]
-        for k, box_id in enumerate(ids):
-            props = {"box_id": box_id, "score": round(float(scores[k]), 4), "cfpg": reasons[k], "area_px": areas[k]}
-            features.append({"type": "Feature", "properties": props, "geometry": box_polygon(masks[k], tile.transform)})
-        doc = {"type": "FeatureCollection", "features": features}
-        storage.put_bytes(key[: -len(".tif")] + ".geojson", json.dumps(doc, separators=(",", ":")).encode())
-        written.append(key)
         box_px.append(json.dumps(areas))
+        if status[i] == "failed":
+            continue
+        try:
+            _write_group(batch, i, masks, areas)
+            status[i] = "written"
+        except RrsisError as exc:
+            status[i], reason[i] = "failed", f"write: {exc}"
     meta = {k: v for k, v in batch.items() if k not in PIXELS}
-    meta.update(status=np.array(["written"] * n), box_px=np.array(box_px))
+    meta.update(status=status.astype(str), reason=reason.astype(str), box_px=np.array(box_px))
     return meta
+
+
+def _write_group(batch: Batch, i: int, masks: np.ndarray, areas: list[int]) -> None:
+    tile = Tile.from_row({k: v[i] for k, v in batch.items() if k not in PIXELS})
+    union = masks.any(axis=0) if len(masks) else np.zeros(batch["valid"][i].shape, bool)
+    pixels = np.where(batch["valid"][i], union.astype(np.uint8), NODATA).astype(np.uint8)
+    key = str(batch["key"][i])
+    storage.put_bytes(key, encode_geotiff(pixels, tile.transform, tile.crs, nodata=NODATA))
+    ids = json.loads(str(batch["box_ids"][i]))
+    scores = json.loads(str(batch["scores"][i]))
+    reasons = json.loads(str(batch["cfpg_reasons"][i]))
+    features: list[dict[str, Any]] = []
+    for k, box_id in enumerate(ids):
+        props = {"box_id": box_id, "score": round(float(scores[k]), 4), "cfpg": reasons[k], "area_px": areas[k]}
+        features.append({"type": "Feature", "properties": props, "geometry": box_polygon(masks[k], tile.transform)})
+    doc = {"type": "FeatureCollection", "features": features}
+    storage.put_bytes(key[: -len(".tif")] + ".geojson", json.dumps(doc, separators=(",", ":")).encode())
 
 
 def sam_options(cfg: SamConfig) -> dict[str, Any]:

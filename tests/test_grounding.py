@@ -125,6 +125,7 @@ def test_predict_rejects_bad_inputs(tmp_path: Path) -> None:
         model.predict([np.zeros((16, 16), np.uint8)], ["a car"])
     with pytest.raises(InputError, match="1 images but 2"):
         model.predict([img], ["a", "b"])
+    assert model.text.count_tokens("a car") == 4  # [CLS] a car [SEP]
 
 
 def test_param_groups_follow_the_paper_rates() -> None:

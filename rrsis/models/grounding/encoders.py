@@ -110,6 +110,10 @@ class TextEncoder(nn.Module):
         )
         return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` including [CLS]/[SEP], untruncated (to refuse over-long queries up front)."""
+        return len(self.tokenizer(text, truncation=False)["input_ids"])
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask)
         return out.last_hidden_state  # type: ignore[no-any-return]

@@ -7,6 +7,7 @@ talks HTTP to the job server, exactly like a user's laptop does.
 from __future__ import annotations
 
 import http.server
+import os
 import secrets
 import threading
 import time
@@ -305,4 +306,8 @@ def test_submit_map_job_to_s3_and_read_outputs(
     assert {row["key"].removeprefix(f"s3://{s3_bucket}/") for row in manifest} <= keys
     code, logs, _ = _run(capsys, "jobs", "logs", job_id, "--address", head.address)
     assert code == 0 and "tiles 4 (4 computed" in logs  # the map summary line, fetched from the cluster
-    assert "testing-secret-key" not in out + err + logs + status_line  # the s3_endpoint fixture's secret
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]  # the s3_endpoint fixture's, passed by name to the job
+    assert secret not in out + err + logs + status_line + _client(head).get_job_logs(job_id)
+    assert {p.name for p in _ray_log_files(head) if secret in p.read_text(errors="replace")} <= {
+        "runtime_env_agent.log"
+    }

@@ -1,0 +1,215 @@
+"""`rrsis tune`: a Ray Tune search (ASHA) over a YAML search space around the water-land training loop.
+
+Each trial is the plain loop (`train_one_epoch` / `evaluate`) on one CPU/GPU slot, reporting one result per
+epoch so ASHA can stop bad trials at its rungs; every epoch is checkpointed (`state.pt`) so an interrupted
+search restored with `tune.restore=true` (`Tuner.restore`) continues unfinished trials where they stopped
+and never reruns finished ones.
+
+Search-space YAML (`configs/tune/space_*.yaml`): a mapping from a dotted TrainConfig key to one sampler:
+    optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
+    model.waterland.family: {choice: [senet, munet]}
+Samplers: choice, grid, uniform, loguniform, randint (high exclusive), quniform [lo, hi, q].
+Outputs in `<output>/<name>/`: Ray's experiment folder, `results.csv`, `results.parquet` (one row per trial:
+config, last metrics, epochs run) and `best_train.yaml`, a ready-to-run `rrsis train --config` file.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import tempfile
+from typing import Any
+
+import torch
+import yaml
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from rrsis import storage
+from rrsis.config.load import to_yaml, validate
+from rrsis.config.train import TrainConfig
+from rrsis.config.tune import TuneConfig
+from rrsis.errors import ConfigError
+from rrsis.log import get_logger
+from rrsis.losses import build_loss
+from rrsis.models.registry import build_model
+from rrsis.train.loop import evaluate, train_one_epoch
+from rrsis.train.optim import build_optimizer
+from rrsis.train.ray_train import connect_ray, for_workers, storage_target
+from rrsis.train.run import prepare_waterland, resolve_device
+
+log = get_logger(__name__)
+
+SAMPLERS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform")
+STATE_FILE = "state.pt"
+
+
+def load_space(path: str) -> dict[str, Any]:
+    """Parse a search-space YAML into Ray Tune samplers; errors name the file and the key."""
+    from ray import tune
+
+    try:
+        raw = yaml.safe_load(storage.get_bytes(path).decode())
+    except Exception as exc:
+        raise ConfigError(f"tune.space={path}: cannot read search space: {exc}") from exc
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"tune.space={path}: must be a non-empty mapping of dotted train keys to samplers")
+    space: dict[str, Any] = {}
+    for key, spec in raw.items():
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SAMPLERS:
+            raise ConfigError(f"tune.space={path}: {key} must be one of {{{', '.join(SAMPLERS)}: [...]}}, got {spec}")
+        kind, args = next(iter(spec.items()))
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"tune.space={path}: {key}.{kind} needs a non-empty list, got {args!r}")
+        if kind == "grid":
+            space[key] = tune.grid_search(args)
+        elif kind == "choice":
+            space[key] = tune.choice(args)
+        else:
+            space[key] = getattr(tune, kind)(*args)
+    apply_overrides(TrainConfig(), {k: _example(v) for k, v in space.items()}, source=path)  # keys exist?
+    return space
+
+
+def _example(sampler: Any) -> Any:
+    if isinstance(sampler, dict) and "grid_search" in sampler:
+        return sampler["grid_search"][0]
+    return sampler.sample()
+
+
+def apply_overrides(base: TrainConfig, params: dict[str, Any], *, source: str = "trial") -> TrainConfig:
+    """`base` with dotted-key values applied and validated (the same rules as a train YAML)."""
+    merged = OmegaConf.structured(copy.deepcopy(base))
+    for key, value in params.items():
+        if OmegaConf.select(merged, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"{source}: unknown train key {key!r}")
+        try:
+            OmegaConf.update(merged, key, value, merge=True)
+        except Exception as exc:
+            raise ConfigError(f"{source}: {key}={value!r} is not allowed: {exc}") from exc
+    cfg = OmegaConf.to_object(merged)
+    assert isinstance(cfg, TrainConfig)
+    validate(cfg)
+    return cfg
+
+
+def trial(params: dict[str, Any], base: TrainConfig) -> None:
+    """One Tune trial: the plain water-land loop, one `tune.report` per epoch with a checkpoint."""
+    from ray import tune
+
+    cfg = apply_overrides(base, params)
+    torch.manual_seed(cfg.seed)
+    setup = prepare_waterland(cfg)
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    start_epoch = 1
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"]) + 1
+    loss_fn = build_loss(cfg.loss.name, alpha=cfg.loss.alpha, beta=cfg.loss.beta, lam=cfg.loss.lam, eps=cfg.loss.eps)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    loader = DataLoader(setup.train_set, batch_size=cfg.optim.batch_size, shuffle=True)
+    val_loader = DataLoader(setup.val_set, batch_size=cfg.optim.eval_batch_size) if setup.val_set else None
+    for epoch in range(start_epoch, cfg.optim.epochs + 1):
+        metrics: dict[str, Any] = {"epoch": epoch}
+        metrics.update(
+            train_one_epoch(model, loader, loss_fn, optimizer, device=device, grad_accum=cfg.optim.grad_accum)
+        )
+        if val_loader is not None:
+            metrics.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device=device).items()})
+        with tempfile.TemporaryDirectory(prefix="rrsis-trial-") as folder:
+            state_out = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+            torch.save(state_out, os.path.join(folder, STATE_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def experiment_uri(cfg: TuneConfig) -> str:
+    return storage.join(for_workers_output(cfg.output), cfg.name)
+
+
+def for_workers_output(output: str) -> str:
+    return output if storage.is_remote(output) else os.path.abspath(output)
+
+
+def build_tuner(cfg: TuneConfig, callbacks: list[Any] | None = None) -> Any:
+    """A fresh Tuner, or `Tuner.restore` of the same experiment when `restore=true` and it exists."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    base = for_workers(cfg.base)
+    space = load_space(cfg.space)
+    trainable = tune.with_resources(tune.with_parameters(trial, base=base), {"cpu": cfg.cpus_per_trial})
+    storage_path, filesystem = storage_target(for_workers_output(cfg.output))
+    if cfg.restore:
+        path = f"{storage_path}/{cfg.name}"
+        if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+            log.info("restoring tune experiment %s", experiment_uri(cfg))
+            return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem)
+        log.info("tune.restore=true but %s has no experiment yet: starting fresh", experiment_uri(cfg))
+    scheduler = (
+        ASHAScheduler(
+            max_t=cfg.base.optim.epochs,
+            grace_period=cfg.grace_period,
+            reduction_factor=cfg.reduction_factor,
+            time_attr="training_iteration",
+        )
+        if cfg.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=cfg.metric,
+            mode=cfg.mode,
+            num_samples=cfg.num_samples,
+            scheduler=scheduler,
+            max_concurrent_trials=cfg.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def results_table(results: Any, space_keys: list[str]) -> Any:
+    """One row per trial: id, status, epochs run, the searched config values and the last metrics."""
+    frame = results.get_dataframe()
+    keep = ["trial_id", "training_iteration", "loss", "val_iou_mean", "val_iou_water", "val_f1"]
+    columns = [c for c in keep if c in frame.columns] + [f"config/{k}" for k in space_keys if f"config/{k}" in frame]
+    table = frame[columns].rename(columns={f"config/{k}": k for k in space_keys})
+    return table.rename(columns={"training_iteration": "epochs_run"})
+
+
+def run_tune(cfg: TuneConfig) -> int:
+    connect_ray(cfg.ray.address, cfg.ray.num_cpus)
+    space_keys = list(load_space(cfg.space))
+    results = build_tuner(cfg).fit()
+    out = experiment_uri(cfg)
+    table = results_table(results, space_keys).sort_values(cfg.metric, ascending=cfg.mode == "min")
+    storage.put_bytes(storage.join(out, "results.csv"), table.to_csv(index=False).encode())
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    storage.put_bytes(storage.join(out, "results.parquet"), buffer.getvalue())
+    print(table.to_string(index=False))
+    errors = [r for r in results if r.error is not None]
+    if len(errors) == len(results):
+        raise ConfigError(f"all {len(results)} trials failed; first error: {errors[0].error}")
+    best = results.get_best_result(metric=cfg.metric, mode=cfg.mode, scope="all")
+    params = {k: best.config[k] for k in space_keys}
+    best_cfg = apply_overrides(cfg.base, params)
+    best_cfg.run_name = f"{cfg.name}_best"
+    storage.put_bytes(storage.join(out, "best_train.yaml"), to_yaml(best_cfg).encode())
+    best_score = best.metrics.get(cfg.metric) if best.metrics else None
+    print(f"best trial {params} ({cfg.metric}={best_score}); train config: {storage.join(out, 'best_train.yaml')}")
+    return 0

@@ -178,3 +178,21 @@ def test_train_grounding_then_eval_boxes(tmp_path: Path) -> None:
     row = next(csv.DictReader((out / "samples.csv").open()))
     assert metrics["box_miou"] == pytest.approx(float(row["box_iou"]))
     assert metrics["box_acc@0.5"] == (1.0 if float(row["box_iou"]) >= 0.5 else 0.0)
+    # the same grounding checkpoint composed with a tiny SAM is PSLG-SAM: same boxes, plus masks
+    out_sam = tmp_path / "eval_sam"
+    argv = [
+        "eval",
+        f"checkpoint={run / 'best.pt'}",
+        "data.format=dior_rsvg",
+        f"data.root={root}",
+        "split=test",
+        f"output={out_sam}",
+        "panels=0",
+        "with_sam=true",
+        "sam.model_type=tiny",
+    ]
+    assert main(argv) == 0
+    with_sam = json.loads((out_sam / "metrics.json").read_text())
+    assert with_sam["model"] == "pslg_sam"
+    assert with_sam["box_miou"] == pytest.approx(metrics["box_miou"])
+    assert "mask_score" in next(csv.DictReader((out_sam / "samples.csv").open()))

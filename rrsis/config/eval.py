@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from rrsis.config.fields import bounded, choice
 from rrsis.config.train import DataConfig
+from rrsis.models.sam.config import SamConfig
 
 
 @dataclass
@@ -20,3 +21,6 @@ class EvalConfig:
     # referring models (grounding, pslg_sam): expressions per forward pass, and a cap for quick looks (0 = all)
     batch_size: int = bounded(8, 1, 4096)
     limit: int = bounded(0, 0)
+    # a grounding checkpoint + this SAM section = PSLG-SAM (weak: frozen decoder; finetune: sam.decoder_checkpoint)
+    with_sam: bool = False
+    sam: SamConfig = field(default_factory=SamConfig)

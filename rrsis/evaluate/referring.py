@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from rrsis import storage
-from rrsis.checkpoints import Checkpoint, build_from_checkpoint
+from rrsis.checkpoints import Checkpoint, build_from_checkpoint, model_config_from_dict
 from rrsis.config.eval import EvalConfig
 from rrsis.data.referring import ReferringSample, load_image, load_mask, load_referring_split
 from rrsis.errors import ConfigError
@@ -175,9 +175,22 @@ def evaluate_referring(
     return meter.summary(), rows, rendered
 
 
+def build_referring_model(cfg: EvalConfig, ckpt: Checkpoint) -> nn.Module:
+    """The checkpoint's model; a grounding checkpoint with `with_sam` becomes PSLG-SAM with `eval.sam`."""
+    if not cfg.with_sam:
+        return build_from_checkpoint(ckpt)
+    if ckpt.model_name != "grounding":
+        raise ConfigError(f"config error: key 'with_sam': needs a grounding checkpoint, got {ckpt.model_name!r}")
+    from rrsis.models.pslg_sam import PslgSam
+
+    model = PslgSam(model_config_from_dict(ckpt.model_config).grounding, cfg.sam)
+    model.grounding.load_state_dict(ckpt.state_dict, strict=True)
+    return model.eval()
+
+
 def run_referring_eval(cfg: EvalConfig, ckpt: Checkpoint) -> int:
     device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    model = build_from_checkpoint(ckpt).to(device)
+    model = build_referring_model(cfg, ckpt).to(device)
     samples = load_referring_split(cfg.data, cfg.split)
     if cfg.limit:
         samples = samples[: cfg.limit]
@@ -186,7 +199,7 @@ def run_referring_eval(cfg: EvalConfig, ckpt: Checkpoint) -> int:
     log.info("evaluating %s on %d expressions of %s/%s", ckpt.model_name, len(samples), cfg.data.root, cfg.split)
     summary, rows, panels = evaluate_referring(model, samples, cfg.batch_size, cfg.panels)
     report = {
-        "model": ckpt.model_name,
+        "model": "pslg_sam" if cfg.with_sam else ckpt.model_name,
         "checkpoint": cfg.checkpoint,
         "data": cfg.data.root,
         "format": cfg.data.format,

@@ -92,7 +92,14 @@ def pipeline_on_off(n_side: int = 8) -> None:
     from rrsis.models.sam.config import SamConfig
     from rrsis.pipeline.run_boxes import run_boxes
 
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False)
+    for attempt in range(3):  # a loaded machine can miss Ray's start-up deadline: retry
+        try:
+            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     with tempfile.TemporaryDirectory() as tmp:
         lines = ["id,x1,y1,x2,y2"]
         for i in range(n_side):

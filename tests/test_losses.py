@@ -119,6 +119,11 @@ def test_local_regularised_eq4_excludes_nodata_everywhere() -> None:
     logits, x = logits_for([[0.75, 0.5, 0.25]]), image([[0.0, 1.0, 100.0]])
     with_nodata = local_regularised_loss(logits, labels([[1, 0, -1]]), x, lam=10.0).item()
     assert with_nodata == pytest.approx(0.720339, abs=1e-6)
+    # a NaN colour on the nodata pixel (raw SAR nodata) is never read
+    x_nan = image([[0.0, 1.0, math.nan]])
+    assert local_regularised_loss(logits, labels([[1, 0, -1]]), x_nan, lam=10.0).item() == pytest.approx(
+        with_nodata, abs=1e-12
+    )
     # the same through the `valid` mask instead of the label
     valid = torch.tensor([[[True, True, False]]])
     assert local_regularised_loss(logits, labels([[1, 0, 1]]), x, valid, lam=10.0).item() == pytest.approx(

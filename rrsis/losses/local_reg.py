@@ -9,7 +9,8 @@ Choices:
 - σ is computed per image as the mean of (x_i - x_j)² over all its valid ordered neighbour pairs (each
   unordered pair counted twice, which leaves the mean unchanged). σ is clamped to 1e-12 so a constant image
   (all distances 0) gives weight exp(0) = 1 instead of 0/0.
-- σ and the weights depend on the image only, so no gradient flows through them.
+- σ and the weights depend on the image only, so no gradient flows through them. Colours of nodata pixels
+  are never read (they may be NaN).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def local_regularised_loss(
     if n == 0:
         return zero_loss(logits)
     nll = -true_class_log_prob(logits, target)[mask].sum()
-    image = image.detach().to(logits.dtype)
+    # nodata pixels may carry NaN colours; they are in no pair, so zeroing them changes nothing but NaN * 0
+    image = torch.where(mask.unsqueeze(1), image.detach().to(logits.dtype), 0.0)
     sigma = neighbour_sigma(image, mask).view(-1, 1, 1)
     p = torch.softmax(logits, dim=1)
     smooth = logits.new_zeros(())

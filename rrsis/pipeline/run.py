@@ -20,7 +20,7 @@ from rrsis import storage
 from rrsis.config.map import MapConfig
 from rrsis.errors import ConfigError
 from rrsis.pipeline.inputs import SceneRef, resolve_inputs
-from rrsis.pipeline.plan import Failure, ScenePlan, plan_run
+from rrsis.pipeline.plan import Failure, ScenePlan, plan_run, sidecar_key
 
 log = logging.getLogger("rrsis.map")
 
@@ -103,19 +103,32 @@ def _check_existing(cfg: MapConfig, run_prefix: str) -> None:
 
 
 def _split_done(
-    rows: list[dict[str, Any]], cfg: MapConfig, res: Any
+    rows: list[dict[str, Any]], plans: list[ScenePlan], cfg: MapConfig, res: Any
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(tiles to compute, verified tiles from an earlier attempt of this run)."""
+    """(tiles to compute, verified tiles from an earlier attempt of this run).
+
+    One listing per scene finds the tiles that have a sidecar; only those are verified (checksum of the
+    stored tile against its sidecar) on Ray, so a fresh run starts computing at once.
+    """
     from rrsis.pipeline.build import verify_dataset
 
     if cfg.overwrite or not rows:
         return rows, []
-    todo: list[dict[str, Any]] = []
+    existing: set[str] = set()
+    for plan in plans:
+        existing.update(storage.list_prefix(storage.join(plan.prefix, "tiles") + "/"))
+    candidates = [r for r in rows if sidecar_key(r["key"]) in existing]
+    if not candidates:
+        return rows, []
+    todo = [r for r in rows if sidecar_key(r["key"]) not in existing]
     done: list[dict[str, Any]] = []
-    for row in verify_dataset(rows, res).iter_rows():
-        (done if row["done"] else todo).append({k: v for k, v in row.items() if k != "done"})
     keep = set(rows[0])
-    return [{k: v for k, v in r.items() if k in keep} for r in todo], done
+    for row in verify_dataset(candidates, res).iter_rows():
+        if row["done"]:
+            done.append(row)
+        else:
+            todo.append({k: v for k, v in row.items() if k in keep})
+    return todo, done
 
 
 def _products(plans: list[ScenePlan], tiles: list[dict[str, Any]], cfg: MapConfig) -> tuple[list, list[Failure]]:
@@ -184,7 +197,7 @@ def run_map(cfg: MapConfig) -> int:
         log.warning("scene %s skipped: %s", f.scene_uri, f.reason)
     _connect_ray(cfg)
     res = resources_for(cfg, cluster_gpus(), cluster_cpus())
-    todo, done = _split_done(rows, cfg, res)
+    todo, done = _split_done(rows, plans, cfg, res)
     log.info("run %s: %d scenes, %d tiles (%d verified from before)", run_id, len(plans), len(rows), len(done))
     tiles: list[dict[str, Any]] = [{**r, "status": "skipped", "model": model} for r in done]
     compute_start = time.perf_counter()
@@ -201,6 +214,9 @@ def run_map(cfg: MapConfig) -> int:
     write_failures(failures_uri, [f.to_row() for f in failures])
     summary = _summary(run_id, run_prefix, scenes, plans, rows_out, results, failures, compute_s, start)
     storage.put_bytes(storage.join(run_prefix, "summary.json"), json.dumps(summary, indent=2, default=str).encode())
+    for r in results:
+        where = ", ".join(f"{k} {r[k]}" for k in ("mosaic", "vectors", "quicklook", "stats") if k in r)
+        print(f"  {r['scene_id']}: water {r['water_km2']:.3f} km² ({100 * r['water_fraction']:.1f} %); {where}")
     print(_summary_line(summary), flush=True)
     return 1 if failures else 0
 

@@ -19,7 +19,9 @@ from rrsis.train.sam_decoder import (
     DecoderSample,
     DecoderTrainSettings,
     fit_sam_decoder,
+    run_sam_decoder,
     samples_from_mask,
+    sen1floods11_samples,
     settings_from_train_config,
 )
 
@@ -98,3 +100,16 @@ def test_settings_refuse_losses_the_decoder_does_not_have() -> None:
     assert settings_from_train_config(load_config(TrainConfig, REPO / "configs/train/sam_decoder.yaml")) == (
         DecoderTrainSettings(lr=1e-4, epochs=20, batch_size=1)  # the paper's setting
     )
+
+
+def test_run_sam_decoder_reads_sen1floods11_and_writes_a_decoder_checkpoint(tmp_path: Path, one_thread: None) -> None:
+    overrides = ["data.crop_px=256", "optim.epochs=1", f"output={tmp_path}"]
+    cfg = load_config(TrainConfig, TINY_YAML, overrides)
+    samples = sen1floods11_samples(cfg.data)
+    # the one S2 chip (Spain_7370579) cut into 4 crops of 256 px; up to 4 water bodies of >= 64 px per crop
+    assert 0 < len(samples) <= 16 and all(s.image.shape == (256, 256, 3) for s in samples)
+    assert run_sam_decoder(cfg) == 0
+    raw = torch.load(tmp_path / "sam_decoder_tiny" / "decoder.pt", weights_only=True)
+    assert raw["kind"] == "rrsis.sam_decoder" and raw["epoch"] == 1
+    with pytest.raises(ConfigError, match="sensor 's2'"):
+        sen1floods11_samples(load_config(TrainConfig, TINY_YAML, ["data.sensor=s1"]).data)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,3 +197,54 @@ def settings_from_train_config(cfg: Any) -> DecoderTrainSettings:
         dice_weight=cfg.loss.beta if cfg.loss.name == "ce_dice" else 0.0,
         seed=cfg.seed,
     )
+
+
+S2_RGB_MAX = 3000.0  # Sentinel-2 L1C reflectance x 10000 drawn as 255 in SAM's RGB input (scene-independent)
+
+
+def sen1floods11_samples(data: Any, min_area_px: int = 64, max_objects: int = 4) -> list[DecoderSample]:
+    """(RGB, box, water body) samples from Sen1Floods11 S2 chips, cut into `crop_px` squares without nodata."""
+    from rrsis.data.dataset import find_refs
+    from rrsis.data.pairs import read_sample
+
+    if data.format != "sen1floods11" or data.sensor != "s2" or len(data.bands) != 3:
+        raise ConfigError(
+            "config error: key 'data': sam_decoder trains on format 'sen1floods11', sensor 's2', three bands "
+            f"(RGB, e.g. [B4, B3, B2]); got {data.format!r}, {data.sensor!r}, {list(data.bands)}"
+        )
+    _, refs = find_refs(data)
+    out: list[DecoderSample] = []
+    for ref in refs:
+        image, valid, label = read_sample(ref)
+        rgb = np.clip(image.transpose(1, 2, 0) * (255.0 / S2_RGB_MAX), 0, 255).round().astype(np.uint8)
+        size = data.crop_px or max(ref.width, ref.height)
+        for row in range(0, ref.height - size + 1, size):
+            for col in range(0, ref.width - size + 1, size):
+                win = np.s_[row : row + size, col : col + size]
+                if not valid[win].all():
+                    continue
+                water = label[win] == 1
+                crop_id = f"{ref.sample_id}_r{row}_c{col}"
+                out += samples_from_mask(rgb[win].copy(), water, crop_id, min_area_px, max_objects)
+    return out
+
+
+def run_sam_decoder(cfg: Any) -> int:
+    """`rrsis train` for model.name=sam_decoder (cfg: TrainConfig): fit, then save `<output>/<run_name>/decoder.pt`."""
+    from rrsis import storage
+
+    settings = settings_from_train_config(cfg)
+    samples = sen1floods11_samples(cfg.data)
+    local_ckpt: str | None = None
+    with tempfile.TemporaryDirectory(prefix="rrsis-sam-") as tmp:
+        if cfg.model.sam.checkpoint and "://" in cfg.model.sam.checkpoint:
+            local_ckpt = str(Path(tmp) / "sam.pth")
+            storage.get_file(cfg.model.sam.checkpoint, local_ckpt)  # fetched by the caller, as SAM never downloads
+        out_dir = Path(cfg.output) / cfg.run_name
+        result = fit_sam_decoder(cfg.model.sam, samples, settings, out_dir=out_dir, checkpoint_path=local_ckpt)
+    print(
+        f"sam_decoder: {len(samples)} samples, {settings.epochs} epochs, loss {result.history[0]:.4f} -> "
+        f"{result.history[-1]:.4f}; decoder checkpoint {result.checkpoint}",
+        flush=True,
+    )
+    return 0

@@ -98,6 +98,10 @@ def make_checkpoint(
 
 
 def run_train(cfg: TrainConfig) -> int:
+    if cfg.model.name == "sam_decoder":  # PSLG-SAM stage two: fine-tune the SAM mask decoder
+        from rrsis.train.sam_decoder import run_sam_decoder
+
+        return run_sam_decoder(cfg)
     if cfg.model.name == "grounding":  # PSLG-SAM stage one has its own plain loop
         from rrsis.train.grounding import run_grounding_train
 

@@ -187,8 +187,11 @@ def test_dataset_crops_and_eval_cover(tmp_path: Path) -> None:
     train = WaterLandDataset(refs, stats, train=True, crop_px=32, augment=True, crops_per_sample=3)
     item = train[0]
     assert len(train) == 3 and item["image"].shape == (2, 32, 32) and item["label"].dtype.is_floating_point is False
-    windows = eval_windows(refs[0], 32)  # 70 x 50 in 32 px tiles: 3 columns x 2 rows, edges clipped
-    assert len(windows) == 6 and sum(w.width * w.height for w in windows) == 70 * 50
+    windows = eval_windows(refs[0], 32)  # 70 x 50 in 32 px tiles: 3 columns x 2 rows, edge tiles boundless
+    assert len(windows) == 6 and {(w.width, w.height) for w in windows} == {(32, 32)}
+    tiles = WaterLandDataset(refs, stats, train=False, crop_px=32)
+    # every pixel counted once: valid pixels over the 6 tiles = 70 * 50, the 96 x 64 - 70 x 50 padding is invalid
+    assert sum(int(tiles[i]["valid"].sum()) for i in range(len(tiles))) == 70 * 50
     val = WaterLandDataset(refs, stats, train=False)
     assert np.allclose(val[0]["image"].numpy(), data / 2.0, atol=1e-6)
     with pytest.raises(InputError, match="no usable sample"):

@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+import rasterio
 import torch
+from rasterio.windows import Window
 from torch.utils.data import DataLoader
 
 from rrsis.checkpoints import build_from_checkpoint, load_checkpoint
@@ -72,13 +75,35 @@ def test_evaluate_pools_confusion_counts_over_the_split() -> None:
         assert np.isclose(got[key], expected[key], equal_nan=True)
 
 
-def test_run_train_tiny_config_writes_metrics_and_a_loadable_best_checkpoint(tmp_path: Path) -> None:
+def _small_sen1floods11(samples: Path, root: Path, size_px: int = 96) -> None:
+    """Top-left crops of three real chips, in the Sen1Floods11 layout (keeps the test small)."""
+    for chip in ("India_900498", "Pakistan_849790", "Spain_7370579"):
+        for layer in ("S1Hand", "LabelHand"):
+            with rasterio.open(samples / "sen1floods11" / layer / f"{chip}_{layer}.tif") as src:
+                window = Window(0, 0, size_px, size_px)
+                profile = {
+                    **src.profile,
+                    "width": size_px,
+                    "height": size_px,
+                    "transform": src.window_transform(window),
+                }
+                for key in ("blockxsize", "blockysize", "tiled"):
+                    profile.pop(key, None)
+                data = src.read(window=window)
+            (root / layer).mkdir(parents=True, exist_ok=True)
+            with rasterio.open(root / layer / f"{chip}_{layer}.tif", "w", **profile) as dst:
+                dst.write(data)
+
+
+@pytest.mark.slow
+def test_run_train_tiny_config_writes_metrics_and_a_loadable_best_checkpoint(tmp_path: Path, samples: Path) -> None:
     from rrsis.train.run import run_train
 
+    _small_sen1floods11(samples, tmp_path / "chips")
     cfg = load_config(
         TrainConfig,
         REPO / "configs/train/waterland_tiny.yaml",
-        [f"output={tmp_path}", f"data.root={REPO / 'data/samples/sen1floods11'}"],
+        [f"output={tmp_path}", f"data.root={tmp_path / 'chips'}"],
     )
     assert run_train(cfg) == 0
     run = tmp_path / "waterland_tiny"

@@ -102,10 +102,24 @@ def build_splits(data: Any) -> SplitRefs:
 
 
 def eval_windows(ref: SampleRef, tile_px: int) -> list[PixelWindow]:
-    """Windows covering a sample for evaluation: the whole sample, or tiles of `tile_px` for large scenes."""
+    """Windows covering a sample for evaluation: the whole sample, or `tile_px` squares for large scenes.
+
+    Tiles all have the same size so they batch; edge tiles reach past the sample and read boundless (the
+    outside is invalid and ignored), so every pixel is counted exactly once.
+    """
     if tile_px <= 0 or (ref.width <= tile_px and ref.height <= tile_px):
         return [ref.full_window]
-    return list(iter_blocks(ref.width, ref.height, tile_px))
+    return [
+        PixelWindow(col, row, tile_px, tile_px)
+        for row in range(0, ref.height, tile_px)
+        for col in range(0, ref.width, tile_px)
+    ]
+
+
+def batchable(refs: Sequence[SampleRef], tile_px: int) -> bool:
+    """Whether evaluation items of these samples all have one shape (else evaluate one item per batch)."""
+    shapes = {w.to_tuple()[2:] for ref in refs for w in eval_windows(ref, tile_px)}
+    return len(shapes) <= 1
 
 
 class WaterLandDataset(Dataset[dict[str, Any]]):

@@ -8,6 +8,7 @@ With `train.enabled=true` the same loop runs on Ray Train workers instead (`rrsi
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from rrsis import storage
 from rrsis.checkpoints import Checkpoint, checkpoint_from_model, save_checkpoint
 from rrsis.config.load import to_dict, to_yaml
 from rrsis.config.train import TrainConfig
-from rrsis.data.dataset import SplitRefs, WaterLandDataset, build_splits
+from rrsis.data.dataset import SplitRefs, WaterLandDataset, batchable, build_splits
 from rrsis.data.normalize import NormStats, compute_stats
 from rrsis.errors import ConfigError
 from rrsis.log import get_logger
@@ -121,7 +122,11 @@ def run_train(cfg: TrainConfig) -> int:
         setup.train_set, batch_size=cfg.optim.batch_size, shuffle=True, num_workers=cfg.data.num_workers
     )
     val_loader = (
-        DataLoader(setup.val_set, batch_size=cfg.optim.eval_batch_size, num_workers=cfg.data.num_workers)
+        DataLoader(
+            setup.val_set,
+            batch_size=cfg.optim.eval_batch_size if batchable(setup.val_set.refs, cfg.data.eval_tile_px) else 1,
+            num_workers=cfg.data.num_workers,
+        )
         if setup.val_set is not None
         else None
     )
@@ -158,7 +163,8 @@ def run_train(cfg: TrainConfig) -> int:
         metrics = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
         # "last" or no validation split: the latest epoch wins
         score = float(epoch if cfg.optim.monitor == "last" else record.get(f"val_{cfg.optim.monitor}", epoch))
-        if score > best_score:
+        score = -math.inf if math.isnan(score) else score  # NaN: no water in label or prediction
+        if best_epoch == 0 or score > best_score:
             best_score, best_epoch = score, epoch
             save_checkpoint(make_checkpoint(model, cfg, setup.stats, metrics), storage.join(run_dir, "best.pt"))
         if cfg.optim.max_minutes and time.monotonic() - started > 60 * cfg.optim.max_minutes:

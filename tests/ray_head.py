@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -63,13 +64,10 @@ def head_env() -> dict[str, str]:
     return env
 
 
-@contextmanager
-def ray_head(
-    num_cpus: int = 2, resources: dict[str, float] | None = None, timeout_s: float = 90.0
-) -> Iterator[RayHead]:
-    temp_dir = Path(tempfile.mkdtemp(prefix="rrh"))  # short: Ray's socket paths must stay < 108 bytes
-    gcs, dash, client, agent, agent_grpc, rt_env, metrics, nm, om, wmin = free_ports(10)
-    band = wmin + 200 < 65535
+def _start(
+    temp_dir: Path, num_cpus: int, resources: dict[str, float] | None
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    gcs, dash, client, agent, agent_grpc, rt_env, metrics, nm, om = free_ports(9)
     cmd = [
         str(VENV_BIN / "ray"), "start", "--head", "--block",
         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
@@ -77,30 +75,53 @@ def ray_head(
         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
         f"--runtime-env-agent-port={rt_env}", f"--metrics-export-port={metrics}",
         f"--node-manager-port={nm}", f"--object-manager-port={om}",
-        # workers take ports from a band above a free one (0 = any) so two heads never share a band
-        f"--min-worker-port={wmin if band else 0}", f"--max-worker-port={wmin + 200 if band else 0}",
+        "--min-worker-port=0", "--max-worker-port=0",  # workers: any free port the OS gives
         f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}", "--num-gpus=0",
         f"--resources={json.dumps(resources or {})}",
     ]  # fmt: skip
-    log = temp_dir / "head.log"
-    with open(log, "wb") as out:
+    with open(temp_dir / "head.log", "ab") as out:
         proc = subprocess.Popen(cmd, env=head_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
+    return proc, gcs, dash
+
+
+def _wait_up(proc: subprocess.Popen[bytes], address: str, deadline: float) -> bool:
+    """True once the job server answers; False if the head process exited first (e.g. a port got taken)."""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.5)
+    return False
+
+
+@contextmanager
+def ray_head(
+    num_cpus: int = 2, resources: dict[str, float] | None = None, timeout_s: float = 120.0
+) -> Iterator[RayHead]:
+    temp_dir = Path(tempfile.mkdtemp(prefix="rrh"))  # short: Ray's socket paths must stay < 108 bytes
+    log = temp_dir / "head.log"
+    deadline = time.monotonic() + timeout_s
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray head did not come up; see {log}:\n{log.read_text()[-2000:]}")
-            time.sleep(0.5)
+        for _attempt in range(3):  # free ports can be taken between choosing and binding: retry with new ones
+            proc, gcs, dash = _start(temp_dir, num_cpus, resources)
+            procs.append(proc)
+            address = f"http://127.0.0.1:{dash}"
+            if _wait_up(proc, address, deadline):
+                break
+            _kill_group(proc)
+        else:
+            raise RuntimeError(f"ray head did not come up; see {log}:\n{log.read_text()[-2000:]}")
         yield RayHead(address=address, gcs_address=f"127.0.0.1:{gcs}", temp_dir=temp_dir, log=log)
     finally:
-        _kill_group(proc)
+        for proc in procs:
+            _kill_group(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -272,5 +272,6 @@ def fit(cfg: TrainConfig) -> int:
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, float)}
     print(f"run folder {run_dir(cfg)}; final metrics {json.dumps(metrics)}")
     if best is not None:
-        print(f"best checkpoint: {best.path}/{MODEL_FILE}")
+        where = f"s3://{best.path}" if storage.is_remote(cfg.output) else best.path
+        print(f"best checkpoint: {where}/{MODEL_FILE}")
     return 0

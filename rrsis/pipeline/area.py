@@ -65,7 +65,7 @@ def row_pixel_areas_m2(
     return _shoelace(np.asarray(lx).reshape(x.shape), np.asarray(ly).reshape(y.shape))
 
 
-def _ring_area(ring: Sequence[Sequence[float]]) -> float:
+def _ring_area(ring: Sequence[Sequence[float]] | np.ndarray) -> float:
     pts = np.asarray(ring, dtype=np.float64)
     x, y = pts[:, 0], pts[:, 1]
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)))
@@ -79,3 +79,33 @@ def polygon_area_m2(geometry: dict[str, Any], crs: str, laea: str) -> float:
     for rings in polygons:
         total += _ring_area(rings[0]) - sum(_ring_area(hole) for hole in rings[1:])
     return total
+
+
+def project_polygons(polygons: list[dict[str, Any]], crs: str, targets: list[str]) -> list[list[list[np.ndarray]]]:
+    """Every ring of every Polygon in `crs`, projected to each target CRS with ONE transform call per target.
+
+    Returns, per target, per polygon, the list of (N, 2) ring arrays (outer ring first). Batching matters:
+    a mask can have hundreds of thousands of polygons and one PROJ call per polygon dominates the run.
+    """
+    rings = [np.asarray(ring, dtype=np.float64) for poly in polygons for ring in poly["coordinates"]]
+    counts = [len(poly["coordinates"]) for poly in polygons]
+    if not rings:
+        return [[] for _ in targets]
+    xy = np.concatenate(rings)
+    bounds = np.cumsum([len(r) for r in rings])[:-1]
+    out = []
+    for target in targets:
+        tx, ty = warp_transform(CRS.from_user_input(crs), target, xy[:, 0].tolist(), xy[:, 1].tolist())
+        projected = np.split(np.column_stack([tx, ty]), bounds)
+        per_poly, start = [], 0
+        for n in counts:
+            per_poly.append(projected[start : start + n])
+            start += n
+        out.append(per_poly)
+    return out
+
+
+def rings_area(rings: list[np.ndarray]) -> float:
+    """Planar area of an outer ring minus its holes."""
+    holes = [_ring_area(hole) for hole in rings[1:]]
+    return _ring_area(rings[0]) - float(sum(holes))

@@ -25,16 +25,16 @@ import rasterio.features
 from affine import Affine
 from PIL import Image
 from rasterio.enums import Resampling
-from rasterio.warp import transform_geom
 
 from rrsis import storage
 from rrsis.geo.mosaic import build_cog
 from rrsis.geo.raster import open_raster
 from rrsis.geo.tiling import PixelWindow
-from rrsis.pipeline.area import WGS84, laea_for_window, polygon_area_m2
+from rrsis.pipeline.area import WGS84, laea_for_window, project_polygons, rings_area
 from rrsis.pipeline.refiners import NODATA
 
 QUICKLOOK_PX = 1024
+VECTOR_CHUNK = 5000  # polygons projected per PROJ call
 WATER_RGB = np.array([30, 144, 255], dtype=np.float32)
 
 
@@ -63,20 +63,33 @@ def build_vectors(mosaic_uri: str, out_uri: str, scene: dict[str, Any]) -> int:
         with open(path, "w", encoding="utf-8") as out, open_raster(mosaic_uri) as src:
             out.write('{"type": "FeatureCollection", "name": "water", "features": [\n')
             band = rasterio.band(src, 1)
-            for geometry, value in rasterio.features.shapes(band, mask=band, connectivity=4, transform=src.transform):
-                if int(value) != 1:
-                    continue
-                area = polygon_area_m2(geometry, crs, laea)
-                feature = {
-                    "type": "Feature",
-                    "properties": {"id": count, "class": "water", "area_m2": round(area, 3)},
-                    "geometry": transform_geom(crs, WGS84, geometry, precision=9),
-                }
-                out.write((",\n" if count else "") + json.dumps(feature, separators=(",", ":")))
-                count += 1
+            shapes = rasterio.features.shapes(band, mask=band, connectivity=4, transform=src.transform)
+            chunk: list[dict[str, Any]] = []
+            for geometry, value in shapes:
+                if int(value) == 1:
+                    chunk.append(geometry)
+                if len(chunk) >= VECTOR_CHUNK:
+                    count = _write_features(out, chunk, crs, laea, count)
+                    chunk = []
+            count = _write_features(out, chunk, crs, laea, count)
             out.write("\n]}\n")
         storage.put_file(path, out_uri)
     return count
+
+
+def _write_features(out: Any, polygons: list[dict[str, Any]], crs: str, laea: str, first_id: int) -> int:
+    """Append one GeoJSON feature per polygon (EPSG:4326, 9 decimals) with its equal-area `area_m2`."""
+    if not polygons:
+        return first_id
+    equal_area, lonlat = project_polygons(polygons, crs, [laea, WGS84])
+    for i, (rings_m, rings_deg) in enumerate(zip(equal_area, lonlat, strict=True)):
+        feature = {
+            "type": "Feature",
+            "properties": {"id": first_id + i, "class": "water", "area_m2": round(rings_area(rings_m), 3)},
+            "geometry": {"type": "Polygon", "coordinates": [np.round(r, 9).tolist() for r in rings_deg]},
+        }
+        out.write((",\n" if first_id + i else "") + json.dumps(feature, separators=(",", ":")))
+    return first_id + len(polygons)
 
 
 def _stretch(values: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from rrsis.config.boxes import BoxesConfig
 from rrsis.config.common import RayConfig, StorageConfig
 from rrsis.config.fields import bounded, choice
+from rrsis.config.referring import ReferringConfig
 
 
 @dataclass
@@ -76,6 +77,8 @@ class MapConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
     boxes: BoxesConfig = field(default_factory=BoxesConfig)  # task: boxes (box file, SAM, CFPG/MBO)
+    query: str = ""  # task: referring: the expression to map
+    referring: ReferringConfig = field(default_factory=ReferringConfig)  # task: referring (grounding model)
     read_num_cpus: float = bounded(1.0, 0.0, 256.0)  # per read task (windowed GDAL reads)
     write_num_cpus: float = bounded(1.0, 0.0, 256.0)  # per write task (encode + PUT one mask tile per row)
     storage: StorageConfig = field(default_factory=StorageConfig)

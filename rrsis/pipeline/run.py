@@ -169,6 +169,10 @@ def run_map(cfg: MapConfig) -> int:
     from rrsis.pipeline.build import cluster_cpus, cluster_gpus, map_dataset, resources_for
     from rrsis.pipeline.manifest import write_failures, write_manifest
 
+    if cfg.task == "referring":
+        from rrsis.pipeline.run_referring import run_referring
+
+        return run_referring(cfg)
     if cfg.task == "boxes":
         from rrsis.pipeline.run_boxes import run_boxes
 

@@ -1,0 +1,192 @@
+"""`rrsis map` with `task: referring`: map a large scene with a sentence (issue 8 item 7).
+
+Driver: query check (empty or longer than the grounding model reads -> one error line) -> tile rows of
+every scene -> Ray Data: read (CPU tasks) -> `GroundingStage` (actor pool, GPU when present: the tile's
+best box and score for the query) -> boxes back on the driver (a few numbers per tile, never pixels) ->
+per scene: keep boxes scoring >= `referring.min_score`, map them to scene pixels, NMS across tile overlaps
+(`referring_boxes`) -> `<run>/<scene_id>/query_boxes.csv` -> the `boxes` task (SAM + CFPG + MBO, masks,
+mosaic, polygons) on those boxes in the same run folder -> every polygon of `boxes.geojson` gets the query
+and its grounding score as attributes. A scene where no box passes is a valid, empty result.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import json
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from rrsis import storage
+from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, model_config_from_dict
+from rrsis.errors import ConfigError, RrsisError
+from rrsis.geo.raster import read_info, resolve_bands
+from rrsis.geo.tiling import PixelWindow, plan_tiles
+from rrsis.pipeline.inputs import resolve_inputs
+from rrsis.pipeline.referring_boxes import check_query, nms_across_tiles, to_scene, touches_internal_edge
+from rrsis.pipeline.task_boxes import to_rgb
+
+Batch = dict[str, np.ndarray]
+
+
+class GroundingStage:
+    """Holds the grounding model (loaded once per actor); per tile row: best box (tile pixels) and score."""
+
+    def __init__(self, checkpoint: str, query: str, value_max: float, device: str = "cpu", threads: int = 1) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        self.model: Any = build_from_checkpoint(load_checkpoint(checkpoint)).to(dev)
+        self.query, self.value_max = query, value_max
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["tile_id"])
+        status = np.asarray(batch.get("status", np.full(n, "ok")), dtype=object)
+        ok = [i for i in range(n) if status[i] == "ok"]
+        boxes, scores = np.full((n, 4), np.nan), np.full(n, np.nan)
+        if ok:
+            rgb = [to_rgb(batch["image"][i], self.value_max) for i in ok]
+            b, s = self.model.predict(rgb, [self.query] * len(ok))
+            boxes[ok], scores[ok] = b, s
+        out = {k: v for k, v in batch.items() if k not in ("image", "valid")}
+        out.update(box=boxes, score=scores)
+        return out
+
+
+def referring_run_id(cfg: Any, scene_uris: list[str]) -> str:
+    if cfg.run_id:
+        return str(cfg.run_id)
+    decisive = {
+        "task": "referring",
+        "query": cfg.query,
+        "scenes": scene_uris,
+        "tiling": asdict(cfg.tiling),
+        "referring": asdict(cfg.referring),
+        "boxes": asdict(cfg.boxes),
+    }
+    return "referring-" + hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def checked_query(cfg: Any, model_config: dict[str, Any]) -> str:
+    from transformers import AutoTokenizer
+
+    from rrsis.models.grounding.encoders import text_encoder_path
+
+    g = model_config_from_dict(model_config).grounding
+    tok = AutoTokenizer.from_pretrained(text_encoder_path(g.text_encoder), local_files_only=True)
+    return check_query(cfg.query, len(tok(cfg.query, truncation=False)["input_ids"]), g.max_query_tokens)
+
+
+def select_boxes(
+    rows: list[dict[str, Any]], width: int, height: int, min_score: float, nms_iou: float
+) -> list[tuple[np.ndarray, float]]:
+    """Scene boxes and scores that pass `min_score`, one per object after NMS across tiles."""
+    cands, scores, cut = [], [], []
+    for r in rows:
+        if not np.isfinite(r["score"]) or r["score"] < min_score:
+            continue
+        win = PixelWindow(r["win_col_off"], r["win_row_off"], r["win_width"], r["win_height"])
+        box = to_scene(r["box"], win, width, height)
+        if box[2] <= box[0] or box[3] <= box[1]:
+            continue
+        cands.append(box)
+        scores.append(float(r["score"]))
+        cut.append(touches_internal_edge(box, win, width, height))
+    if not cands:
+        return []
+    kept = nms_across_tiles(np.stack(cands), np.array(scores), np.array(cut), nms_iou)
+    return [(cands[i], scores[i]) for i in kept]
+
+
+def boxes_csv(selected: list[tuple[np.ndarray, float]]) -> str:
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["id", "x1", "y1", "x2", "y2"])
+    for k, (b, _) in enumerate(selected):
+        w.writerow([f"q{k:04d}", *(f"{float(v):.2f}" for v in b)])
+    return out.getvalue()
+
+
+def tag_polygons(uri: str, query: str, scores: dict[str, float]) -> None:
+    """Add the query and the box's grounding score to every feature of a scene's `boxes.geojson`."""
+    fc = json.loads(storage.get_bytes(uri))
+    for feat in fc["features"]:
+        props = feat.setdefault("properties", {})
+        props["query"], props["score"] = query, scores.get(str(props.get("box_id")))
+    storage.put_bytes(uri, json.dumps(fc).encode())
+
+
+def run_referring(cfg: Any) -> int:
+    import ray.data
+
+    from rrsis.pipeline.build import _map, cluster_gpus, resources_for
+    from rrsis.pipeline.run import _configure_storage, _connect_ray
+    from rrsis.pipeline.run_boxes import run_boxes
+    from rrsis.pipeline.stages import read_stage
+
+    if not cfg.referring.checkpoint:
+        raise ConfigError("config error: key 'referring.checkpoint' is required for task 'referring'")
+    _configure_storage(cfg)
+    ckpt = load_checkpoint(cfg.referring.checkpoint)
+    if ckpt.model_name != "grounding":
+        raise ConfigError(f"config error: key 'referring.checkpoint': a grounding checkpoint, not {ckpt.model_name!r}")
+    query = checked_query(cfg, ckpt.model_config)
+    scenes, problems = resolve_inputs(list(cfg.input))
+    if problems:
+        raise RrsisError(f"input: {problems[0].item}: {problems[0].reason}")
+    run_id = referring_run_id(cfg, [s.uri for s in scenes])
+    prefix = storage.join(cfg.output, run_id)
+    rows: list[dict[str, Any]] = []
+    size_of: dict[str, tuple[int, int]] = {}
+    for scene in scenes:
+        info = read_info(scene.uri)
+        size_of[scene.scene_id] = (info.width, info.height)
+        bands = ",".join(str(b) for b in resolve_bands(info, list(cfg.bands) or [1, 2, 3][: min(3, info.count)]))
+        for tile in plan_tiles(
+            info.width,
+            info.height,
+            cfg.tiling.tile_px,
+            cfg.tiling.overlap_px,
+            scene_id=scene.scene_id,
+            scene_transform=info.transform,
+            crs=info.crs,
+        ):
+            rows.append({**tile.to_row(), "scene_uri": scene.uri, "bands": bands})
+    _connect_ray(cfg)
+    res = resources_for(cfg, cluster_gpus())
+    ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // res.batch_size)))
+    ds = _map(ds, read_stage, res.read, res.batch_size)
+    kwargs = {
+        "checkpoint": cfg.referring.checkpoint,
+        "query": query,
+        "value_max": cfg.boxes.value_max,
+        "device": cfg.infer.device,
+        "threads": cfg.infer.torch_threads or max(1, int(res.infer.num_cpus)),
+    }
+    ds = _map(ds, GroundingStage, res.infer, res.batch_size, fn_constructor_kwargs=kwargs)
+    per_scene: dict[str, list[dict[str, Any]]] = {s.scene_id: [] for s in scenes}
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        for i in range(len(batch["tile_id"])):
+            per_scene[str(batch["scene_id"][i])].append({k: batch[k][i] for k in batch})
+    scores_of: dict[str, dict[str, float]] = {}
+    for scene_id, scene_rows in per_scene.items():
+        w, h = size_of[scene_id]
+        selected = select_boxes(scene_rows, w, h, cfg.referring.min_score, cfg.referring.nms_iou)
+        storage.put_bytes(storage.join(prefix, scene_id, "query_boxes.csv"), boxes_csv(selected).encode())
+        scores_of[scene_id] = {f"q{k:04d}": s for k, (_, s) in enumerate(selected)}
+    boxes_cfg = copy.deepcopy(cfg)
+    boxes_cfg.run_id = run_id
+    boxes_cfg.boxes.path = storage.join(prefix, "{scene_id}", "query_boxes.csv")
+    rc = run_boxes(boxes_cfg, boxes_cfg.boxes)
+    for scene_id, scores in scores_of.items():
+        uri = storage.join(prefix, scene_id, "boxes.geojson")
+        if storage.exists(uri):
+            tag_polygons(uri, query, scores)
+    n = sum(len(s) for s in scores_of.values())
+    print(f"rrsis map referring: {query!r}: {n} objects in {len(scenes)} scenes -> {prefix}", flush=True)
+    return rc

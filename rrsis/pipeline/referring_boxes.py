@@ -6,8 +6,7 @@ border that is not the scene border (the object continues in the neighbour tile,
 object). `nms_across_tiles` keeps one box per object: candidates are ranked (not cut by an internal edge,
 score), as segment-anything's automatic mask generator prefers uncut crops, and a candidate whose IoU
 with a kept box reaches `iou_threshold` is suppressed. A box spanning a tile overlap is therefore
-reported once. The Ray wiring (grounding actor per tile, then the `boxes` task's SAM + refinement
-stages on the kept boxes) is not built yet.
+reported once. `run_referring.py` wires these into the Ray pipeline.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def test_override_and_file_layers(tmp_path: Path) -> None:
     [
         (["config", "show", "map", "tiling.tile_pix=3"], "unknown key 'tiling.tile_pix'; allowed keys here: tile_px"),
         (["config", "show", "map", "tiling.tile_px=abc"], "key 'tiling.tile_px'"),
-        (["config", "show", "map", "tiling.blend=linear"], "value 'linear' is not allowed; allowed: 'crop', 'cosine'"),
+        (["config", "show", "map", "tiling.blend=linear"], "value 'linear' is not allowed; allowed: 'crop'"),
         (["config", "show", "map", "tiling.overlap_px=512"], "must be smaller than tiling.tile_px"),
         (["config", "show", "train", "optim.lr=-1"], "key 'optim.lr': value -1.0 is out of range"),
         (["config", "show", "map", "--config", "does/not/exist.yaml"], "file not found: does/not/exist.yaml"),

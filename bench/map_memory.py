@@ -105,7 +105,8 @@ def map_once(scene: str, ckpt: str, out: Path, tile: int) -> tuple[int, float, i
     ray.init(_node_ip_address="127.0.0.1", num_cpus=4, include_dashboard=False, log_to_driver=False)
     cfg = map_config(
         f"input=[{scene}]", f"output={out}", f"infer.checkpoint={ckpt}",
-        f"tiling.tile_px={tile}", "tiling.overlap_px=64", "infer.batch_size=1", "outputs.quicklook=true",
+        f"tiling.tile_px={tile}", "tiling.overlap_px=64", "infer.batch_size=1",
+        "refine.min_mapping_unit_px=16",  # as the demo: keeps a random model's mask from becoming ~1M polygons
     )  # fmt: skip
     code = run_map(cfg)
     ray.shutdown()

@@ -104,7 +104,7 @@ def test_cli_eval_on_truncated_checkpoint_exits_2_with_one_line(tmp_path: Path) 
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=120,
+        timeout=600,
         check=False,
     )
     assert proc.returncode == 2

@@ -102,7 +102,7 @@ def map_once(scene: str, ckpt: str, out: Path, tile: int) -> tuple[int, float, i
     sampler = PeakSampler()
     sampler.start()
     start = time.perf_counter()
-    ray.init(_node_ip_address="127.0.0.1", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=4, include_dashboard=False, log_to_driver=False)
     cfg = map_config(
         f"input=[{scene}]", f"output={out}", f"infer.checkpoint={ckpt}",
         f"tiling.tile_px={tile}", "tiling.overlap_px=64", "infer.batch_size=1",

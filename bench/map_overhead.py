@@ -58,7 +58,7 @@ def main() -> None:
     ckpt = tiny_checkpoint(tmp / "model.pt", family=args.family)
     loop_s, n_tiles = plain_loop(ckpt, scene, args.size, args.tile, args.overlap)
     start = time.perf_counter()
-    ray.init(_node_ip_address="127.0.0.1", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=4, include_dashboard=False, log_to_driver=False)
     ray_start_s = time.perf_counter() - start
     cfg = map_config(
         f"input=[{scene}]",

@@ -54,7 +54,9 @@ def _connect_ray(cfg: MapConfig) -> None:
         ray.init(address=address, configure_logging=False)
         return
     # Logical CPUs: at least 4, so the two actor pools and the read and write tasks all fit on a laptop.
+    # address="local": always a new instance, even when /tmp/ray/ray_current_cluster names another Ray.
     kwargs: dict[str, Any] = {
+        "address": "local",
         "_node_ip_address": "127.0.0.1",
         "include_dashboard": False,
         "num_cpus": cfg.ray.num_cpus or max(4, os.cpu_count() or 1),

@@ -81,7 +81,7 @@ def main() -> None:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     started = time.perf_counter()
     trainer = TorchTrainer(
         ray_worker,

@@ -198,7 +198,8 @@ def connect_ray(address: str = "", num_cpus: int = 0) -> None:
     if address:
         ray.init(address=address, configure_logging=False)
         return
-    kwargs: dict[str, Any] = {"_node_ip_address": "127.0.0.1", "include_dashboard": False}
+    # address="local": always a new embedded Ray, never another user's cluster found in /tmp/ray
+    kwargs: dict[str, Any] = {"address": "local", "_node_ip_address": "127.0.0.1", "include_dashboard": False}
     if num_cpus:
         kwargs["num_cpus"] = num_cpus
     ray.init(**kwargs)

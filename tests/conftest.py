@@ -74,6 +74,7 @@ def ray_session(s3_endpoint: str) -> Iterator[None]:
     import ray
 
     ray.init(
+        address="local",  # never join a stale cluster another process left in /tmp/ray
         _node_ip_address="127.0.0.1",
         num_cpus=4,
         include_dashboard=False,

@@ -73,14 +73,21 @@ def ray_session(s3_endpoint: str) -> Iterator[None]:
     """One local Ray for the whole test session, on loopback, started after the S3 env is set."""
     import ray
 
-    ray.init(
-        address="local",  # never join a stale cluster another process left in /tmp/ray
-        _node_ip_address="127.0.0.1",
-        num_cpus=4,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}},
-    )
+    for attempt in range(3):  # a loaded machine can miss Ray's fixed start-up waits; try again
+        try:
+            ray.init(
+                address="local",  # never join a stale cluster another process left in /tmp/ray
+                _node_ip_address="127.0.0.1",
+                num_cpus=4,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}},
+            )
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield
     ray.shutdown()

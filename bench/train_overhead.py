@@ -10,6 +10,7 @@ printed separately). Prints ms/step for each and the ratio ray/plain (goal <= 1.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -60,6 +61,8 @@ def ray_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(config["threads"])
     model = ray.train.torch.prepare_model(build_model(model_config()))
     seconds = timed_epochs(model, config["batches"], config["epochs"])
+    with open(config["out"], "w") as f:  # Ray Train V2 keeps metrics only with checkpoints: use a file
+        f.write(str(seconds))
     ray.train.report({"seconds": seconds})
 
 
@@ -82,17 +85,20 @@ def main() -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    out_file = f"/tmp/rrsis-bench-ray-{os.getpid()}.txt"
     started = time.perf_counter()
     trainer = TorchTrainer(
         ray_worker,
-        train_loop_config={"batches": batches, "epochs": args.epochs, "threads": threads},
+        train_loop_config={"batches": batches, "epochs": args.epochs, "threads": threads, "out": out_file},
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=False),
         run_config=ray.train.RunConfig(name=f"bench_{int(time.time())}", storage_path="/tmp/rrsis-bench-ray"),
     )
-    result = trainer.fit()
+    trainer.fit()
     wall_s = time.perf_counter() - started
-    ray_s = float(result.metrics["seconds"])
+    with open(out_file) as f:
+        ray_s = float(f.read())
+    os.remove(out_file)
     ray.shutdown()
     print(f"plain loop : {steps} steps in {plain_s:.2f}s = {1000 * plain_s / steps:.1f} ms/step ({threads} threads)")
     print(f"Ray Train  : {steps} steps in {ray_s:.2f}s = {1000 * ray_s / steps:.1f} ms/step (1 worker, gloo)")

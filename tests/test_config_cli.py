@@ -49,7 +49,7 @@ def test_override_and_file_layers(tmp_path: Path) -> None:
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
-    code, out, err = _run(capsys, *argv)
+    code, _out, err = _run(capsys, *argv)
     assert code == 2
     assert needle in err
     assert len(err.strip().splitlines()) == 1

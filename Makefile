@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/mypy rrsis
 
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
 clean:
 	rm -rf $(VENV) outputs runs

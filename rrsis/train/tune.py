@@ -191,6 +191,17 @@ def results_table(results: Any, space_keys: list[str]) -> Any:
     return table.rename(columns={"training_iteration": "epochs_run"})
 
 
+def _best_result(results: Any, table: Any) -> Any:
+    """The trial at the top of the printed table (last reported metric), so the exported config and the
+    table always agree, ties included."""
+    top = str(table.iloc[0]["trial_id"])
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id == top or (trial_id is None and top in str(result.path)):
+            return result
+    raise ConfigError(f"tune: trial {top} from the results table has no result")
+
+
 def run_tune(cfg: TuneConfig) -> int:
     connect_ray(cfg.ray.address, cfg.ray.num_cpus)
     space_keys = list(load_space(cfg.space))
@@ -205,7 +216,7 @@ def run_tune(cfg: TuneConfig) -> int:
     errors = [r for r in results if r.error is not None]
     if len(errors) == len(results):
         raise ConfigError(f"all {len(results)} trials failed; first error: {errors[0].error}")
-    best = results.get_best_result(metric=cfg.metric, mode=cfg.mode, scope="all")
+    best = _best_result(results, table)
     params = {k: best.config[k] for k in space_keys}
     best_cfg = apply_overrides(cfg.base, params)
     best_cfg.run_name = f"{cfg.name}_best"

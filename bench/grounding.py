@@ -19,21 +19,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rrsis.models.grounding.config import GroundingConfig
+from rrsis.models.grounding.config import GroundingConfig, tiny_grounding_config
 from rrsis.models.grounding.model import GroundingModel
 from rrsis.models.pslg_sam import PslgSam
 from rrsis.models.sam.config import SamConfig
 
-TINY = GroundingConfig(
-    image_encoder="tiny",
-    image_size_px=64,
-    hidden_dim=32,
-    num_heads=2,
-    decoder_layers=1,
-    ffn_dim=64,
-    num_queries=2,
-    dropout=0.0,
-)
+TINY = tiny_grounding_config()
 PAPER_WIDTHS_256 = GroundingConfig(image_encoder="resnet50", image_size_px=256, dropout=0.0)
 TEXTS = ["the storage tank near the harbour", "a white ship", "the bridge over the river", "the golf field"]
 

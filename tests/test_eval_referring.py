@@ -17,20 +17,11 @@ from rrsis.data.referring import load_image, load_mask, load_referring_split
 from rrsis.evaluate.referring import predict_referring
 from rrsis.metrics.referring import ReferringMeter
 from rrsis.models.config import ModelConfig
-from rrsis.models.grounding.config import GroundingConfig
+from rrsis.models.grounding.config import tiny_grounding_config
 from rrsis.models.pslg_sam import PslgSam
 from rrsis.models.sam.config import SamConfig
 
-TINY_GROUNDING = GroundingConfig(
-    image_encoder="tiny",
-    image_size_px=64,
-    hidden_dim=32,
-    num_heads=2,
-    decoder_layers=1,
-    ffn_dim=64,
-    num_queries=2,
-    dropout=0.0,
-)
+TINY_GROUNDING = tiny_grounding_config()
 
 
 def refer_split(root: Path) -> Path:

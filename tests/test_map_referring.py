@@ -14,22 +14,12 @@ from rrsis.config.load import load_config
 from rrsis.config.map import MapConfig
 from rrsis.errors import InputError
 from rrsis.models.config import ModelConfig
-from rrsis.models.grounding.config import GroundingConfig
+from rrsis.models.grounding.config import tiny_grounding_config
 from rrsis.models.grounding.model import GroundingModel
 from rrsis.pipeline.run import run_map
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = GroundingConfig(
-    image_encoder="tiny",
-    image_size_px=64,
-    hidden_dim=32,
-    num_heads=2,
-    decoder_layers=1,
-    ffn_dim=64,
-    num_queries=2,
-    dropout=0.0,
-    max_query_tokens=12,
-)
+TINY = tiny_grounding_config(max_query_tokens=12)
 
 
 def grounding_checkpoint(path: Path) -> Path:

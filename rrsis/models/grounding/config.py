@@ -46,3 +46,19 @@ class GroundingConfig:
         for key in ("pixel_mean", "pixel_std"):
             if len(getattr(self, key)) != 3:
                 raise ConfigError(f"config error: key '{prefix}{key}': needs 3 values (RGB)")
+
+
+def tiny_grounding_config(**overrides: object) -> GroundingConfig:
+    """A seconds-fast grounding model of the real classes, for tests, benchmarks and smoke runs."""
+    values: dict[str, object] = {
+        "image_encoder": "tiny",
+        "image_size_px": 64,
+        "hidden_dim": 32,
+        "num_heads": 2,
+        "decoder_layers": 1,
+        "ffn_dim": 64,
+        "num_queries": 2,
+        "dropout": 0.0,
+    }
+    values.update(overrides)
+    return GroundingConfig(**values)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rrsis.errors import CheckpointError, InputError
-from rrsis.models.grounding.config import GroundingConfig
+from rrsis.models.grounding.config import GroundingConfig, tiny_grounding_config
 from rrsis.models.grounding.losses import (
     cxcywh_to_xyxy,
     generalized_box_iou,
@@ -21,20 +21,9 @@ from rrsis.models.grounding.losses import (
 )
 from rrsis.models.grounding.model import GroundingModel
 
-TINY = {
-    "image_encoder": "tiny",
-    "image_size_px": 64,
-    "hidden_dim": 32,
-    "num_heads": 2,
-    "decoder_layers": 1,
-    "ffn_dim": 64,
-    "num_queries": 2,
-    "dropout": 0.0,
-}
-
 
 def tiny_cfg(**kw: object) -> GroundingConfig:
-    return GroundingConfig(**{**TINY, **kw})  # type: ignore[arg-type]
+    return tiny_grounding_config(**kw)
 
 
 def test_giou_by_hand() -> None:

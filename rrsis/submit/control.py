@@ -70,30 +70,39 @@ def follow(client: Any, job_id: str, out: TextIO, *, poll_s: float = 1.0, timeou
     HTTP proxies that break the websocket `tail_job_logs` uses.
     """
     printed = 0
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    while True:
-        state = status(client, job_id)
+
+    def print_new_logs() -> None:
+        nonlocal printed
         text = logs(client, job_id)
         if len(text) > printed:
             out.write(text[printed:])
             out.flush()
             printed = len(text)
+
+    return wait(client, job_id, poll_s=poll_s, timeout_s=timeout_s, on_poll=print_new_logs)
+
+
+def wait(
+    client: Any,
+    job_id: str,
+    *,
+    poll_s: float = 1.0,
+    timeout_s: float = 0.0,
+    on_poll: Callable[[], None] | None = None,
+) -> str:
+    """Block until the job is in a terminal state (or the timeout passes); returns the status.
+
+    `on_poll` runs after each status poll (before returning, so a final log suffix is not lost).
+    """
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    while True:
+        state = status(client, job_id)
+        if on_poll is not None:
+            on_poll()
         if state in TERMINAL:
             return state
         if deadline is not None and time.monotonic() > deadline:
             raise JobError(f"job {job_id} still {state} after {timeout_s:g} s (it keeps running; `rrsis jobs stop`)")
-        time.sleep(poll_s)
-
-
-def wait(client: Any, job_id: str, *, poll_s: float = 1.0, timeout_s: float = 0.0) -> str:
-    """Block until the job is in a terminal state (or the timeout passes); returns the status."""
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    while True:
-        state = status(client, job_id)
-        if state in TERMINAL:
-            return state
-        if deadline is not None and time.monotonic() > deadline:
-            raise JobError(f"job {job_id} still {state} after {timeout_s:g} s")
         time.sleep(poll_s)
 
 

@@ -11,16 +11,13 @@ import torch
 from rrsis.cli import main
 from rrsis.losses.danet import affinity_loss
 from rrsis.models.config import ModelConfig
-from rrsis.models.danet.config import DanetConfig
 from rrsis.models.danet.decoder import FixedKernelHead
 from rrsis.models.danet.model import Danet, build_danet
 from rrsis.models.danet.text import load_tokenizer, tokenize
 from rrsis.models.registry import build_model
+from tests.danet_tiny import tiny_danet_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
-TINY = dict(
-    backbone="tiny", window_size=4, input_px=64, decoder_dim=32, key_dim=16, num_heads=4, ffn_dim=48, k=8
-)
 
 
 @pytest.fixture(autouse=True)
@@ -38,9 +35,9 @@ def _count(module: torch.nn.Module) -> int:
 
 def test_f2_parameter_accounting() -> None:
     torch.manual_seed(0)
-    lavt = build_danet(DanetConfig(**TINY, eaas=False, raam=False))  # type: ignore[arg-type]
-    eaas = build_danet(DanetConfig(**TINY, eaas=True, raam=False))  # type: ignore[arg-type]
-    full = build_danet(DanetConfig(**TINY, eaas=True, raam=True))  # type: ignore[arg-type]
+    lavt = build_danet(tiny_danet_config(eaas=False, raam=False))
+    eaas = build_danet(tiny_danet_config(eaas=True, raam=False))
+    full = build_danet(tiny_danet_config(eaas=True, raam=True))
     # EAAS adds no learnable parameter (the paper's claim).
     assert _count(lavt) == _count(eaas)
     assert full.raam is not None and full.head is None and eaas.head is not None
@@ -73,7 +70,7 @@ def _grad_sum(module: torch.nn.Module) -> float:
 @pytest.mark.parametrize("stages", [[2], [3, 4]])
 def test_affinity_gradients_reach_only_the_stages_it_constrains(stages: list[int]) -> None:
     torch.manual_seed(0)
-    model = build_danet(DanetConfig(**TINY, affinity_stages=stages))  # type: ignore[arg-type]
+    model = build_danet(tiny_danet_config(affinity_stages=stages))
     _, feats, labels = _forward(model)
     assert len(feats) == len(stages) and all(lab.sum() > 0 for lab in labels)
     sum(affinity_loss(f, lab).mean() for f, lab in zip(feats, labels, strict=True)).backward()  # type: ignore[union-attr]
@@ -90,7 +87,7 @@ def test_affinity_gradients_reach_only_the_stages_it_constrains(stages: list[int
 
 
 def test_eval_mode_skips_eaas_and_registry_builds_danet() -> None:
-    cfg = ModelConfig(name="danet", danet=DanetConfig(**TINY, text_trainable=False))  # type: ignore[arg-type]
+    cfg = ModelConfig(name="danet", danet=tiny_danet_config(text_trainable=False))
     model = build_model(cfg)
     assert isinstance(model, Danet)
     model.train()  # a frozen text encoder has no trainable weights and stays in eval mode (no dropout)

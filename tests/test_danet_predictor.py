@@ -7,30 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 
-from rrsis.checkpoints import build_from_checkpoint, checkpoint_from_model, load_checkpoint, save_checkpoint
+from rrsis.checkpoints import build_from_checkpoint, load_checkpoint
 from rrsis.errors import InputError
-from rrsis.models.config import ModelConfig
-from rrsis.models.danet.config import DanetConfig
 from rrsis.models.danet.model import Danet
 from rrsis.models.danet.predictor import DanetPredictor
-from rrsis.models.registry import build_model
-
-TINY = dict(backbone="tiny", window_size=4, input_px=64, decoder_dim=32, key_dim=16, num_heads=4, ffn_dim=48, k=8)
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+from tests.danet_tiny import MEAN, STD, save_tiny_danet
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Danet, str]:
     """A tiny DANet and its checkpoint file (saved once: the MiniLM weights make it ~90 MB)."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(name="danet", danet=DanetConfig(**TINY))  # type: ignore[arg-type]
-    model = build_model(cfg)
-    assert isinstance(model, Danet)
     uri = str(tmp_path_factory.mktemp("danet") / "danet.pt")
-    save_checkpoint(checkpoint_from_model(model, cfg, bands=["R", "G", "B"], norm_mean=MEAN, norm_std=STD), uri)
-    return model, uri
+    return save_tiny_danet(uri), uri
 
 
 @pytest.mark.slow

@@ -78,6 +78,9 @@ class MapConfig:
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
     boxes: BoxesConfig = field(default_factory=BoxesConfig)  # task: boxes (box file, SAM, CFPG/MBO)
     query: str = ""  # task: referring: the expression to map
+    # task: referring: grounding boxes -> SAM (pslg_sam, referring.checkpoint) or DANet masks per tile (danet,
+    # referring.danet)
+    method: str = choice("pslg_sam", "pslg_sam", "danet")
     referring: ReferringConfig = field(default_factory=ReferringConfig)  # task: referring (grounding model)
     read_num_cpus: float = bounded(1.0, 0.0, 256.0)  # per read task (windowed GDAL reads)
     write_num_cpus: float = bounded(1.0, 0.0, 256.0)  # per write task (encode + PUT one mask tile per row)

@@ -101,8 +101,20 @@ def verify_dataset(rows: list[dict[str, Any]], res: PipelineResources) -> ray.da
     return _map(ds, verify_stage, res.read, max(res.batch_size, 16))
 
 
-def map_dataset(rows: list[dict[str, Any]], cfg: MapConfig, res: PipelineResources, *, model: str) -> ray.data.Dataset:
-    """Tile rows -> manifest rows, through read -> infer -> refine -> write."""
+def map_dataset(
+    rows: list[dict[str, Any]],
+    cfg: MapConfig,
+    res: PipelineResources,
+    *,
+    model: str,
+    infer: tuple[Any, dict[str, Any]] | None = None,
+) -> ray.data.Dataset:
+    """Tile rows -> manifest rows, through read -> infer -> refine -> write.
+
+    `infer` = (stage class, extra constructor kwargs) replaces `InferStage` (e.g. DANet for task referring);
+    it takes the same checkpoint/device/threads/batch_invariant kwargs and must add `prob` (B, T, T).
+    """
+    infer_stage, infer_kwargs = infer or (InferStage, {})
     options = {
         "threshold": cfg.infer.threshold,
         "enabled": cfg.refine.enabled,
@@ -115,7 +127,7 @@ def map_dataset(rows: list[dict[str, Any]], cfg: MapConfig, res: PipelineResourc
     ds = _map(ds, read_stage, res.read, res.batch_size)
     ds = _map(
         ds,
-        InferStage,
+        infer_stage,
         res.infer,
         res.batch_size,
         fn_constructor_kwargs={
@@ -123,6 +135,7 @@ def map_dataset(rows: list[dict[str, Any]], cfg: MapConfig, res: PipelineResourc
             "device": cfg.infer.device,
             "torch_threads": torch_threads,
             "batch_invariant": cfg.infer.batch_invariant,
+            **infer_kwargs,
         },
     )
     ds = _map(

@@ -18,15 +18,21 @@ from rrsis.geo.tiling import PixelWindow
 from rrsis.metrics.referring import box_iou
 
 
-def check_query(query: str, n_tokens: int, max_tokens: int) -> str:
+def check_query(
+    query: str,
+    n_tokens: int,
+    max_tokens: int,
+    model: str = "grounding",
+    key: str = "model.grounding.max_query_tokens",
+) -> str:
     """The stripped query, or one line saying why it cannot be used (empty, or longer than the model reads)."""
     text = query.strip()
     if not text:
         raise InputError("config error: key 'query': the query is empty")
     if n_tokens > max_tokens:
         raise InputError(
-            f"config error: key 'query': {n_tokens} tokens, the grounding model reads at most {max_tokens} "
-            "(model.grounding.max_query_tokens); shorten the query"
+            f"config error: key 'query': {n_tokens} tokens, the {model} model reads at most {max_tokens} "
+            f"({key}); shorten the query"
         )
     return text
 

@@ -91,7 +91,8 @@ def _waterland(options: dict[str, Any]) -> Refiner:
 
 
 # task -> factory(options) -> Refiner; options are plain values (they travel to Ray actors).
-REFINERS: dict[str, Callable[[dict[str, Any]], Refiner]] = {"waterland": _waterland}
+# task referring (method danet) cleans P(referred) exactly as P(water): threshold, opening, mapping unit.
+REFINERS: dict[str, Callable[[dict[str, Any]], Refiner]] = {"waterland": _waterland, "referring": _waterland}
 
 
 def make_refiner(task: str, options: dict[str, Any]) -> Refiner:

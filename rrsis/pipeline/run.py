@@ -166,12 +166,16 @@ def _products(plans: list[ScenePlan], tiles: list[dict[str, Any]], cfg: MapConfi
     return results, failures
 
 
-def run_map(cfg: MapConfig) -> int:
-    """Map every scene of `cfg.input`; see the module docstring. Prints one summary line."""
+def run_map(cfg: MapConfig, infer: tuple[Any, dict[str, Any]] | None = None) -> int:
+    """Map every scene of `cfg.input`; see the module docstring. Prints one summary line.
+
+    `infer` plugs another per-tile model into the same stages (see `build.map_dataset`); task referring
+    with method danet calls back here with its DANet stage.
+    """
     from rrsis.pipeline.build import cluster_cpus, cluster_gpus, map_dataset, resources_for
     from rrsis.pipeline.manifest import write_failures, write_manifest
 
-    if cfg.task == "referring":
+    if cfg.task == "referring" and infer is None:
         from rrsis.pipeline.run_referring import run_referring
 
         return run_referring(cfg)
@@ -179,7 +183,7 @@ def run_map(cfg: MapConfig) -> int:
         from rrsis.pipeline.run_boxes import run_boxes
 
         return run_boxes(cfg, cfg.boxes)
-    if cfg.task != "waterland":
+    if cfg.task != "waterland" and infer is None:
         raise ConfigError(f"config error: key 'task': {cfg.task!r} is not wired into `rrsis map` yet; use 'waterland'")
     start = time.perf_counter()
     _configure_storage(cfg)
@@ -208,7 +212,8 @@ def run_map(cfg: MapConfig) -> int:
     tiles: list[dict[str, Any]] = [{**r, "status": "skipped", "model": model} for r in done]
     compute_start = time.perf_counter()
     if todo:
-        for batch in map_dataset(todo, cfg, res, model=model).iter_batches(batch_format="numpy", batch_size=None):
+        dataset = map_dataset(todo, cfg, res, model=model, infer=infer)
+        for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
             keys = list(batch)
             tiles.extend({k: batch[k][i] for k in keys} | {"model": model} for i in range(len(batch["key"])))
     compute_s = time.perf_counter() - compute_start

@@ -7,6 +7,7 @@ per scene: keep boxes scoring >= `referring.min_score`, map them to scene pixels
 (`referring_boxes`) -> `<run>/<scene_id>/query_boxes.csv` -> the `boxes` task (SAM + CFPG + MBO, masks,
 mosaic, polygons) on those boxes in the same run folder -> every polygon of `boxes.geojson` gets the query
 and its grounding score as attributes. A scene where no box passes is a valid, empty result.
+`method: danet` maps a DANet mask per tile instead (`task_danet.py`).
 """
 
 from __future__ import annotations
@@ -129,12 +130,19 @@ def run_referring(cfg: Any) -> int:
     from rrsis.pipeline.run_boxes import run_boxes
     from rrsis.pipeline.stages import read_stage
 
+    if cfg.method == "danet":
+        from rrsis.pipeline.task_danet import run_danet
+
+        return run_danet(cfg)
     if not cfg.referring.checkpoint:
         raise ConfigError("config error: key 'referring.checkpoint' is required for task 'referring'")
     _configure_storage(cfg)
     ckpt = load_checkpoint(cfg.referring.checkpoint)
     if ckpt.model_name != "grounding":
-        raise ConfigError(f"config error: key 'referring.checkpoint': a grounding checkpoint, not {ckpt.model_name!r}")
+        hint = " (for DANet: method=danet referring.danet=<checkpoint>)" if ckpt.model_name == "danet" else ""
+        raise ConfigError(
+            f"config error: key 'referring.checkpoint': a grounding checkpoint, not {ckpt.model_name!r}{hint}"
+        )
     query = checked_query(cfg, ckpt.model_config)
     scenes, problems = resolve_inputs(list(cfg.input))
     if problems:

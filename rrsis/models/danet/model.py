@@ -63,6 +63,12 @@ class Danet(nn.Module):
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DanetOutput:
         """image (B, 3, H, W) normalised; input_ids/attention_mask (B, L) from `text.tokenize`."""
         words, sentence = self.text(input_ids, attention_mask)
+        return self.forward_text(image, words, sentence, attention_mask)
+
+    def forward_text(
+        self, image: torch.Tensor, words: torch.Tensor, sentence: torch.Tensor, attention_mask: torch.Tensor
+    ) -> DanetOutput:
+        """`forward` from text features already computed (a map run embeds its one query once per actor)."""
         feats = self.encoder(image, words, attention_mask)
         e = self.decoder([feats.map(i) for i in range(4)])
         if self.raam is not None:

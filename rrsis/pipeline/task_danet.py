@@ -1,0 +1,192 @@
+"""`rrsis map` task referring with `method: danet`: one DANet mask per tile, stitched like the water-land map.
+
+DANet predicts P(referred) per pixel for an (image, expression) pair, so unlike PSLG-SAM there are no boxes
+to reconcile across tiles: the water-land pipeline already does everything a text query needs (windowed
+reads, an accelerator actor pool, core-cropped mask tiles with checksummed sidecars, resume, manifest,
+failures, COG mosaic, polygons). This module only adds what differs:
+
+- `DanetInferStage`, the infer callable plugged into `run_map` / `build.map_dataset`: per actor it loads the
+  checkpoint and embeds the query once; per batch it scales tiles with one scene-wide `referring.value_max`
+  and the model's RGB statistics, forwards them at the model's input size and resizes P back to the tile.
+- `run_danet`: checks (checkpoint kind, query length in the model's own tokens), a run config derived from
+  the user's (`infer.checkpoint` = `referring.danet`; band 2 of tiles and mosaic = P, needed for scores;
+  a run id from the query and everything else that decides the outputs), `run_map`, then per mapped scene
+  `water.geojson` -> `referring.geojson` whose polygons carry `query`, `method` and `score` (mean P over the
+  polygon's pixels, read from the mosaic in the polygon's window only). No pixel passes: an empty result.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from rrsis import storage
+from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, model_config_from_dict
+from rrsis.errors import ConfigError, RrsisError
+from rrsis.models.danet.predictor import DanetPredictor, scale_to_input
+from rrsis.pipeline.referring_boxes import check_query
+
+Batch = dict[str, np.ndarray]
+VECTORS = "referring.geojson"
+
+
+class DanetInferStage:
+    """Holds DANet and the embedded query (once per actor); turns `image` into `prob` = P(referred)."""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        device: str = "auto",
+        torch_threads: int = 0,
+        batch_invariant: bool = True,
+        *,
+        query: str,
+        value_max: float,
+    ) -> None:
+        import torch
+
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model: Any = build_from_checkpoint(load_checkpoint(checkpoint))
+        self.predictor = DanetPredictor(model, device=device)
+        self.query = self.predictor.embed_query(query)
+        self.value_max = value_max
+        self.batch_invariant = batch_invariant
+
+    def __call__(self, batch: Batch) -> Batch:
+        start = time.perf_counter()
+        image, valid = batch["image"], batch["valid"]
+        n = image.shape[0]
+        status = np.asarray(batch["status"], dtype=object) if "status" in batch else np.full(n, "ok", dtype=object)
+        ok = [i for i in range(n) if status[i] == "ok"]
+        prob = np.zeros(valid.shape, dtype=np.float32)
+        cfg = self.predictor.cfg
+        step = 1 if self.batch_invariant else max(1, len(ok))
+        for first in range(0, len(ok), step):
+            rows = ok[first : first + step]
+            x = np.stack(
+                [scale_to_input(image[i], valid[i], self.value_max, cfg.pixel_mean, cfg.pixel_std) for i in rows]
+            )
+            prob[rows] = self.predictor.predict_tiles(x, self.query)
+        prob[~valid] = 0.0
+        out = {k: v for k, v in batch.items() if k != "image"}
+        out["prob"] = prob
+        out["infer_s"] = np.full(n, (time.perf_counter() - start) / max(1, n))
+        return out
+
+
+def danet_query(cfg: Any, model_config: dict[str, Any]) -> str:
+    """The stripped query; empty or longer than DANet reads (`danet.max_tokens`) is one error line."""
+    from rrsis.models.danet.text import load_tokenizer
+
+    d = model_config_from_dict(model_config).danet
+    n_tokens = len(load_tokenizer(d.text_encoder)(cfg.query, truncation=False)["input_ids"])
+    return check_query(cfg.query, n_tokens, d.max_tokens, model="DANet", key="model.danet.max_tokens")
+
+
+def danet_run_id(cfg: Any, scene_uris: list[str]) -> str:
+    if cfg.run_id:
+        return str(cfg.run_id)
+    decisive = {
+        "task": "referring",
+        "method": "danet",
+        "query": cfg.query.strip(),
+        "scenes": scene_uris,
+        "bands": list(cfg.bands),
+        "checkpoint": cfg.referring.danet,
+        "value_max": cfg.referring.value_max,
+        "threshold": cfg.infer.threshold,
+        "tiling": asdict(cfg.tiling),
+        "refine": asdict(cfg.refine),
+    }
+    return "referring-danet-" + hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def polygon_score(src: Any, geometry: dict[str, Any]) -> float | None:
+    """Mean P (mosaic band 2) over the polygon's referred pixels; reads only the polygon's window."""
+    from rasterio.features import bounds, geometry_mask
+    from rasterio.warp import transform_geom
+    from rasterio.windows import Window
+
+    geom = transform_geom("EPSG:4326", src.crs, geometry)
+    left, bottom, right, top = bounds(geom)
+    inv = ~src.transform
+    cols, rows = zip(*(inv * (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
+    col0, row0 = max(0, math.floor(min(cols)) - 1), max(0, math.floor(min(rows)) - 1)
+    col1, row1 = min(src.width, math.ceil(max(cols)) + 1), min(src.height, math.ceil(max(rows)) + 1)
+    if col1 <= col0 or row1 <= row0:
+        return None
+    window = Window(col0, row0, col1 - col0, row1 - row0)
+    classes, scaled = src.read([1, 2], window=window)
+    transform = src.window_transform(window)
+    for all_touched in (False, True):  # a sliver polygon may cover no pixel centre
+        inside = geometry_mask([geom], classes.shape, transform, all_touched=all_touched, invert=True)
+        inside &= (classes == 1) & (scaled != 255)
+        if inside.any():
+            return round(float(scaled[inside].mean()) / 254.0, 4)
+    return None
+
+
+def tag_vectors(vectors_uri: str, mosaic_uri: str, out_uri: str, query: str) -> dict[str, Any]:
+    """`water.geojson` of a DANet run -> `referring.geojson` with query, method and score per polygon."""
+    from rrsis.geo.raster import open_raster
+
+    fc = json.loads(storage.get_bytes(vectors_uri))
+    fc["name"] = "referring"
+    area_m2 = 0.0
+    with open_raster(mosaic_uri) as src:
+        for feat in fc["features"]:
+            props = feat.setdefault("properties", {})
+            area_m2 += float(props.get("area_m2", 0.0))
+            props.update({"class": "referred", "query": query, "method": "danet"})
+            props["score"] = polygon_score(src, feat["geometry"])
+    storage.put_bytes(out_uri, json.dumps(fc).encode())
+    storage.delete(vectors_uri)
+    return {"vectors": out_uri, "polygons": len(fc["features"]), "area_km2": area_m2 / 1e6}
+
+
+def run_danet(cfg: Any) -> int:
+    """Map `cfg.query` over every scene with the DANet checkpoint `referring.danet`; see the module docstring."""
+    import ray
+
+    from rrsis.pipeline.inputs import resolve_inputs
+    from rrsis.pipeline.run import _configure_storage, run_map
+
+    if not cfg.referring.danet:
+        raise ConfigError("config error: key 'referring.danet': a DANet checkpoint is required for method 'danet'")
+    _configure_storage(cfg)
+    ckpt = load_checkpoint(cfg.referring.danet)
+    if ckpt.model_name != "danet":
+        raise ConfigError(f"config error: key 'referring.danet': a DANet checkpoint, not {ckpt.model_name!r}")
+    query = danet_query(cfg, ckpt.model_config)
+    scenes, _ = resolve_inputs(list(cfg.input))  # run_map records the unusable inputs as failures
+    run_cfg = copy.deepcopy(cfg)
+    run_cfg.run_id = danet_run_id(cfg, [s.uri for s in scenes])
+    run_cfg.infer.checkpoint = cfg.referring.danet
+    run_cfg.outputs.probability = True  # band 2 = P: the polygon scores are read from it
+    run_cfg.query = query
+    rc = run_map(run_cfg, infer=(DanetInferStage, {"query": query, "value_max": cfg.referring.value_max}))
+    prefix = storage.join(cfg.output, run_cfg.run_id)
+    summary = json.loads(storage.get_bytes(storage.join(prefix, "summary.json")))
+    tag = ray.remote(num_cpus=1, max_retries=2)(tag_vectors)
+    pending = [
+        tag.remote(p["vectors"], p["mosaic"], storage.join(prefix, str(p["scene_id"]), VECTORS), query)
+        for p in summary["products"]
+        if "vectors" in p
+    ]
+    try:
+        tagged = ray.get(pending)
+    except ray.exceptions.RayTaskError as exc:
+        raise RrsisError(f"referring polygons: {exc.cause if exc.cause else exc}") from exc
+    n, km2 = sum(t["polygons"] for t in tagged), sum(t["area_km2"] for t in tagged)
+    print(f"rrsis map referring (danet): {query!r}: {n} polygons, {km2:.3f} km² in {len(tagged)} scenes -> {prefix}")
+    return rc

@@ -3,8 +3,9 @@
 A checkpoint file is `torch.save` of plain containers only (dict, list, str, float, int, tensors), so it loads
 with `torch.load(weights_only=True)`: no pickled classes, no code runs on load. It carries the model name and
 full model config (to rebuild the module), the band order and per-band normalisation of the training split
-(so inference normalises exactly as training did, never per tile), the metrics, the rrsis version and the git
-commit it was trained from. Local paths, file:// and s3:// URIs go through `rrsis.storage`.
+or the `norm="scene"` rule (so inference normalises exactly as training did, never per tile), the metrics,
+the rrsis version and the git commit it was trained from. Local paths, file:// and s3:// URIs go through
+`rrsis.storage`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from rrsis import __version__, storage
-from rrsis.data.normalize import apply_stats
+from rrsis.data.normalize import NormStats, apply_stats, scene_stats
 from rrsis.errors import CheckpointError, InputError, RrsisError
 from rrsis.models.config import ModelConfig
 from rrsis.models.registry import build_model
@@ -45,6 +46,10 @@ class Checkpoint:
     version: str = __version__
     git_commit: str = "unknown"
     train_config: dict[str, Any] = field(default_factory=dict)
+    norm: str = "split"  # "scene": normalise each scene by its own `rrsis.data.normalize.scene_stats`
+
+
+OPTIONAL_ENTRIES = {"norm"}  # added later with a default: older files of the same format still load
 
 
 class NormSource(Protocol):
@@ -111,10 +116,13 @@ def load_checkpoint(uri: str) -> Checkpoint:
     if data.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {uri} has format {data.get('format')!r}; this rrsis reads {FORMAT_VERSION}")
     names = {f.name for f in dataclasses.fields(Checkpoint)}
-    missing = sorted(n for n in names if n not in data)
+    missing = sorted(n for n in names if n not in data and n not in OPTIONAL_ENTRIES)
     if missing:
         raise CheckpointError(f"checkpoint {uri} lacks entries: {', '.join(missing)}")
-    return Checkpoint(**{n: data[n] for n in names})
+    ckpt = Checkpoint(**{n: data[n] for n in names if n in data})
+    if ckpt.norm not in ("split", "scene"):
+        raise CheckpointError(f"checkpoint {uri} has norm={ckpt.norm!r}; this rrsis knows split, scene")
+    return ckpt
 
 
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
@@ -153,6 +161,7 @@ def checkpoint_from_model(
     nodata_fill: float = 0.0,
     metrics: dict[str, float] | None = None,
     train_config: dict[str, Any] | None = None,
+    norm: str = "split",
 ) -> Checkpoint:
     """Snapshot a model (weights copied to CPU) with its config, bands and normalisation."""
     from rrsis.config.load import to_dict
@@ -169,12 +178,27 @@ def checkpoint_from_model(
         version=__version__,
         git_commit=git_commit(),
         train_config=dict(train_config or {}),
+        norm=norm,
     )
 
 
 def normalize_image(stats: NormSource, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(C,H,W) raw values -> float32 (x - mean) / std per band; invalid or NaN pixels get `nodata_fill`."""
+    """(C,H,W) raw values -> float32 (x - mean) / std per band; invalid or NaN pixels get `nodata_fill`.
+
+    A scene-normalised checkpoint cannot normalise a tile by itself: pass `scene_norm(ckpt, uri, bands)`."""
+    if getattr(stats, "norm", "split") == "scene":
+        raise CheckpointError("this checkpoint normalises per scene (norm=scene): use scene_norm(ckpt, uri, bands)")
     try:
         return apply_stats(stats.norm_mean, stats.norm_std, stats.nodata_fill, image, valid)
     except InputError as exc:
         raise CheckpointError(str(exc)) from exc
+
+
+def scene_norm(ckpt: Checkpoint, uri: str, bands: list[int]) -> NormStats:
+    """The statistics to normalise scene `uri` (1-based `bands`) with: the checkpoint's own for a "split"
+    model, the scene's robust statistics (one decimated read, the same for every tile) for a "scene" one."""
+    fill = float(ckpt.nodata_fill)
+    if ckpt.norm != "scene":
+        return NormStats(list(ckpt.bands), list(ckpt.norm_mean), list(ckpt.norm_std), fill)
+    mean, std = scene_stats(uri, bands)
+    return NormStats(list(ckpt.bands), mean, std, fill)

@@ -119,3 +119,27 @@ def test_run_train_tiny_config_writes_metrics_and_a_loadable_best_checkpoint(tmp
     model = build_from_checkpoint(ckpt)
     assert model(torch.zeros(1, 2, 20, 20)).shape == (1, 2, 20, 20)
     assert (run / "last.pt").is_file() and (run / "config.yaml").is_file()
+
+
+def test_lr_schedule_factors_hand_computed() -> None:
+    from rrsis.config.train import OptimConfig
+    from rrsis.train.optim import build_optimizer, build_scheduler, lr_factor
+
+    # cosine over 5 epochs after 1 warm-up epoch: warm-up (0+1)/(1+1) = 0.5, then span 5-1-1 = 3 epochs:
+    # 0.5 * (1 + cos(pi * k / 3)) for k = 0..3 -> 1, 0.75, 0.25, 0; floor 0.1 lifts it to 0.1 + 0.9 * that
+    cos = OptimConfig(schedule="cosine", epochs=5, warmup_epochs=1, min_lr_ratio=0.1)
+    assert [lr_factor(cos, e) for e in range(5)] == pytest.approx([0.5, 1.0, 0.775, 0.325, 0.1])
+    step = OptimConfig(schedule="step", epochs=6, lr_decay_epochs=[2, 4], lr_decay_factor=0.5)
+    assert [lr_factor(step, e) for e in range(6)] == pytest.approx([1, 1, 0.5, 0.5, 0.25, 0.25])
+    assert [lr_factor(OptimConfig(), e) for e in range(3)] == [1.0, 1.0, 1.0]  # constant by default
+    model = torch.nn.Linear(2, 1)
+    opt = build_optimizer(
+        OptimConfig(lr=0.01, schedule="cosine", epochs=5, warmup_epochs=1, min_lr_ratio=0.1), model.parameters()
+    )
+    sched = build_scheduler(cos, opt)
+    seen = []
+    for _ in range(5):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.005, 0.01, 0.00775, 0.00325, 0.001])

@@ -21,6 +21,9 @@ class DataConfig:
     val_fraction: float = bounded(0.0, 0.0, 1.0)  # extra held-out share of groups (stable hash of the name)
     eval_tile_px: int = bounded(0, 0, 8192)  # evaluation reads samples in tiles of this size; 0 = whole
     augment: bool = True
+    # "split": one mean/std of the training split for every scene; "scene": each scene (chip) its own robust
+    # median and IQR/1.349 per band (rrsis.data.normalize.scene_stats), stored as the checkpoint's `norm`
+    norm: str = choice("split", "split", "scene")
     num_workers: int = bounded(0, 0, 64)
     # referring formats (dior_rsvg, refer, jsonl)
     image_dir: str = ""  # images folder; empty: the format's default (JPEGImages/ or images/ under root)
@@ -49,6 +52,9 @@ class OptimConfig:
     monitor: str = choice("iou_mean", "iou_mean", "iou_water", "f1", "last")
     max_minutes: float = bounded(0.0, 0.0)  # stop after the epoch that crosses this wall time; 0 = no limit
     eval_batch_size: int = bounded(2, 1, 4096)
+    # water-land loop: per-epoch learning-rate schedule after `warmup_epochs` (rrsis.train.optim.lr_factor)
+    schedule: str = choice("constant", "constant", "cosine", "step")
+    min_lr_ratio: float = bounded(0.0, 0.0, 1.0)  # cosine: final rate = lr * min_lr_ratio
     # grounding (PSLG-SAM sec. 4.2: text encoder 1e-5, rest `lr` 1e-4, x0.1 at epoch 45 of 60, 3 warm-up epochs)
     lr_text: float = bounded(1e-5, 0.0, 10.0)  # text encoder's learning rate (0 = frozen)
     warmup_epochs: int = bounded(0, 0, 100000)  # linear warm-up from ~0 to the full rates

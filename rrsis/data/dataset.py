@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from rrsis.data import sen1floods11, snowed
 from rrsis.data.augment import random_dihedral
-from rrsis.data.normalize import NormStats, apply_stats
+from rrsis.data.normalize import NormStats, apply_stats, sample_scene_stats
 from rrsis.data.pairs import SampleRef, find_geotiff_pairs, iter_blocks, read_sample
 from rrsis.errors import ConfigError, InputError
 from rrsis.geo.tiling import PixelWindow
@@ -128,6 +128,8 @@ class WaterLandDataset(Dataset[dict[str, Any]]):
     Training: `crops_per_sample` random windows of `crop_px` per sample and epoch (torch RNG, so a seeded run
     repeats, and DataLoader workers differ), with random flips/rotations. Evaluation: a fixed cover of each
     sample (see `eval_windows`), no augmentation; "index" names the sample for per-chip metrics.
+    With `stats.norm == "scene"` each sample is normalised by its own whole-chip statistics (the chip is the
+    scene), computed once here, so every crop of a chip sees the same numbers.
     """
 
     def __init__(
@@ -147,6 +149,9 @@ class WaterLandDataset(Dataset[dict[str, Any]]):
         self.train = train
         self.crop_px = crop_px
         self.augment = augment and train
+        self.sample_stats = [
+            stats.for_scene(*sample_scene_stats(ref)) if stats.norm == "scene" else stats for ref in self.refs
+        ]
         self.items: list[tuple[int, PixelWindow | None]] = []
         if train:
             self.items = [(i, None) for _ in range(crops_per_sample) for i in range(len(self.refs))]
@@ -176,9 +181,14 @@ class WaterLandDataset(Dataset[dict[str, Any]]):
                 break
         return image, valid, label
 
+    def normalize(self, index: int, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Item `index`'s raw image normalised as the model expects (split or its sample's statistics)."""
+        stats = self.sample_stats[self.items[index][0]]
+        return apply_stats(stats.norm_mean, stats.norm_std, stats.nodata_fill, image, valid)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, valid, label = self.read(index)
-        image = apply_stats(self.stats.norm_mean, self.stats.norm_std, self.stats.nodata_fill, image, valid)
+        image = self.normalize(index, image, valid)
         if self.augment:
             image, label, valid = random_dihedral(image, label, valid)
         return {

@@ -1,4 +1,4 @@
-"""Per-band normalisation statistics from the training split, stored in the checkpoint.
+"""Per-band normalisation statistics: of the training split (stored in the checkpoint) or of the scene.
 
 Statistics belong to the model, never to a tile: computing them per tile makes seams and shifts with scene
 content. They are streamed block by block (float64 sums over valid pixels only), so any split size works.
@@ -23,6 +23,13 @@ class NormStats:
     norm_mean: list[float]
     norm_std: list[float]
     nodata_fill: float = 0.0  # after normalisation 0 is the band mean: invalid pixels look "average"
+    # "split": every scene uses norm_mean/std; "scene": each scene its own `scene_stats` (norm_mean/std then
+    # only record the training split, for reference)
+    norm: str = "split"
+
+    def for_scene(self, mean: Sequence[float], std: Sequence[float]) -> NormStats:
+        """These statistics with one scene's location and scale (what a "scene" model applies to it)."""
+        return NormStats(list(self.bands), list(mean), list(std), self.nodata_fill, "split")
 
 
 def apply_stats(
@@ -40,8 +47,8 @@ def apply_stats(
     return np.where(bad, np.float32(nodata_fill), out).astype(np.float32, copy=False)
 
 
-def compute_stats(refs: Sequence[SampleRef], bands: Sequence[str]) -> NormStats:
-    """Mean and standard deviation of every band over the valid pixels of `refs`."""
+def compute_stats(refs: Sequence[SampleRef], bands: Sequence[str], norm: str = "split") -> NormStats:
+    """Mean and standard deviation of every band over the valid pixels of `refs` (`norm` is recorded)."""
     total = np.zeros(len(bands), dtype=np.float64)
     total_sq = np.zeros(len(bands), dtype=np.float64)
     count = 0
@@ -56,4 +63,63 @@ def compute_stats(refs: Sequence[SampleRef], bands: Sequence[str]) -> NormStats:
         raise InputError("no valid pixel in the training split: cannot compute normalisation statistics")
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return NormStats(list(bands), mean.tolist(), np.maximum(std, MIN_STD).tolist())
+    return NormStats(list(bands), mean.tolist(), np.maximum(std, MIN_STD).tolist(), norm=norm)
+
+
+# Per-scene statistics (`data.norm=scene`): robust location and scale of each band over the whole scene.
+# SAR backscatter levels shift between acquisitions (incidence angle, calibration, season) while a global
+# Otsu threshold adapts to each scene; statistics of the scene keep that adaptation without the seams of
+# per-tile statistics, because every tile of a scene gets the same numbers. Median and IQR/1.349 (the
+# Gaussian-equivalent sigma) are robust to speckle outliers and to NaN/nodata borders.
+SCENE_STATS_MAX_PX = 1024  # longest side of the decimated read: cost independent of scene size
+IQR_TO_SIGMA = 1.349
+
+
+def robust_stats(pixels: np.ndarray) -> tuple[list[float], list[float]]:
+    """(C, N) valid pixel values -> per-band median and IQR/1.349 (at least MIN_STD)."""
+    if pixels.ndim != 2 or pixels.shape[1] == 0:
+        raise InputError("no valid pixel in the scene: cannot compute scene normalisation statistics")
+    p25, p50, p75 = np.percentile(pixels.astype(np.float64), [25, 50, 75], axis=1)
+    scale = np.maximum((p75 - p25) / IQR_TO_SIGMA, MIN_STD)
+    return p50.tolist(), scale.tolist()
+
+
+def scene_stats(uri: str, bands: Sequence[int], max_px: int = SCENE_STATS_MAX_PX) -> tuple[list[float], list[float]]:
+    """Robust per-band statistics of a GeoTIFF scene from one decimated read (overviews when the file has
+    them), never a full-resolution read of a large scene. Valid = finite, not the nodata tag, inside the mask."""
+    import rasterio
+    from rasterio.enums import MaskFlags, Resampling
+
+    from rrsis.geo.raster import open_raster
+
+    with open_raster(uri) as src:
+        step = max(1, -(-max(src.width, src.height) // max_px))
+        shape = (max(1, src.height // step), max(1, src.width // step))
+        try:
+            data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+            valid = np.ones(shape, dtype=bool)
+            if any(MaskFlags.per_dataset in src.mask_flag_enums[b - 1] for b in bands):
+                valid &= src.read_masks(bands[0], out_shape=shape, resampling=Resampling.nearest) > 0
+        except (rasterio.errors.RasterioError, OSError) as exc:
+            raise InputError(f"cannot read scene statistics of {uri}: {exc}") from exc
+        for i, band in enumerate(bands):
+            nodata = src.nodatavals[band - 1]
+            if nodata is not None and not np.isnan(nodata):
+                valid &= data[i] != np.asarray(nodata).astype(data.dtype)
+    data = data.astype(np.float64)
+    valid &= np.isfinite(data).all(axis=0)
+    try:
+        return robust_stats(data[:, valid])
+    except InputError as exc:
+        raise InputError(f"{uri}: {exc}") from exc
+
+
+def sample_scene_stats(ref: SampleRef, max_px: int = SCENE_STATS_MAX_PX) -> tuple[list[float], list[float]]:
+    """`scene_stats` of a training/evaluation sample: the chip is the scene (SNOWED arrays by strided view)."""
+    if ref.kind != "npy":
+        return scene_stats(ref.image_uri, ref.bands, max_px)
+    step = max(1, -(-max(ref.width, ref.height) // max_px))
+    arr = np.load(ref.image_uri, mmap_mode="r", allow_pickle=False)
+    data = np.asarray(arr[::step, ::step][:, :, [b - 1 for b in ref.bands]], dtype=np.float64)
+    pixels = np.moveaxis(data, -1, 0).reshape(len(ref.bands), -1)
+    return robust_stats(pixels[:, np.isfinite(pixels).all(axis=0)])

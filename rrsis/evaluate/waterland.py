@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from rrsis import storage
-from rrsis.checkpoints import Checkpoint, build_from_checkpoint, normalize_image
+from rrsis.checkpoints import Checkpoint, build_from_checkpoint
 from rrsis.config.eval import EvalConfig
 from rrsis.data.dataset import WaterLandDataset, build_splits
 from rrsis.data.normalize import NormStats
@@ -69,7 +69,7 @@ def evaluate_chips(
     for index in range(len(dataset)):
         sample, _ = dataset.items[index]
         image, valid, label = dataset.read(index)
-        x = torch.from_numpy(normalize_image(ckpt, image, valid))[None].to(device)
+        x = torch.from_numpy(dataset.normalize(index, image, valid))[None].to(device)
         pred = model(x).argmax(dim=1)[0].cpu().numpy()
         chip = chips[sample]
         _meter(chip, METHOD_MODEL).update(pred, label, valid)
@@ -166,7 +166,7 @@ def run_waterland_eval(cfg: EvalConfig, ckpt: Checkpoint) -> int:
     data.bands = list(ckpt.bands)
     splits = build_splits(data)
     refs = splits.get(cfg.split)
-    stats = NormStats(list(ckpt.bands), ckpt.norm_mean, ckpt.norm_std, ckpt.nodata_fill)
+    stats = NormStats(list(ckpt.bands), ckpt.norm_mean, ckpt.norm_std, ckpt.nodata_fill, norm=ckpt.norm)
     dataset = WaterLandDataset(refs, stats, train=False, crop_px=data.eval_tile_px)
     device = resolve_device(cfg.device)
     model = build_from_checkpoint(ckpt).to(device)

@@ -76,8 +76,9 @@ def read_stage(batch: Batch) -> Batch:
 class InferStage:
     """Holds the model (loaded once per actor) and turns `image` into `prob` = P(class 1) (B,T,T) float32.
 
-    Normalisation uses the statistics stored in the checkpoint, never the tile's own, so tiles agree at
-    their borders. The `image` column is dropped: only probabilities travel on.
+    Normalisation uses the statistics stored in the checkpoint, or (a `norm=scene` checkpoint) the scene's
+    own, computed once per scene and actor; never the tile's own, so tiles agree at their borders. The
+    `image` column is dropped: only probabilities travel on.
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class InferStage:
         self.batch_invariant = batch_invariant
         self.ckpt = load_checkpoint(checkpoint)
         self.model = build_from_checkpoint(self.ckpt).to(self.device).eval()
+        self.scene_norms: dict[tuple[str, str], Any] = {}
 
     def __call__(self, batch: Batch) -> Batch:
 
@@ -102,13 +104,24 @@ class InferStage:
 
         start = time.perf_counter()
         image, valid = batch["image"], batch["valid"]
-        x = np.stack([normalize_image(self.ckpt, image[i], valid[i]) for i in range(image.shape[0])])
+        x = np.stack([normalize_image(self._norm(batch, i), image[i], valid[i]) for i in range(image.shape[0])])
         step = 1 if self.batch_invariant else len(x)
         prob = np.concatenate([self._forward(x[i : i + step]) for i in range(0, len(x), step)])
         out = {k: v for k, v in batch.items() if k != "image"}
         out["prob"] = prob.astype(np.float32, copy=False)
         out["infer_s"] = np.full(image.shape[0], (time.perf_counter() - start) / image.shape[0])
         return out
+
+    def _norm(self, batch: Batch, i: int) -> Any:
+        """Row i's statistics: the checkpoint's, or its scene's (norm=scene; `rrsis.checkpoints.scene_norm`)."""
+        if self.ckpt.norm != "scene":
+            return self.ckpt
+        from rrsis.checkpoints import scene_norm
+
+        key = str(batch["scene_uri"][i]), str(batch["bands"][i])
+        if key not in self.scene_norms:
+            self.scene_norms[key] = scene_norm(self.ckpt, key[0], [int(b) for b in key[1].split(",")])
+        return self.scene_norms[key]
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         import torch

@@ -27,7 +27,7 @@ from rrsis.log import get_logger
 from rrsis.losses import build_loss, heads_for_loss
 from rrsis.models.registry import build_model
 from rrsis.train.loop import evaluate, train_one_epoch
-from rrsis.train.optim import build_optimizer
+from rrsis.train.optim import build_optimizer, build_scheduler
 
 log = get_logger(__name__)
 
@@ -57,7 +57,7 @@ def prepare_waterland(cfg: TrainConfig) -> WaterlandSetup:
     splits = build_splits(cfg.data)
     if not splits.train:
         raise ConfigError(f"data.val_events={cfg.data.val_events} leaves no training sample")
-    stats = compute_stats(splits.train, splits.bands)
+    stats = compute_stats(splits.train, splits.bands, norm=cfg.data.norm)
     wl = cfg.model.waterland
     wl.in_bands = len(splits.bands)
     wl.aux_heads = heads_for_loss(cfg.loss.name) - 1
@@ -95,6 +95,7 @@ def make_checkpoint(
         nodata_fill=stats.nodata_fill,
         metrics=metrics,
         train_config=to_dict(cfg),
+        norm=stats.norm,
     )
 
 
@@ -117,6 +118,7 @@ def run_train(cfg: TrainConfig) -> int:
     model = build_model(cfg.model).to(device)
     loss_fn = build_loss(cfg.loss.name, alpha=cfg.loss.alpha, beta=cfg.loss.beta, lam=cfg.loss.lam, eps=cfg.loss.eps)
     optimizer = build_optimizer(cfg.optim, model.parameters())
+    scheduler = build_scheduler(cfg.optim, optimizer)  # per epoch; constant unless optim.schedule says otherwise
     scaler = torch.amp.GradScaler(device.type) if cfg.optim.amp and device.type == "cuda" else None
     train_loader = DataLoader(
         setup.train_set, batch_size=cfg.optim.batch_size, shuffle=True, num_workers=cfg.data.num_workers
@@ -144,12 +146,13 @@ def run_train(cfg: TrainConfig) -> int:
     best_score, best_epoch = -1.0, 0
     started = time.monotonic()
     for epoch in range(1, cfg.optim.epochs + 1):
-        record: dict[str, Any] = {"epoch": epoch}
+        record: dict[str, Any] = {"epoch": epoch, "lr": float(optimizer.param_groups[0]["lr"])}
         record.update(
             train_one_epoch(
                 model, train_loader, loss_fn, optimizer, device=device, scaler=scaler, grad_accum=cfg.optim.grad_accum
             )
         )
+        scheduler.step()
         if val_loader is not None:
             record.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device=device).items()})
         record["elapsed_s"] = round(time.monotonic() - started, 1)

@@ -12,6 +12,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
+from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from rrsis.checkpoints import build_from_checkpoint, load_checkpoint
@@ -22,6 +23,7 @@ from rrsis.geo.raster import open_raster, read_window
 from rrsis.geo.tiling import PixelWindow, plan_tiles
 from rrsis.models.danet.predictor import DanetPredictor, scale_to_input
 from rrsis.pipeline.run import run_map
+from rrsis.pipeline.task_danet import referring_vectors
 from tests.danet_tiny import save_tiny_danet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,3 +127,28 @@ def test_bad_queries_and_checkpoints_are_one_line_exit_2(
         assert main(["map", "--config", str(CONFIG), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def _mosaic(path: Path, classes: np.ndarray, scaled: np.ndarray) -> str:
+    profile = {"driver": "GTiff", "width": 20, "height": 20, "count": 2, "dtype": "uint8", "nodata": 255}
+    with rasterio.open(
+        path, "w", crs="EPSG:32618", transform=from_origin(500_000, 4_000_000, 30, 30), **profile
+    ) as dst:
+        dst.write(np.stack([classes, scaled]))
+    return str(path)
+
+
+def test_polygons_score_their_own_pixels_and_empty_is_valid(tmp_path: Path) -> None:
+    classes, scaled = np.zeros((20, 20), np.uint8), np.zeros((20, 20), np.uint8)
+    classes[2:6, 3:8], scaled[2:6, 3:8] = 1, 200  # 20 px at P = 200/254, one of them at 254
+    scaled[2, 3] = 254
+    classes[10:12, 10:12], scaled[10:12, 10:12] = 1, 127  # 4 px at P = 0.5
+    scaled[15, 15] = 250  # high P outside any polygon must not count
+    out = tmp_path / "referring.geojson"
+    result = referring_vectors(_mosaic(tmp_path / "m.tif", classes, scaled), str(out), QUERY)
+    assert result["polygons"] == 2
+    scores = sorted(f["properties"]["score"] for f in json.loads(out.read_text())["features"])
+    assert scores == [round(127 / 254, 4), round((19 * 200 + 254) / 20 / 254, 4)]
+
+    empty = referring_vectors(_mosaic(tmp_path / "e.tif", classes * 0, scaled), str(out), QUERY)
+    assert empty["polygons"] == 0 and json.loads(out.read_text())["features"] == []

@@ -224,10 +224,12 @@ def run_map(cfg: MapConfig, infer: tuple[Any, dict[str, Any]] | None = None) -> 
     failures_uri = storage.join(run_prefix, "failures.parquet")
     write_failures(failures_uri, [f.to_row() for f in failures])
     summary = _summary(run_id, run_prefix, scenes, plans, rows_out, results, failures, compute_s, start)
+    summary["target"] = "water" if cfg.task == "waterland" else "referred"  # what class 1 of the masks is
     storage.put_bytes(storage.join(run_prefix, "summary.json"), json.dumps(summary, indent=2, default=str).encode())
     for r in results:
         where = ", ".join(f"{k} {r[k]}" for k in ("mosaic", "vectors", "quicklook", "stats") if k in r)
-        print(f"  {r['scene_id']}: water {r['water_km2']:.3f} km² ({100 * r['water_fraction']:.1f} %); {where}")
+        share = f"{r['water_km2']:.3f} km² ({100 * r['water_fraction']:.1f} %)"
+        print(f"  {r['scene_id']}: {summary['target']} {share}; {where}")
     print(_summary_line(summary), flush=True)
     return 1 if failures else 0
 
@@ -268,6 +270,7 @@ def _summary_line(s: dict[str, Any]) -> str:
     return (
         f"rrsis map {s['run_id']}: {status}; scenes {s['scenes_ok']}/{s['scenes']} mapped, "
         f"tiles {s['tiles']} ({s['tiles_computed']} computed, {s['tiles_skipped']} resumed, "
-        f"{s['tiles_failed']} failed), water {s['water_km2']:.3f} km², {s['tiles_per_s']:.1f} tiles/s, "
+        f"{s['tiles_failed']} failed), {s.get('target', 'water')} {s['water_km2']:.3f} km², "
+        f"{s['tiles_per_s']:.1f} tiles/s, "
         f"{s['wall_s']:.1f} s; outputs: {s['output']}"
     )

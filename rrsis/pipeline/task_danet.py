@@ -11,8 +11,9 @@ failures, COG mosaic, polygons). This module only adds what differs:
 - `run_danet`: checks (checkpoint kind, query length in the model's own tokens), a run config derived from
   the user's (`infer.checkpoint` = `referring.danet`; band 2 of tiles and mosaic = P, needed for scores;
   a run id from the query and everything else that decides the outputs), `run_map`, then per mapped scene
-  `water.geojson` -> `referring.geojson` whose polygons carry `query`, `method` and `score` (mean P over the
-  polygon's pixels, read from the mosaic in the polygon's window only). No pixel passes: an empty result.
+  `referring.geojson` from the mosaic (the map's own polygoniser) whose polygons carry `query`, `method` and
+  `score` (mean P over the polygon's pixels, read from the mosaic in the polygon's window only). No pixel
+  passes: an empty result (a FeatureCollection without features).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def polygon_score(src: Any, geometry: dict[str, Any]) -> float | None:
     geom = transform_geom("EPSG:4326", src.crs, geometry)
     left, bottom, right, top = bounds(geom)
     inv = ~src.transform
-    cols, rows = zip(*(inv * (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
+    cols, rows = zip(*(inv @ (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
     col0, row0 = max(0, math.floor(min(cols)) - 1), max(0, math.floor(min(rows)) - 1)
     col1, row1 = min(src.width, math.ceil(max(cols)) + 1), min(src.height, math.ceil(max(rows)) + 1)
     if col1 <= col0 or row1 <= row0:
@@ -136,11 +137,15 @@ def polygon_score(src: Any, geometry: dict[str, Any]) -> float | None:
     return None
 
 
-def tag_vectors(vectors_uri: str, mosaic_uri: str, out_uri: str, query: str) -> dict[str, Any]:
-    """`water.geojson` of a DANet run -> `referring.geojson` with query, method and score per polygon."""
+def referring_vectors(mosaic_uri: str, out_uri: str, query: str) -> dict[str, Any]:
+    """Polygons of the referred pixels (the map's own polygoniser) with query, method and score each."""
     from rrsis.geo.raster import open_raster
+    from rrsis.pipeline.products import build_vectors
 
-    fc = json.loads(storage.get_bytes(vectors_uri))
+    with open_raster(mosaic_uri) as src:
+        scene = {"crs": str(src.crs), "transform": tuple(src.transform)[:6], "width": src.width, "height": src.height}
+    build_vectors(mosaic_uri, out_uri, scene)
+    fc = json.loads(storage.get_bytes(out_uri))
     fc["name"] = "referring"
     area_m2 = 0.0
     with open_raster(mosaic_uri) as src:
@@ -150,7 +155,6 @@ def tag_vectors(vectors_uri: str, mosaic_uri: str, out_uri: str, query: str) -> 
             props.update({"class": "referred", "query": query, "method": "danet"})
             props["score"] = polygon_score(src, feat["geometry"])
     storage.put_bytes(out_uri, json.dumps(fc).encode())
-    storage.delete(vectors_uri)
     return {"vectors": out_uri, "polygons": len(fc["features"]), "area_km2": area_m2 / 1e6}
 
 
@@ -173,15 +177,16 @@ def run_danet(cfg: Any) -> int:
     run_cfg.run_id = danet_run_id(cfg, [s.uri for s in scenes])
     run_cfg.infer.checkpoint = cfg.referring.danet
     run_cfg.outputs.probability = True  # band 2 = P: the polygon scores are read from it
+    run_cfg.outputs.vectors = False  # polygons come from `referring_vectors`, with the query on them
     run_cfg.query = query
     rc = run_map(run_cfg, infer=(DanetInferStage, {"query": query, "value_max": cfg.referring.value_max}))
     prefix = storage.join(cfg.output, run_cfg.run_id)
     summary = json.loads(storage.get_bytes(storage.join(prefix, "summary.json")))
-    tag = ray.remote(num_cpus=1, max_retries=2)(tag_vectors)
+    vectors = ray.remote(num_cpus=1, max_retries=2)(referring_vectors)
     pending = [
-        tag.remote(p["vectors"], p["mosaic"], storage.join(prefix, str(p["scene_id"]), VECTORS), query)
+        vectors.remote(p["mosaic"], storage.join(prefix, str(p["scene_id"]), VECTORS), query)
         for p in summary["products"]
-        if "vectors" in p
+        if "mosaic" in p and cfg.outputs.vectors
     ]
     try:
         tagged = ray.get(pending)

@@ -1,4 +1,4 @@
-"""`task: boxes` end to end on real Ray: the Landsat scene + a CSV of boxes -> one polygon per box."""
+"""`task: boxes` end to end on real Ray: the Landsat scene + a CSV of boxes -> one polygon per box; resume."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import rasterio.windows
 
 from rrsis.config.load import load_config
 from rrsis.config.map import MapConfig
+from rrsis.errors import ConfigError
 from rrsis.pipeline.run import run_map
+from rrsis.pipeline.run_boxes import split_done
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,3 +52,43 @@ def test_map_boxes_one_mask_per_box(samples: Path, tmp_path: Path, ray_session: 
         win = rasterio.windows.Window(across["win_col_off"], across["win_row_off"], 256, 256)
         inside = mosaic.read(1, window=win)
         assert ((part.read(1) == 1) <= (inside == 1)).all()  # every masked pixel of the window is in the union
+    _resume_recomputes_only_what_is_missing(cfg, run_dir, manifest)
+
+
+def _outputs(run_dir: Path) -> dict[str, bytes]:
+    """Every product of the run except the sidecars (they record timings) and the run-level tables."""
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and not p.name.endswith((".json", ".parquet"))
+    }
+
+
+def _resume_recomputes_only_what_is_missing(cfg: MapConfig, run_dir: Path, manifest: list[dict]) -> None:
+    before = _outputs(run_dir)
+    groups = sorted({r["key"] for r in manifest})
+    assert len(groups) >= 2
+    lost_tif, lost_vectors = groups[0], groups[-1]
+    Path(lost_tif).unlink()  # a lost mask tile
+    Path(lost_tif[: -len(".tif")] + ".geojson").write_text("{}")  # a corrupted GeoJSON: the checksum catches it
+    lost = {lost_tif, lost_vectors}
+    Path(lost_vectors[: -len(".tif")] + ".geojson").unlink()
+    cfg.run_id = run_dir.name  # the same run
+    assert run_map(cfg) == 0
+    rerun = pq.read_table(io.BytesIO((run_dir / "boxes_manifest.parquet").read_bytes())).to_pylist()
+    computed = sorted(r["box_id"] for r in rerun if r["status"] == "written")
+    assert computed == sorted(r["box_id"] for r in manifest if r["key"] in lost) and computed
+    assert sorted(r["box_id"] for r in rerun if r["status"] == "skipped") == sorted(
+        r["box_id"] for r in manifest if r["key"] not in lost
+    )
+    assert [(r["box_id"], r["score"], r["area_px"]) for r in rerun] == [
+        (r["box_id"], r["score"], r["area_px"]) for r in sorted(manifest, key=lambda r: r["box_id"])
+    ]
+    assert _outputs(run_dir) == before  # masks, polygons, boxes.geojson and mosaic.tif byte-identical
+
+    cfg.resume = False
+    with pytest.raises(ConfigError, match="resume=true to continue"):
+        run_map(cfg)
+    cfg.overwrite = True
+    rows = [{"key": r["key"]} for r in manifest]
+    assert split_done(rows, cfg, None, str(run_dir), ["RGB.byte"]) == (rows, [])  # overwrite: recompute all

@@ -6,6 +6,10 @@ tasks) -> SAM (actor pool, GPU when present) -> MBO (CPU tasks) -> write (CPU ta
 `boxes.geojson` (WGS84, a polygon per box with its `box_id`) and `mosaic.tif` (COG, union of the box
 masks) -> `boxes_manifest.parquet` (one row per box)
 and `failures.parquet`. Pixels never reach the driver.
+
+Resume (as the water-land map task): rerunning the same run id skips every group whose mask tile, GeoJSON
+and sidecar verify (SHA-256) and were made from the same inputs; their boxes appear in the manifest as
+`skipped`. `overwrite=true` recomputes everything; `resume=false` refuses a run that already has outputs.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import pyarrow as pa
@@ -29,9 +33,12 @@ from rrsis.pipeline.box_plan import plan_box_groups
 from rrsis.pipeline.box_products import union_mosaic
 from rrsis.pipeline.inputs import resolve_inputs
 from rrsis.pipeline.manifest import table_bytes, write_failures
-from rrsis.pipeline.plan import Failure
-from rrsis.pipeline.task_boxes import group_row, sam_options
+from rrsis.pipeline.plan import Failure, sidecar_key
+from rrsis.pipeline.task_boxes import geojson_key, group_row, sam_options
 
+# One window (box group) per block and batch: SAM embeds one window at a time anyway, and fine blocks let
+# the CPU stages work on neighbouring windows while SAM runs. Results do not depend on it.
+WINDOWS_PER_BATCH = 1
 BOX_COLUMNS = (
     "scene_id",
     "box_id",
@@ -48,6 +55,9 @@ BOX_COLUMNS = (
     "win_row_off",
     "win_width",
     "win_height",
+    "window_cfpg_s",
+    "window_sam_s",
+    "window_mbo_s",
 )
 
 
@@ -78,29 +88,41 @@ def plan_scene_rows(
     groups, box_failures = plan_box_groups(tiles, boxes, info.width, info.height, info.transform)
     band_text = ",".join(str(b) for b in bands)
     rows = [group_row(g, uri, band_text, storage.join(prefix, scene_id)) for g in groups]
+    decisive = json.dumps({"sam": asdict(boxes_cfg.sam), "value_max": boxes_cfg.value_max}, sort_keys=True)
+    for row in rows:
+        inputs = json.dumps({k: row[k] for k in sorted(row) if k != "key"}, default=str) + decisive
+        row["inputs_sha"] = hashlib.sha256(inputs.encode()).hexdigest()
     failures = [Failure(scene_id, uri, box_id, "plan", f"box {box_id}: {reason}") for box_id, reason in box_failures]
     return rows, failures
 
 
 def boxes_dataset(rows: list[dict[str, Any]], cfg: Any, boxes: BoxesConfig, res: Any) -> Any:
-    """Box-group rows -> written metadata rows, through read -> prompt -> SAM -> MBO -> write."""
+    """Box-group rows -> written metadata rows, through read -> prompt -> SAM -> MBO -> write.
+
+    Overlap: a block is one window, so CFPG of the next windows and MBO + write of the previous ones run
+    on CPU tasks (the `map.refine` resources) while the SAM actor embeds the current one. Those options
+    differ from the SAM actor's, so Ray Data does not fuse CFPG into the actor (it would then run serially
+    before each decode). Every stage uses as many threads as the CPUs it holds (torch in SAM; OpenCV and
+    OpenMP in CFPG/MBO), so the cores are never oversubscribed.
+    """
     import ray.data
 
-    from rrsis.pipeline.build import StageResources, _map
+    from rrsis.pipeline.build import _map
     from rrsis.pipeline.stages import read_stage
     from rrsis.pipeline.task_boxes import SamBoxStage, mbo_stage, prompt_stage, write_boxes_stage
 
     sam = sam_options(boxes.sam)
-    cpu = StageResources(num_cpus=cfg.refine.num_cpus)
-    bs = res.batch_size
-    ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // bs)))
-    ds = _map(ds, read_stage, res.read, bs)
-    ds = _map(ds, prompt_stage, cpu, bs, fn_kwargs={"cfpg": sam["cfpg"], "value_max": boxes.value_max})
+    cpu = replace(res.refine, pool_size=0)  # the refine resources, as stateless tasks
+    cpu_threads = max(1, int(cpu.num_cpus))
+    ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = _map(ds, read_stage, res.read, WINDOWS_PER_BATCH)
+    prompt = {"cfpg": sam["cfpg"], "value_max": boxes.value_max, "threads": cpu_threads}
+    ds = _map(ds, prompt_stage, cpu, WINDOWS_PER_BATCH, fn_kwargs=prompt)
     threads = cfg.infer.torch_threads or max(1, int(res.infer.num_cpus))
     kwargs = {"sam": sam, "device": cfg.infer.device, "torch_threads": threads}
-    ds = _map(ds, SamBoxStage, res.infer, bs, fn_constructor_kwargs=kwargs)
-    ds = _map(ds, mbo_stage, cpu, bs, fn_kwargs={"mbo": sam["mbo"]})
-    return _map(ds, write_boxes_stage, res.write, bs)
+    ds = _map(ds, SamBoxStage, res.infer, WINDOWS_PER_BATCH, fn_constructor_kwargs=kwargs)
+    ds = _map(ds, mbo_stage, cpu, WINDOWS_PER_BATCH, fn_kwargs={"mbo": sam["mbo"], "threads": cpu_threads})
+    return _map(ds, write_boxes_stage, res.write, WINDOWS_PER_BATCH)
 
 
 def box_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -124,6 +146,7 @@ def box_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
             "mbo_rounds": int(rounds[k]),
             "area_px": int(areas[k]),
             **{f"win_{n}": int(meta[f"win_{n}"]) for n in ("col_off", "row_off", "width", "height")},
+            **{f"window_{s}_s": float(meta.get(f"{s}_s", 0.0)) for s in ("cfpg", "sam", "mbo")},
         }
         for k, box_id in enumerate(ids)
     ]
@@ -133,7 +156,7 @@ def scene_vectors(prefix: str, scene_id: str, crs: str, keys: list[str]) -> str:
     """Merge the groups' GeoJSON of one scene into `boxes.geojson` (WGS84), one feature per box."""
     features = []
     for key in sorted(keys):
-        for feat in json.loads(storage.get_bytes(key[: -len(".tif")] + ".geojson"))["features"]:
+        for feat in json.loads(storage.get_bytes(geojson_key(key)))["features"]:
             if feat["geometry"] is not None:
                 feat["geometry"] = transform_geom(crs, "EPSG:4326", feat["geometry"], precision=9)
             features.append(feat)
@@ -141,6 +164,44 @@ def scene_vectors(prefix: str, scene_id: str, crs: str, keys: list[str]) -> str:
     out = storage.join(prefix, scene_id, "boxes.geojson")
     storage.put_bytes(out, json.dumps({"type": "FeatureCollection", "features": features}).encode())
     return out
+
+
+def split_done(
+    rows: list[dict[str, Any]], cfg: Any, res: Any, prefix: str, scene_ids: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(group rows to compute, manifest rows of the boxes an earlier attempt of this run already wrote).
+
+    One listing per scene finds the groups with a sidecar; only those are verified, on Ray.
+    """
+    import ray.data
+
+    from rrsis.pipeline.build import _map
+    from rrsis.pipeline.task_boxes import verify_boxes_stage
+
+    if cfg.overwrite or not rows:
+        return rows, []
+    existing: set[str] = set()
+    for scene_id in scene_ids:
+        existing.update(storage.list_prefix(storage.join(prefix, scene_id, "boxes") + "/"))
+    candidates = [r for r in rows if sidecar_key(r["key"]) in existing]
+    if not candidates:
+        return rows, []
+    if not cfg.resume:
+        raise ConfigError(
+            f"config error: key 'resume': run {prefix} already has box outputs; set resume=true to continue it "
+            "or overwrite=true to recompute every box"
+        )
+    todo = [r for r in rows if sidecar_key(r["key"]) not in existing]
+    done: list[dict[str, Any]] = []
+    keep = set(rows[0])
+    ds: ray.data.Dataset = ray.data.from_items(candidates)
+    for row in _map(ds, verify_boxes_stage, res.read, 16).iter_rows():
+        if row["done"]:
+            meta = {k: v for k, v in row.items() if k in keep}
+            done += box_rows({**meta, **json.loads(str(row["sidecar_meta"])), "status": "skipped", "reason": ""})
+        else:
+            todo.append({k: v for k, v in row.items() if k in keep})
+    return todo, done
 
 
 def run_boxes(cfg: Any, boxes: BoxesConfig) -> int:
@@ -167,18 +228,24 @@ def run_boxes(cfg: Any, boxes: BoxesConfig) -> int:
         rows += scene_rows
         failures += scene_failures
         info_of[scene.scene_id] = read_info(scene.uri)
+    timings = {"plan_s": time.perf_counter() - start}
     _connect_ray(cfg)
     res = resources_for(cfg, cluster_gpus())
-    manifest: list[dict[str, Any]] = []
-    if rows:
-        for batch in boxes_dataset(rows, cfg, boxes, res).iter_batches(batch_format="numpy", batch_size=None):
+    phase = time.perf_counter()
+    todo, manifest = split_done(rows, cfg, res, prefix, list(info_of))
+    timings["verify_s"] = time.perf_counter() - phase
+    phase = time.perf_counter()
+    if todo:
+        for batch in boxes_dataset(todo, cfg, boxes, res).iter_batches(batch_format="numpy", batch_size=None):
             for i in range(len(batch["key"])):
                 manifest += box_rows({k: batch[k][i] for k in batch})
+    timings["compute_s"] = time.perf_counter() - phase
+    phase = time.perf_counter()
     failed_groups = {(r["scene_id"], r["group_id"]): r for r in manifest if r["status"] == "failed"}
     for (scene_id, group_id), r in sorted(failed_groups.items()):
         failures.append(Failure(scene_id, "", group_id, "boxes", f"{group_id}: {r['reason']}"))
     for scene_id, info in info_of.items():
-        rows_here = [r for r in manifest if r["scene_id"] == scene_id and r["status"] == "written"]
+        rows_here = [r for r in manifest if r["scene_id"] == scene_id and r["status"] in ("written", "skipped")]
         scene_vectors(prefix, scene_id, info.crs, sorted({r["key"] for r in rows_here}))
         parts = {
             r["key"]: PixelWindow(*(r[f"win_{n}"] for n in ("col_off", "row_off", "width", "height")))
@@ -188,13 +255,19 @@ def run_boxes(cfg: Any, boxes: BoxesConfig) -> int:
         union_mosaic(
             mosaic, info.width, info.height, info.transform, info.crs, [(w, k) for k, w in sorted(parts.items())]
         )
+    timings["products_s"] = time.perf_counter() - phase
     empty = pa.table({c: pa.array([], pa.string()) for c in BOX_COLUMNS})
+    manifest.sort(key=lambda r: (r["scene_id"], r["box_id"]))
     table = pa.Table.from_pylist(manifest) if manifest else empty
     storage.put_bytes(storage.join(prefix, "boxes_manifest.parquet"), table_bytes(table))
     write_failures(storage.join(prefix, "failures.parquet"), [f.to_row() for f in failures])
+    computed = sum(1 for r in manifest if r["status"] == "written")
+    resumed = sum(1 for r in manifest if r["status"] == "skipped")
+    phases = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timings.items())
     print(
-        f"rrsis map boxes: run {run_id}: {len(manifest)} boxes segmented in {len(rows)} windows, "
-        f"{len(failures)} failures, {time.perf_counter() - start:.1f} s -> {prefix}",
+        f"rrsis map boxes: run {run_id}: {len(manifest)} boxes in {len(rows)} windows ({computed} computed, "
+        f"{resumed} resumed), {len(failures)} failures, {time.perf_counter() - start:.1f} s "
+        f"({phases}) -> {prefix}",
         flush=True,
     )
     return 1 if failures else 0

@@ -3,7 +3,8 @@
 read (the shared `read_stage`, window of each box group) -> `prompt_stage` (CPU: tile to RGB uint8, CFPG
 points when enabled, so the point prompt feeds SAM) -> `SamBoxStage` (actor, GPU when present: embed the
 window once, decode every box of the group) -> `mbo_stage` (CPU: GrabCut per box) -> `write_boxes_stage`
-(one GeoTIFF of the group's window and one GeoJSON with a polygon per box carrying its `box_id`).
+(one GeoTIFF of the group's window, one GeoJSON with a polygon per box carrying its `box_id`, then a JSON
+sidecar with both checksums and the per-box results, which `verify_boxes_stage` checks on resume).
 Rows are box groups (`box_plan.plan_box_groups`): each box is segmented by exactly one row, seeing the
 whole box, so a box across a tile border yields one mask. Every stage is a plain callable over
 `dict[str, np.ndarray]` batches, tested without Ray; per-box lists travel as JSON text columns.
@@ -12,6 +13,8 @@ whole box, so a box across a tile border yields one mask. Every stage is a plain
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import time
 from typing import Any
@@ -21,11 +24,13 @@ import rasterio.features
 from affine import Affine
 
 from rrsis import storage
-from rrsis.errors import RrsisError
+from rrsis.errors import RrsisError, StorageError
 from rrsis.geo.raster import encode_geotiff
 from rrsis.geo.tiling import Tile
 from rrsis.models.sam.config import SamConfig
 from rrsis.pipeline.box_plan import BoxGroup
+from rrsis.pipeline.plan import sidecar_key
+from rrsis.pipeline.stages import verify_stage
 from rrsis.refine.cfpg import cfpg_points
 from rrsis.refine.config import CfpgConfig, MboConfig
 from rrsis.refine.mbo import mbo_refine
@@ -69,12 +74,29 @@ def ragged(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+@functools.cache
+def limit_threads(n: int) -> None:
+    """At most `n` threads for OpenCV and OpenMP/BLAS (sklearn's KMeans) in this worker process.
+
+    A CPU stage holds `n` CPUs; more threads only contend with the SAM actor on the same cores. On a
+    loaded 2-core machine KMeans' default OpenMP team made CFPG ~30x slower per box (100 ms vs 4 ms).
+    Once per process (cached): Ray reuses worker processes.
+    """
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    cv2.setNumThreads(n)
+    threadpool_limits(limits=n)
+
+
 def _boxes(batch: Batch, i: int) -> np.ndarray:
     return np.asarray(json.loads(str(batch["boxes"][i])), dtype=np.float64).reshape(-1, 4)
 
 
-def prompt_stage(batch: Batch, *, cfpg: dict[str, Any], value_max: float = 255.0) -> Batch:
+def prompt_stage(batch: Batch, *, cfpg: dict[str, Any], value_max: float = 255.0, threads: int = 1) -> Batch:
     """`image` -> `rgb` (B, H, W, 3) uint8, and CFPG `points` (JSON, null = no point) with `cfpg_reasons`."""
+    start = time.perf_counter()
+    limit_threads(threads)
     cfg = CfpgConfig(**cfpg)
     rgb = np.stack([to_rgb(img, value_max) for img in batch["image"]])
     points, reasons = [], []
@@ -90,6 +112,7 @@ def prompt_stage(batch: Batch, *, cfpg: dict[str, Any], value_max: float = 255.0
     out = {k: v for k, v in batch.items() if k != "image"}
     out.update(rgb=rgb, points=np.array([json.dumps(p) for p in points]))
     out["cfpg_reasons"] = np.array([json.dumps(r) for r in reasons])
+    out["cfpg_s"] = np.full(len(rgb), (time.perf_counter() - start) / max(len(rgb), 1))
     return out
 
 
@@ -132,8 +155,10 @@ class SamBoxStage:
         return out
 
 
-def mbo_stage(batch: Batch, *, mbo: dict[str, Any]) -> Batch:
+def mbo_stage(batch: Batch, *, mbo: dict[str, Any], threads: int = 1) -> Batch:
     """GrabCut-refine every box mask on a window around its box (`enabled: false` passes masks through)."""
+    start = time.perf_counter()
+    limit_threads(threads)
     cfg = MboConfig(**mbo)
     refined, rounds = [], []
     for i in range(len(batch["rgb"])):
@@ -153,6 +178,7 @@ def mbo_stage(batch: Batch, *, mbo: dict[str, Any]) -> Batch:
     out = dict(batch)
     out["box_masks"] = ragged(refined)
     out["mbo_iterations"] = np.array([json.dumps(r) for r in rounds])
+    out["mbo_s"] = np.full(len(refined), (time.perf_counter() - start) / max(len(refined), 1))
     return out
 
 
@@ -169,7 +195,8 @@ def box_polygon(mask: np.ndarray, transform: tuple[float, ...]) -> dict[str, Any
 
 
 def write_boxes_stage(batch: Batch) -> Batch:
-    """Per row: the window's mask (union of its boxes; 255 = nodata) and a GeoJSON of one polygon per box.
+    """Per row: the window's mask (union of its boxes; 255 = nodata), a GeoJSON of one polygon per box, and
+    last the sidecar (so a crash mid-write leaves no sidecar and the group is recomputed on resume).
 
     A row that failed upstream (e.g. its read) keeps `status="failed"` and its reason and writes nothing.
     """
@@ -193,12 +220,21 @@ def write_boxes_stage(batch: Batch) -> Batch:
     return meta
 
 
+def geojson_key(key: str) -> str:
+    """The per-box polygons of a group, beside its mask tile."""
+    return key[: -len(".tif")] + ".geojson"
+
+
+# What the sidecar keeps of a written row, so a resumed run's manifest is complete without recomputing.
+SIDECAR_META = ("box_ids", "scores", "cfpg_reasons", "mbo_iterations", "cfpg_s", "sam_s", "mbo_s")
+
+
 def _write_group(batch: Batch, i: int, masks: np.ndarray, areas: list[int]) -> None:
     tile = Tile.from_row({k: v[i] for k, v in batch.items() if k not in PIXELS})
     union = masks.any(axis=0) if len(masks) else np.zeros(batch["valid"][i].shape, bool)
     pixels = np.where(batch["valid"][i], union.astype(np.uint8), NODATA).astype(np.uint8)
     key = str(batch["key"][i])
-    storage.put_bytes(key, encode_geotiff(pixels, tile.transform, tile.crs, nodata=NODATA))
+    tif = encode_geotiff(pixels, tile.transform, tile.crs, nodata=NODATA)
     ids = json.loads(str(batch["box_ids"][i]))
     scores = json.loads(str(batch["scores"][i]))
     reasons = json.loads(str(batch["cfpg_reasons"][i]))
@@ -207,7 +243,48 @@ def _write_group(batch: Batch, i: int, masks: np.ndarray, areas: list[int]) -> N
         props = {"box_id": box_id, "score": round(float(scores[k]), 4), "cfpg": reasons[k], "area_px": areas[k]}
         features.append({"type": "Feature", "properties": props, "geometry": box_polygon(masks[k], tile.transform)})
     doc = {"type": "FeatureCollection", "features": features}
-    storage.put_bytes(key[: -len(".tif")] + ".geojson", json.dumps(doc, separators=(",", ":")).encode())
+    vectors = json.dumps(doc, separators=(",", ":")).encode()
+    storage.put_bytes(key, tif)
+    storage.put_bytes(geojson_key(key), vectors)
+    meta: dict[str, Any] = {k: _plain(batch[k][i]) for k in SIDECAR_META if k in batch}
+    record = {
+        "checksum": hashlib.sha256(tif).hexdigest(),
+        "bytes": len(tif),
+        "geojson_checksum": hashlib.sha256(vectors).hexdigest(),
+        "inputs_sha": str(batch["inputs_sha"][i]) if "inputs_sha" in batch else "",
+        "meta": {**meta, "box_px": json.dumps(areas)},
+    }
+    storage.put_bytes(sidecar_key(key), json.dumps(record, sort_keys=True).encode())
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def verify_boxes_stage(batch: Batch) -> Batch:
+    """Resume check of group rows: `done` when the mask tile verifies against its sidecar (the map task's
+    `verify_stage`), the GeoJSON's SHA-256 matches too, and the sidecar was written for the same inputs
+    (window, boxes, SAM and refinement settings: `inputs_sha`). `sidecar_meta` carries the recorded
+    per-box results (JSON) of a done row.
+    """
+    done = np.asarray(verify_stage(batch)["done"], dtype=bool).copy()
+    meta = []
+    for i in range(len(done)):
+        text = ""
+        if done[i]:
+            key = str(batch["key"][i])
+            try:
+                record = json.loads(storage.get_bytes(sidecar_key(key)))
+                vectors = hashlib.sha256(storage.get_bytes(geojson_key(key))).hexdigest()
+                same_inputs = record.get("inputs_sha") == str(batch["inputs_sha"][i])
+                done[i] = vectors == record["geojson_checksum"] and same_inputs
+                text = json.dumps(record["meta"]) if done[i] else ""
+            except (StorageError, ValueError, KeyError):
+                done[i] = False
+        meta.append(text)
+    out = dict(batch)
+    out.update(done=done, sidecar_meta=np.array(meta))
+    return out
 
 
 def sam_options(cfg: SamConfig) -> dict[str, Any]:

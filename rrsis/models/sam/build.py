@@ -70,7 +70,11 @@ SAM_ARCHS: dict[str, SamArch] = {
         iou_head_depth=3,
         iou_head_hidden_dim=32,
     ),
+    # vit_b's encoder widths and depth at a 256 px input (random weights only): a tile embed costs what a
+    # vit_b-sized encoder costs per 256 px tile, so benchmarks see a representative inference load
+    "vit_b_256": SamArch(768, 12, 12, (2, 5, 8, 11), img_size=256),
 }
+RANDOM_INIT_PRESETS = ("tiny", "vit_b_256")  # no official weights exist for these shapes
 
 
 def sam_arch(model_type: str) -> SamArch:
@@ -177,7 +181,7 @@ def build_sam(
     """SAM per `cfg`, weights from local files (overrides of cfg's paths, e.g. after a URI fetch)."""
     arch = sam_arch(cfg.model_type)
     ckpt = checkpoint_path if checkpoint_path is not None else cfg.checkpoint
-    if not ckpt and cfg.model_type != "tiny":
+    if not ckpt and cfg.model_type not in RANDOM_INIT_PRESETS:
         raise ModelError(
             f"model.sam.checkpoint is required for model_type {cfg.model_type!r} "
             "(a path to the official SAM weights; nothing is downloaded)"

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from rrsis.config.fields import bounded, choice
 from rrsis.refine.config import CfpgConfig, MboConfig
 
-SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny")
+SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny", "vit_b_256")
 
 
 @dataclass
 class SamConfig:
-    model_type: str = choice("vit_b", *SAM_MODEL_TYPES)  # "tiny": random-init test/bench preset
+    model_type: str = choice("vit_b", *SAM_MODEL_TYPES)  # "tiny", "vit_b_256": random-init test/bench presets
     checkpoint: str = ""  # full SAM state dict (official .pth); empty only for "tiny" (seeded random init);
     # checked when the model is built, not at load, since every job config carries a default sam section
     decoder_checkpoint: str = ""  # rrsis fine-tuned decoder checkpoint, replaces the mask decoder weights

@@ -23,7 +23,7 @@ from rrsis.geo.raster import open_raster, read_window
 from rrsis.geo.tiling import PixelWindow, plan_tiles
 from rrsis.models.danet.predictor import DanetPredictor, scale_to_input
 from rrsis.pipeline.run import run_map
-from rrsis.pipeline.task_danet import referring_vectors
+from rrsis.pipeline.task_danet import polygon_score, referring_vectors
 from tests.danet_tiny import save_tiny_danet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,6 +149,9 @@ def test_polygons_score_their_own_pixels_and_empty_is_valid(tmp_path: Path) -> N
     assert result["polygons"] == 2
     scores = sorted(f["properties"]["score"] for f in json.loads(out.read_text())["features"])
     assert scores == [round(127 / 254, 4), round((19 * 200 + 254) / 20 / 254, 4)]
+    with rasterio.open(tmp_path / "m.tif") as src:  # 3 px blocks: the same mean, summed block by block
+        big = max(json.loads(out.read_text())["features"], key=lambda f: f["properties"]["area_m2"])
+        assert polygon_score(src, big["geometry"], block_px=3) == scores[1]
 
     empty = referring_vectors(_mosaic(tmp_path / "e.tif", classes * 0, scaled), str(out), QUERY)
     assert empty["polygons"] == 0 and json.loads(out.read_text())["features"] == []

@@ -36,6 +36,7 @@ from rrsis.pipeline.referring_boxes import check_query
 
 Batch = dict[str, np.ndarray]
 VECTORS = "referring.geojson"
+SCORE_BLOCK_PX = 2048  # polygon scores read the mosaic in blocks of at most this many pixels square
 
 
 class DanetInferStage:
@@ -112,8 +113,12 @@ def danet_run_id(cfg: Any, scene_uris: list[str]) -> str:
     return "referring-danet-" + hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def polygon_score(src: Any, geometry: dict[str, Any]) -> float | None:
-    """Mean P (mosaic band 2) over the polygon's referred pixels; reads only the polygon's window."""
+def polygon_score(src: Any, geometry: dict[str, Any], block_px: int = SCORE_BLOCK_PX) -> float | None:
+    """Mean P (mosaic band 2) over the polygon's referred pixels.
+
+    Reads only the polygon's bounding window, in blocks of at most `block_px` square, so a polygon as large
+    as the scene never brings the scene into memory.
+    """
     from rasterio.features import bounds, geometry_mask
     from rasterio.warp import transform_geom
     from rasterio.windows import Window
@@ -124,16 +129,22 @@ def polygon_score(src: Any, geometry: dict[str, Any]) -> float | None:
     cols, rows = zip(*(inv @ (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
     col0, row0 = max(0, math.floor(min(cols)) - 1), max(0, math.floor(min(rows)) - 1)
     col1, row1 = min(src.width, math.ceil(max(cols)) + 1), min(src.height, math.ceil(max(rows)) + 1)
-    if col1 <= col0 or row1 <= row0:
-        return None
-    window = Window(col0, row0, col1 - col0, row1 - row0)
-    classes, scaled = src.read([1, 2], window=window)
-    transform = src.window_transform(window)
+    blocks = [
+        Window(c, r, min(block_px, col1 - c), min(block_px, row1 - r))
+        for r in range(row0, row1, block_px)
+        for c in range(col0, col1, block_px)
+    ]
     for all_touched in (False, True):  # a sliver polygon may cover no pixel centre
-        inside = geometry_mask([geom], classes.shape, transform, all_touched=all_touched, invert=True)
-        inside &= (classes == 1) & (scaled != 255)
-        if inside.any():
-            return round(float(scaled[inside].mean()) / 254.0, 4)
+        total, count = 0, 0
+        for window in blocks:
+            classes, scaled = src.read([1, 2], window=window)
+            inside = geometry_mask(
+                [geom], classes.shape, src.window_transform(window), all_touched=all_touched, invert=True
+            )
+            inside &= (classes == 1) & (scaled != 255)
+            total, count = total + int(scaled[inside].sum(dtype=np.int64)), count + int(inside.sum())
+        if count:
+            return round(total / count / 254.0, 4)
     return None
 
 

@@ -25,6 +25,8 @@ class DataConfig:
     # median and IQR/1.349 per band (rrsis.data.normalize.scene_stats), stored as the checkpoint's `norm`
     norm: str = choice("split", "split", "scene")
     num_workers: int = bounded(0, 0, 64)
+    # share of the training images used (PSLG-SAM Table 4's data-fraction axis; a seeded subset; sam_decoder)
+    train_fraction: float = bounded(1.0, 0.0, 1.0, open_low=True)
     # referring formats (dior_rsvg, refer, jsonl)
     image_dir: str = ""  # images folder; empty: the format's default (JPEGImages/ or images/ under root)
     split_file: str = ""  # refer: the refs(*).p file name under root; empty: the only one there

@@ -6,19 +6,28 @@ The paper says "initial learning rate" without a schedule; we follow its LAVT ba
 (power 0.9), exposed as `poly_lr` for the caller to apply per step.
 
 A batch is a dict of tensors: `image` (B, 3, H, W) normalised, `input_ids` and `attention_mask` (B, L),
-`mask` (B, H, W) with 1 = referred region, 0 = background, anything else ignored.
+`mask` (B, H, W) with 1 = referred region, 0 = background, anything else ignored. `ReferringMasks` makes
+them from any referring format (`rrsis.data.referring`); `rrsis train model.name=danet` runs them through
+`rrsis.train.recipes` (plain loop, or Ray Train with `train.enabled=true`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase
 
+from rrsis.data.referring import ReferringSample, load_image, load_mask
+from rrsis.errors import InputError
 from rrsis.losses.danet import danet_loss
 from rrsis.models.danet.config import DanetConfig
 from rrsis.models.danet.model import Danet
+from rrsis.models.danet.predictor import rgb_to_input
+from rrsis.models.danet.text import tokenize
 
 Batch = dict[str, torch.Tensor]
 
@@ -34,6 +43,44 @@ def poly_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int, base_
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
+
+
+def poly_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """`poly_lr` as a per-step scheduler (its state travels in checkpoints, so a resumed run keeps its place)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(0.0, 1.0 - step / max(1, total_steps)) ** power
+    )
+
+
+class ReferringMasks(Dataset[Batch]):
+    """Referring samples with masks as DANet batches at the model's square input size.
+
+    The image is normalised with the model's pixel statistics and resized bilinearly (as `DanetPredictor`
+    does), the mask resized nearest; so `evaluate` here scores at input resolution (a training monitor),
+    while `rrsis eval` scores at the image's own resolution.
+    """
+
+    def __init__(self, samples: Sequence[ReferringSample], cfg: DanetConfig, tokenizer: PreTrainedTokenizerBase):
+        missing = [s.sample_id for s in samples if not s.has_mask]
+        if missing:
+            raise InputError(f"DANet training needs a mask for every sample; sample {missing[0]} has none")
+        self.samples, self.cfg, self.tokenizer = list(samples), cfg, tokenizer
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Batch:
+        sample, size = self.samples[i], (self.cfg.input_px, self.cfg.input_px)
+        rgb = load_image(sample)
+        mask = load_mask(sample, rgb.shape[:2])
+        assert mask is not None
+        image = torch.from_numpy(rgb_to_input(rgb, self.cfg.pixel_mean, self.cfg.pixel_std))
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        target = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=size, mode="nearest")[0, 0]
+        ids, attention = tokenize(self.tokenizer, [sample.text], self.cfg.max_tokens)
+        return {"image": image, "input_ids": ids[0], "attention_mask": attention[0], "mask": target}
 
 
 def _to(batch: Batch, device: torch.device | str) -> Batch:
@@ -69,13 +116,16 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     lambda_af: float | None = None,
     device: torch.device | str = "cpu",
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
-    """Mean of each loss term over the epoch's batches."""
+    """Mean of each loss term over the epoch's batches (`scheduler` steps once per optimiser step)."""
     sums: dict[str, float] = {}
     n = 0
     for batch in batches:
         for key, value in train_step(model, _to(batch, device), optimizer, lambda_af).items():
             sums[key] = sums.get(key, 0.0) + value
+        if scheduler is not None:
+            scheduler.step()
         n += 1
     return {k: v / max(1, n) for k, v in sums.items()}
 

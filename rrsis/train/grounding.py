@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rrsis import storage
-from rrsis.checkpoints import checkpoint_from_model, save_checkpoint
+from rrsis.checkpoints import Checkpoint, checkpoint_from_model, save_checkpoint
 from rrsis.config.load import to_dict, to_yaml
 from rrsis.config.train import OptimConfig, TrainConfig
 from rrsis.data.referring import ReferringSample, load_image, load_referring_split
@@ -91,15 +91,20 @@ def train_one_epoch(
     batches: Iterable[dict[str, Any]],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    forward: torch.nn.Module | None = None,
 ) -> dict[str, float]:
-    """One pass over `batches`; returns the mean of each loss term."""
+    """One pass over `batches`; returns the mean of each loss term.
+
+    `forward` is what runs the model: a Ray Train worker passes its DDP wrapper of `model` (DDP's own forward
+    arms the gradient all-reduce); tokenizing and preprocessing still go through the plain `model`.
+    """
     model.train()
     cfg = model.cfg
     sums: dict[str, float] = {}
     n = 0
     for batch in batches:
         ids, mask = model.text.tokenize(batch["texts"], model.device)
-        out = model(model.preprocess(batch["images"]), ids, mask)
+        out = (forward or model)(model.preprocess(batch["images"]), ids, mask)
         terms = grounding_loss(
             out["boxes"],
             out["logits"],
@@ -129,12 +134,27 @@ def evaluate_boxes(model: GroundingModel, batches: Iterable[dict[str, Any]]) -> 
     return meter.summary()
 
 
-def _val_samples(cfg: TrainConfig) -> list[ReferringSample]:
+def val_samples(cfg: TrainConfig) -> list[ReferringSample]:
     try:
         return load_referring_split(cfg.data, "val")
     except InputError as exc:  # formats/datasets without a val split (RRSIS-M ships train/test)
         log.info("no validation split (%s): keeping the last epoch", exc)
         return []
+
+
+def make_checkpoint(model: GroundingModel, cfg: TrainConfig, metrics: dict[str, float]) -> Checkpoint:
+    """A self-describing rrsis checkpoint; `image_weights: none` as the trained weights are in the state dict."""
+    saved_cfg = copy.deepcopy(cfg.model)
+    saved_cfg.grounding.image_weights = "none"
+    return checkpoint_from_model(
+        model,
+        saved_cfg,
+        bands=RGB,
+        norm_mean=list(cfg.model.grounding.pixel_mean),
+        norm_std=list(cfg.model.grounding.pixel_std),
+        metrics=metrics,
+        train_config=to_dict(cfg),
+    )
 
 
 def run_grounding_train(cfg: TrainConfig) -> int:
@@ -145,7 +165,7 @@ def run_grounding_train(cfg: TrainConfig) -> int:
     train_set = BoxSamples(load_referring_split(cfg.data, "train"))
     if not len(train_set):
         raise ConfigError(f"data.root={cfg.data.root!r} has no training sample")
-    val = _val_samples(cfg)
+    val = val_samples(cfg)
     loader = DataLoader(
         train_set, batch_size=cfg.optim.batch_size, shuffle=True, collate_fn=collate, num_workers=cfg.data.num_workers
     )
@@ -156,8 +176,6 @@ def run_grounding_train(cfg: TrainConfig) -> int:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, cfg.optim))
     run_dir = storage.join(cfg.output, cfg.run_name)
     storage.put_bytes(storage.join(run_dir, "config.yaml"), to_yaml(cfg).encode())
-    saved_cfg = copy.deepcopy(cfg.model)
-    saved_cfg.grounding.image_weights = "none"  # the trained weights are in the state dict
     history: list[str] = []
     best = -1.0
     started = time.monotonic()
@@ -170,15 +188,7 @@ def run_grounding_train(cfg: TrainConfig) -> int:
         history.append(json.dumps(record))
         storage.put_bytes(storage.join(run_dir, "metrics.jsonl"), ("\n".join(history) + "\n").encode())
         metrics = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
-        ckpt = checkpoint_from_model(
-            model,
-            saved_cfg,
-            bands=RGB,
-            norm_mean=list(cfg.model.grounding.pixel_mean),
-            norm_std=list(cfg.model.grounding.pixel_std),
-            metrics=metrics,
-            train_config=to_dict(cfg),
-        )
+        ckpt = make_checkpoint(model, cfg, metrics)
         save_checkpoint(ckpt, storage.join(run_dir, "last.pt"))
         score = record.get("val_box_acc@0.5", float(epoch)) if cfg.optim.monitor != "last" else float(epoch)
         if score >= best:

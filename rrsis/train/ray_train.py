@@ -1,18 +1,20 @@
-"""`rrsis train` with `train.enabled=true`: the plain water-land loop inside a Ray Train `TorchTrainer`.
+"""`rrsis train` with `train.enabled=true`: a family's plain training functions inside a Ray Train `TorchTrainer`.
 
-Thin glue only: each worker builds the same datasets, model, loss and optimiser as `rrsis.train.run`, wraps
-the model with `prepare_model` (DDP; gloo on CPU, nccl on GPU) and the loader with `prepare_data_loader`
-(a DistributedSampler), and calls the same `train_one_epoch` / `evaluate`.
+Thin glue only, the same for every family: each worker builds the family's `Recipe` (`rrsis.train.recipes`:
+datasets, model, its own `train_one_epoch` / `evaluate`, its checkpoint), wraps `recipe.ddp_module` with
+`prepare_model` (DDP; gloo on CPU, nccl on GPU) and the training loader with `prepare_data_loader` (a
+DistributedSampler), and runs the epochs. Only the trained part goes under DDP (SAM: the mask decoder);
+frozen parameters (`requires_grad=False`, e.g. a frozen text encoder) are skipped by DDP.
 
 Choices made here (the papers say nothing about distribution):
 - `optim.batch_size` is the *global* batch: each of N workers takes `batch_size // N` (at least 1), and DDP
   averages gradients, so N workers take the same optimisation steps as the plain loop on the same data.
-- The reported `loss` is the mean over workers; validation runs on every worker over the whole (small)
-  validation split with the unwrapped model, so every rank reports identical `val_*` metrics.
+- Reported training terms (`loss`, ...) are means over workers; validation runs on every worker over the whole
+  (small) validation split with the unwrapped model, so every rank reports identical `val_*` metrics.
 - Every `train.checkpoint_every` epochs (and at the last epoch) rank 0 reports a checkpoint folder
-  `epoch_NNNNN/` holding `state.pt` (model + optimiser + epoch, loads with weights_only=True) and `model.pt`
-  (a self-describing rrsis checkpoint usable by `rrsis map`/`eval`). Ray keeps the best `train.keep_best`
-  by `val_<optim.monitor>`.
+  `epoch_NNNNN/` holding `state.pt` (trained weights + optimiser + scheduler + epoch, loads with
+  weights_only=True) and the family's self-describing checkpoint (`model.pt`; SAM: `decoder.pt`) usable by
+  `rrsis map`/`eval`. Ray keeps the best `train.keep_best` by the family's metric (`recipes.score_attribute`).
 - After a worker failure Ray restarts the group (up to `train.max_failures` times) and each worker resumes
   from the latest reported checkpoint: the epoch counter continues, it does not restart. `train.resume=true`
   continues a finished or killed run (e.g. with more `optim.epochs`) from its latest `epoch_*` checkpoint.
@@ -35,28 +37,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from rrsis import storage
-from rrsis.checkpoints import save_checkpoint
 from rrsis.config.load import to_yaml
 from rrsis.config.train import TrainConfig
 from rrsis.log import get_logger
-from rrsis.losses import build_loss
-from rrsis.models.registry import build_model
-from rrsis.train.loop import AllHeads, evaluate, train_one_epoch
-from rrsis.train.optim import build_optimizer
-from rrsis.train.run import make_checkpoint, prepare_waterland
+from rrsis.train.recipes import build_recipe, model_file, score_attribute
 
 log = get_logger(__name__)
 
 STATE_FILE = "state.pt"
-MODEL_FILE = "model.pt"
 CKPT_PREFIX = "epoch_"
-
-
-def score_attribute(cfg: TrainConfig) -> str:
-    """The metric Ray ranks checkpoints by: `val_<monitor>` with a validation split, else the epoch."""
-    if cfg.optim.monitor == "last" or not cfg.data.val_events:
-        return "epoch"
-    return f"val_{cfg.optim.monitor}"
 
 
 def run_dir(cfg: TrainConfig) -> str:
@@ -113,8 +102,17 @@ def _history_before(cfg: TrainConfig, epoch: int) -> list[str]:
     return [line for line in lines if line and json.loads(line).get("epoch", 0) < epoch]
 
 
+def _mean_over_workers(terms: dict[str, float], world: int) -> dict[str, float]:
+    if world == 1:
+        return terms
+    keys = sorted(terms)
+    values = torch.tensor([terms[k] for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(values)
+    return {k: float(v) / world for k, v in zip(keys, values.tolist(), strict=True)}
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker, whatever the model family."""
     import ray.train
     import ray.train.torch
 
@@ -122,31 +120,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
-    setup = prepare_waterland(cfg)
-    model = build_model(cfg.model)
+    device = ray.train.torch.get_device()
+    recipe = build_recipe(cfg, device)
     state = _load_state(ray.train.get_checkpoint())
     start_epoch = 1
     if state is not None:
-        model.load_state_dict(state["model"])
+        recipe.state_module.load_state_dict(state["model"])
         start_epoch = int(state["epoch"]) + 1
     _write_worker_note(cfg, rank, start_epoch)
-    device = ray.train.torch.get_device()
-    plain_model = model
-    # AllHeads before DDP: DDP's own forward must produce the auxiliary heads too, or their grads never sync
-    model = ray.train.torch.prepare_model(AllHeads(model) if hasattr(model, "forward_heads") else model)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    wrapped = ray.train.torch.prepare_model(
+        recipe.ddp_module, parallel_strategy_kwargs={"find_unused_parameters": recipe.find_unused_parameters}
+    )
+    optimizer = recipe.make_optimizer()
+    batch = max(1, cfg.optim.batch_size // world)
+    loader = DataLoader(
+        recipe.train_set,
+        batch_size=batch,
+        shuffle=True,
+        collate_fn=recipe.collate,
+        num_workers=cfg.data.num_workers,
+    )
+    loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+    scheduler = recipe.make_scheduler(optimizer, len(loader))
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-    loss_fn = build_loss(cfg.loss.name, alpha=cfg.loss.alpha, beta=cfg.loss.beta, lam=cfg.loss.lam, eps=cfg.loss.eps)
-    scaler = torch.amp.GradScaler(device.type) if cfg.optim.amp and device.type == "cuda" else None
-    batch = max(1, cfg.optim.batch_size // world)
-    loader = DataLoader(setup.train_set, batch_size=batch, shuffle=True, num_workers=cfg.data.num_workers)
-    loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
-    val_loader = (
-        DataLoader(setup.val_set, batch_size=cfg.optim.eval_batch_size, num_workers=cfg.data.num_workers)
-        if setup.val_set is not None
-        else None
-    )
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+    val_loader = None
+    if recipe.val_set is not None:
+        val_batch, collate, procs = recipe.val_batch_size, recipe.collate, cfg.data.num_workers
+        val_loader = DataLoader(recipe.val_set, batch_size=val_batch, collate_fn=collate, num_workers=procs)
     history = _history_before(cfg, start_epoch) if rank == 0 else []
     started = time.monotonic()
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
@@ -154,17 +157,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if callable(set_epoch):
             set_epoch(epoch)  # a different shuffle every epoch, the same on every rank
         record: dict[str, Any] = {"epoch": epoch, "restored_from_epoch": start_epoch - 1}
-        record.update(
-            train_one_epoch(
-                model, loader, loss_fn, optimizer, device=device, scaler=scaler, grad_accum=cfg.optim.grad_accum
-            )
-        )
-        if world > 1:
-            loss = torch.tensor([record["loss"]], dtype=torch.float64)
-            torch.distributed.all_reduce(loss)
-            record["loss"] = float(loss.item()) / world
-        if val_loader is not None:
-            record.update({f"val_{k}": v for k, v in evaluate(plain_model, val_loader, device=device).items()})
+        record.update(_mean_over_workers(recipe.train_epoch(wrapped, loader, optimizer, scheduler), world))
+        if val_loader is not None and recipe.evaluate is not None:
+            record.update({f"val_{k}": v for k, v in recipe.evaluate(val_loader).items()})
         record["elapsed_s"] = round(time.monotonic() - started, 2)
         metrics = {k: float(v) for k, v in record.items()}
         is_ckpt_epoch = epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.optim.epochs
@@ -174,11 +169,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if rank == 0 and is_ckpt_epoch:
             with tempfile.TemporaryDirectory(prefix="rrsis-ckpt-") as folder:
-                state_out = {"model": plain_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+                state_out = {
+                    "model": recipe.state_module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                    "epoch": epoch,
+                }
                 torch.save(state_out, os.path.join(folder, STATE_FILE))
-                save_checkpoint(
-                    make_checkpoint(plain_model, cfg, setup.stats, metrics), os.path.join(folder, MODEL_FILE)
-                )
+                recipe.save_model(os.path.join(folder, model_file(cfg)), metrics)
                 ray.train.report(
                     metrics,
                     checkpoint=ray.train.Checkpoint.from_directory(folder),
@@ -274,5 +272,5 @@ def fit(cfg: TrainConfig) -> int:
     print(f"run folder {run_dir(cfg)}; final metrics {json.dumps(metrics)}")
     if best is not None:
         where = f"s3://{best.path}" if storage.is_remote(cfg.output) else best.path
-        print(f"best checkpoint: {where}/{MODEL_FILE}")
+        print(f"best checkpoint: {where}/{model_file(cfg)}")
     return 0

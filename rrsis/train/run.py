@@ -100,6 +100,10 @@ def make_checkpoint(
 
 
 def run_train(cfg: TrainConfig) -> int:
+    if cfg.train.enabled:  # every family: its recipe inside a Ray Train TorchTrainer
+        from rrsis.train.ray_train import fit
+
+        return int(fit(cfg) or 0)
     if cfg.model.name == "sam_decoder":  # PSLG-SAM stage two: fine-tune the SAM mask decoder
         from rrsis.train.sam_decoder import run_sam_decoder
 
@@ -108,10 +112,10 @@ def run_train(cfg: TrainConfig) -> int:
         from rrsis.train.grounding import run_grounding_train
 
         return run_grounding_train(cfg)
-    if cfg.train.enabled:
-        from rrsis.train.ray_train import fit
+    if cfg.model.name == "danet":  # the plain loop over the DANet recipe
+        from rrsis.train.recipes import run_plain
 
-        return int(fit(cfg) or 0)
+        return run_plain(cfg)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     setup = prepare_waterland(cfg)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,35 @@ def embed_samples(
     return items
 
 
+def train_batches(
+    predictor: SamTilePredictor,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Sequence[tuple[torch.Tensor, SamFrame, DecoderSample]]],
+    settings: DecoderTrainSettings,
+    decoder: torch.nn.Module | None = None,
+) -> float:
+    """One optimiser step per batch of prompts (losses averaged); returns the mean prompt loss.
+
+    In a Ray Train worker pass `decoder=ray.train.torch.prepare_model(predictor.sam.mask_decoder)` (DDP over
+    the decoder only: the frozen encoders have nothing to synchronise) and that worker's shard of batches.
+    """
+    module = decoder or predictor.sam.mask_decoder
+    module.train()
+    total, count = 0.0, 0
+    for chunk in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = sum(
+            (prompt_loss(predictor, emb, frame, sample, settings, decoder) for emb, frame, sample in chunk),
+            torch.zeros(()),
+        ) / len(chunk)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(chunk)
+        count += len(chunk)
+    module.eval()
+    return total / max(count, 1)
+
+
 def train_one_epoch(
     predictor: SamTilePredictor,
     optimizer: torch.optim.Optimizer,
@@ -125,28 +154,12 @@ def train_one_epoch(
     rng: random.Random,
     decoder: torch.nn.Module | None = None,
 ) -> float:
-    """One shuffled pass; an optimiser step every `batch_size` prompts. Returns the mean prompt loss.
-
-    In a Ray Train worker pass `decoder=ray.train.torch.prepare_model(predictor.sam.mask_decoder)`
-    (and that worker's shard of `items`); the plain loop leaves it None.
-    """
-    module = decoder or predictor.sam.mask_decoder
-    module.train()
+    """One shuffled pass; an optimiser step every `batch_size` prompts. Returns the mean prompt loss."""
     order = list(range(len(items)))
     rng.shuffle(order)
-    total = 0.0
-    for start in range(0, len(order), settings.batch_size):
-        chunk = order[start : start + settings.batch_size]
-        optimizer.zero_grad(set_to_none=True)
-        loss = sum(
-            (prompt_loss(predictor, items[j][0], items[j][1], items[j][2], settings, decoder) for j in chunk),
-            torch.zeros(()),
-        ) / len(chunk)
-        loss.backward()
-        optimizer.step()
-        total += float(loss.detach()) * len(chunk)
-    module.eval()
-    return total / max(len(order), 1)
+    size = settings.batch_size
+    chunks = [[items[j] for j in order[start : start + size]] for start in range(0, len(order), size)]
+    return train_batches(predictor, optimizer, chunks, settings, decoder)
 
 
 def fit_sam_decoder(
@@ -229,12 +242,26 @@ def sen1floods11_samples(data: Any, min_area_px: int = 64, max_objects: int = 4)
     return out
 
 
+def take_fraction(samples: Sequence[DecoderSample], fraction: float, seed: int) -> list[DecoderSample]:
+    """A seeded subset of the training *images* (all prompts of a kept image stay): Table 4's data fraction."""
+    if fraction >= 1.0:
+        return list(samples)
+    images = sorted({s.image_id for s in samples})
+    keep = set(random.Random(seed).sample(images, max(1, round(fraction * len(images)))))
+    return [s for s in samples if s.image_id in keep]
+
+
+def train_samples(cfg: Any) -> list[DecoderSample]:
+    """The training prompts of a `rrsis train` config: Sen1Floods11 water bodies, `data.train_fraction` of them."""
+    return take_fraction(sen1floods11_samples(cfg.data), cfg.data.train_fraction, cfg.seed)
+
+
 def run_sam_decoder(cfg: Any) -> int:
     """`rrsis train` for model.name=sam_decoder (cfg: TrainConfig): fit, then save `<output>/<run_name>/decoder.pt`."""
     from rrsis import storage
 
     settings = settings_from_train_config(cfg)
-    samples = sen1floods11_samples(cfg.data)
+    samples = train_samples(cfg)
     local_ckpt: str | None = None
     with tempfile.TemporaryDirectory(prefix="rrsis-sam-") as tmp:
         if cfg.model.sam.checkpoint and "://" in cfg.model.sam.checkpoint:

@@ -1,6 +1,7 @@
-"""`rrsis tune`: a Ray Tune search (ASHA) over a YAML search space around the water-land training loop.
+"""`rrsis tune`: a Ray Tune search (ASHA) over a YAML search space around any family's training loop.
 
-Each trial is the plain loop (`train_one_epoch` / `evaluate`) on one CPU/GPU slot, reporting one result per
+Each trial is the plain loop over the family's recipe (`rrsis.train.recipes`: its own `train_one_epoch` /
+`evaluate`; water-land, DANet, grounding, SAM decoder) on one CPU/GPU slot, reporting one result per
 epoch so ASHA can stop bad trials at its rungs; every epoch is checkpointed (`state.pt`) so an interrupted
 search restored with `tune.restore=true` (`Tuner.restore`) continues unfinished trials where they stopped
 and never reruns finished ones.
@@ -8,6 +9,9 @@ and never reruns finished ones.
 Search-space YAML (`configs/tune/space_*.yaml`): a mapping from a dotted TrainConfig key to one sampler:
     optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
     model.waterland.family: {choice: [senet, munet]}
+Spaces for the papers' axes: `space_waterland.yaml`, `space_danet.yaml` (K, lambda_af, alpha, EAAS/RAAM),
+`space_sam_decoder.yaml` (lr, data fraction), `space_grounding.yaml` (lr); `tune.metric` is the family's
+(`val_iou_mean`, `val_miou`, `val_box_acc@0.5`; the SAM decoder has no validation split: `loss`, mode min).
 Samplers: choice, grid, uniform, loguniform, randint (high exclusive), quniform [lo, hi, q].
 Outputs in `<output>/<name>/`: Ray's experiment folder, `results.csv`, `results.parquet` (one row per trial:
 config, last metrics, epochs run) and `best_train.yaml`, a ready-to-run `rrsis train --config` file.
@@ -32,12 +36,9 @@ from rrsis.config.train import TrainConfig
 from rrsis.config.tune import TuneConfig
 from rrsis.errors import ConfigError
 from rrsis.log import get_logger
-from rrsis.losses import build_loss
-from rrsis.models.registry import build_model
-from rrsis.train.loop import evaluate, train_one_epoch
-from rrsis.train.optim import build_optimizer
 from rrsis.train.ray_train import connect_ray, for_workers, storage_target
-from rrsis.train.run import prepare_waterland, resolve_device
+from rrsis.train.recipes import build_recipe
+from rrsis.train.run import resolve_device
 
 log = get_logger(__name__)
 
@@ -95,36 +96,41 @@ def apply_overrides(base: TrainConfig, params: dict[str, Any], *, source: str = 
 
 
 def trial(params: dict[str, Any], base: TrainConfig) -> None:
-    """One Tune trial: the plain water-land loop, one `tune.report` per epoch with a checkpoint."""
+    """One Tune trial: the plain loop over the family's recipe, one `tune.report` per epoch with a checkpoint."""
     from ray import tune
 
     cfg = apply_overrides(base, params)
     torch.manual_seed(cfg.seed)
-    setup = prepare_waterland(cfg)
-    model = build_model(cfg.model)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    device = resolve_device(cfg.device)
+    recipe = build_recipe(cfg, device)
+    loader = DataLoader(recipe.train_set, batch_size=cfg.optim.batch_size, shuffle=True, collate_fn=recipe.collate)
+    val_loader = None
+    if recipe.val_set is not None:
+        val_loader = DataLoader(recipe.val_set, batch_size=recipe.val_batch_size, collate_fn=recipe.collate)
+    optimizer = recipe.make_optimizer()
+    scheduler = recipe.make_scheduler(optimizer, len(loader))
     start_epoch = 1
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
+        recipe.state_module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"]) + 1
-    loss_fn = build_loss(cfg.loss.name, alpha=cfg.loss.alpha, beta=cfg.loss.beta, lam=cfg.loss.lam, eps=cfg.loss.eps)
-    device = resolve_device(cfg.device)
-    model.to(device)
-    loader = DataLoader(setup.train_set, batch_size=cfg.optim.batch_size, shuffle=True)
-    val_loader = DataLoader(setup.val_set, batch_size=cfg.optim.eval_batch_size) if setup.val_set else None
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
         metrics: dict[str, Any] = {"epoch": epoch}
-        metrics.update(
-            train_one_epoch(model, loader, loss_fn, optimizer, device=device, grad_accum=cfg.optim.grad_accum)
-        )
-        if val_loader is not None:
-            metrics.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device=device).items()})
+        metrics.update(recipe.train_epoch(recipe.ddp_module, loader, optimizer, scheduler))
+        if val_loader is not None and recipe.evaluate is not None:
+            metrics.update({f"val_{k}": v for k, v in recipe.evaluate(val_loader).items()})
         with tempfile.TemporaryDirectory(prefix="rrsis-trial-") as folder:
-            state_out = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+            state_out = {
+                "model": recipe.state_module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                "epoch": epoch,
+            }
             torch.save(state_out, os.path.join(folder, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
@@ -182,10 +188,11 @@ def build_tuner(cfg: TuneConfig, callbacks: list[Any] | None = None) -> Any:
     )
 
 
-def results_table(results: Any, space_keys: list[str]) -> Any:
+def results_table(results: Any, space_keys: list[str], metric: str = "val_iou_mean") -> Any:
     """One row per trial: id, status, epochs run, the searched config values and the last metrics."""
     frame = results.get_dataframe()
-    keep = ["trial_id", "training_iteration", "loss", "val_iou_mean", "val_iou_water", "val_f1"]
+    keep = ["trial_id", "training_iteration", "loss", metric, "val_iou_mean", "val_iou_water", "val_f1"]
+    keep = list(dict.fromkeys(keep))  # the metric may be one of the water-land columns
     columns = [c for c in keep if c in frame.columns] + [f"config/{k}" for k in space_keys if f"config/{k}" in frame]
     table = frame[columns].rename(columns={f"config/{k}": k for k in space_keys})
     return table.rename(columns={"training_iteration": "epochs_run"})
@@ -207,7 +214,7 @@ def run_tune(cfg: TuneConfig) -> int:
     space_keys = list(load_space(cfg.space))
     results = build_tuner(cfg).fit()
     out = experiment_uri(cfg)
-    table = results_table(results, space_keys).sort_values(cfg.metric, ascending=cfg.mode == "min")
+    table = results_table(results, space_keys, cfg.metric).sort_values(cfg.metric, ascending=cfg.mode == "min")
     storage.put_bytes(storage.join(out, "results.csv"), table.to_csv(index=False).encode())
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)

@@ -60,10 +60,6 @@ class DanetPredictor:
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.cfg.text_encoder)
         self.device = torch.device(device)
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens of `text` with [CLS]/[SEP], untruncated: more than `max_tokens` would be silently cut."""
-        return len(self.tokenizer(text, truncation=False)["input_ids"])
-
     @torch.no_grad()
     def embed_query(self, text: str) -> QueryEmbedding:
         ids, mask = tokenize(self.tokenizer, [text], self.cfg.max_tokens)

@@ -1,10 +1,10 @@
-"""Boxes for the `boxes` map task: a CSV of pixel boxes or a GeoJSON of geometries in the scene's CRS.
+"""Boxes for the `boxes` map task: a CSV of pixel boxes, or a GeoJSON / GeoPackage in the scene's CRS.
 
 Every box becomes a `BoxRecord` in scene pixel coordinates (x = column, y = row, end-exclusive like the
-CFPG crop `I[y1:y2, x1:x2]`). A GeoJSON geometry's box is the pixel extent of its bounding box, mapped
-through the scene's inverse affine transform. Bad rows fail the whole file with one line naming the file
-and the row/feature: a box is never silently dropped. (GeoPackage is not read yet: no vector library is
-installed; convert with `ogr2ogr -f GeoJSON`.)
+CFPG crop `I[y1:y2, x1:x2]`). A vector geometry's box is the pixel extent of its bounding box, mapped
+through the scene's inverse affine transform. A layer whose CRS differs from the scene's is refused (no
+silent reprojection). Bad rows fail the whole file with one line naming the file and the row/feature: a
+box is never silently dropped. GeoPackage is read with the stdlib `sqlite3` (`rrsis.pipeline.gpkg`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rrsis.errors import InputError
+from rrsis.pipeline.gpkg import GpkgSrs, read_gpkg_layer
 
 CSV_COLUMNS = ("id", "x1", "y1", "x2", "y2")
 
@@ -122,6 +123,45 @@ def read_geojson_boxes(text: str, source: str, transform: Sequence[float], scene
     return _unique(boxes, source)
 
 
+ID_COLUMNS = ("box_id", "id")  # a GeoPackage column giving the box id (case-insensitive), else the fid
+
+
+def _same_crs(srs: GpkgSrs, scene_crs: str) -> bool:
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        layer = CRS.from_epsg(srs.code) if srs.organization.upper() == "EPSG" else CRS.from_wkt(srs.definition)
+        return bool(layer == CRS.from_user_input(scene_crs))
+    except CRSError:
+        return False
+
+
+def read_gpkg_boxes(data: bytes, source: str, transform: Sequence[float], scene_crs: str) -> list[BoxRecord]:
+    """The feature table of a GeoPackage in the scene's CRS -> pixel boxes (id column `box_id`/`id`, else fid)."""
+    layer = read_gpkg_layer(data, source)
+    srs = layer.srs
+    if srs.srs_id in (0, -1) or srs.organization.upper() == "NONE":
+        raise InputError(
+            f"{source}: table {layer.table!r} has an undefined CRS; boxes must be in the scene's {scene_crs}"
+        )
+    if not _same_crs(srs, scene_crs):
+        raise InputError(
+            f"{source}: table {layer.table!r} is in {srs.organization}:{srs.code}, the scene is in {scene_crs}; "
+            "reproject the boxes first"
+        )
+    boxes = []
+    for feat in layer.features:
+        lower = {k.lower(): v for k, v in feat.properties.items()}
+        box_id = next((str(lower[c]) for c in ID_COLUMNS if lower.get(c) is not None), str(feat.fid))
+        minx, miny, maxx, maxy = feat.bounds
+        corners = [world_to_pixel(transform, x, y) for x in (minx, maxx) for y in (miny, maxy)]
+        cols, rows = zip(*corners, strict=True)
+        where = f"table {layer.table!r} feature {feat.fid}"
+        boxes.append(_checked(source, where, box_id, (min(cols), min(rows), max(cols), max(rows))))
+    return _unique(boxes, source)
+
+
 def _unique(boxes: list[BoxRecord], source: str) -> list[BoxRecord]:
     seen: set[str] = set()
     for b in boxes:
@@ -132,11 +172,13 @@ def _unique(boxes: list[BoxRecord], source: str) -> list[BoxRecord]:
 
 
 def read_boxes(data: bytes, source: str, transform: Sequence[float], scene_crs: str) -> list[BoxRecord]:
-    """Parse a box file by its extension (.csv, .geojson/.json)."""
-    text = data.decode("utf-8-sig")
+    """Parse a box file by its extension (.csv, .geojson/.json, .gpkg)."""
     lower = source.lower()
+    if lower.endswith(".gpkg"):
+        return read_gpkg_boxes(data, source, transform, scene_crs)
+    text = data.decode("utf-8-sig")
     if lower.endswith(".csv"):
         return read_csv_boxes(text, source)
     if lower.endswith((".geojson", ".json")):
         return read_geojson_boxes(text, source, transform, scene_crs)
-    raise InputError(f"{source}: unknown box file type; use .csv (pixel boxes) or .geojson (scene CRS)")
+    raise InputError(f"{source}: unknown box file type; use .csv (pixel boxes), .geojson or .gpkg (scene CRS)")

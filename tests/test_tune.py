@@ -118,5 +118,30 @@ def test_asha_on_two_node_cluster_exports_best_and_restores(tmp_path: Path) -> N
     )
 
 
+@pytest.mark.slow
+def test_sam_decoder_search_runs_through_rrsis_tune(ray_session: None, tmp_path: Path) -> None:
+    """A non-water-land family through the same Tuner: 2 tiny SAM decoder trials over the data-fraction grid."""
+    import pandas as pd
+
+    from rrsis.cli import main
+
+    argv = [
+        "tune",
+        "--config",
+        str(REPO / "configs" / "tune" / "sam_decoder_tiny.yaml"),
+        f"output={tmp_path}",
+        f"space={REPO / 'configs' / 'tune' / 'space_sam_decoder_tiny.yaml'}",
+        f"base.data.root={REPO / 'data' / 'samples' / 'sen1floods11'}",
+    ]
+    assert main(argv) == 0
+    table = pd.read_csv(tmp_path / "sam_decoder_tiny" / "results.csv")
+    assert len(table) == 2 and sorted(table["data.train_fraction"]) == [0.5, 1.0]
+    assert (table["epochs_run"] == 1).all() and (table["loss"] > 0).all()
+    best = load_config(TrainConfig, tmp_path / "sam_decoder_tiny" / "best_train.yaml")
+    top = table.sort_values("loss").iloc[0]
+    assert best.model.name == "sam_decoder" and best.data.train_fraction == top["data.train_fraction"]
+    assert best.optim.lr == pytest.approx(top["optim.lr"])
+
+
 if __name__ == "__main__":
     _cluster_phase(sys.argv[1], sys.argv[2])

@@ -1,9 +1,14 @@
 """Peak memory of `rrsis map` on a big generated scene vs a small one: it must not grow with the scene.
 
-Generates (once, cached under --cache) a B x N x N uint16 GeoTIFF per size, written block by block, and maps
-each with a tiny real water-land model on a fresh local Ray. A sampler sums the PSS (and RSS) of every
-process of that Ray (driver, GCS, raylet, workers: all descendants of this process) every 0.25 s; the peaks of
-those sums are reported. Goals: big-scene peak <= 2.5 GB and big / small <= 1.15.
+Generates (once, cached under --cache) a B x N x N uint16 GeoTIFF per size, written block by block (never
+whole in memory), and maps each with a small real water-land model (random SeNet, half width: memory is
+about the pipeline, not the model) on a fresh local Ray, with every product on (COG mosaic, GeoJSON vectors,
+quicklook, stats). A sampler sums the PSS (and RSS) of every process of that Ray (driver, GCS, raylet,
+workers: all descendants of this process) every 0.25 s; the peaks of those sums are reported, with the
+biggest processes at the peak. Goals: big-scene peak <= 2.5 GB and big / small <= 1.15.
+
+Run time on this 2-core machine: generation ~1 min (5k) + ~11 min (20k, once, cached); mapping ~1 min
+(5k, 36 tiles) + ~10 min (20k, 441 tiles) idle, several times that when the machine is loaded.
 
     .venv/bin/python bench/map_memory.py [--big 20000] [--small 5000] [--bands 4] [--tile 1024]
 """
@@ -11,6 +16,7 @@ those sums are reported. Goals: big-scene peak <= 2.5 GB and big / small <= 1.15
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -85,21 +91,35 @@ def descendants(root: int) -> list[int]:
     return out
 
 
+def process_name(pid: int) -> str:
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().split()
+    except OSError:
+        return "?"
+    name = next((w for w in words if w.startswith("ray::")), "")
+    return name or " ".join(Path(w).name for w in words[:2])
+
+
 class PeakSampler(threading.Thread):
-    """Peaks of (this process + all its descendants) summed RSS and summed PSS."""
+    """Peaks of (this process + all its descendants) summed RSS and summed PSS, and who held the PSS peak."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.peak_rss = 0
         self.peak = 0  # PSS
+        self.at_peak: list[tuple[int, str]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         me = os.getpid()
         while not self.stop.is_set():
-            mems = [mem_bytes(p) for p in [me, *descendants(me)]]
+            pids = [me, *descendants(me)]
+            mems = [mem_bytes(p) for p in pids]
             self.peak_rss = max(self.peak_rss, sum(m[0] for m in mems))
-            self.peak = max(self.peak, sum(m[1] for m in mems))
+            pss = sum(m[1] for m in mems)
+            if pss > self.peak:
+                self.peak = pss
+                self.at_peak = sorted(((m[1], process_name(p)) for p, m in zip(pids, mems, strict=True)), reverse=True)
             time.sleep(0.25)
 
 
@@ -121,6 +141,12 @@ def map_once(scene: str, ckpt: str, out: Path, tile: int) -> tuple[int, int, flo
     ray.shutdown()
     sampler.stop.set()
     sampler.join()
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    summary = json.loads((run / "summary.json").read_text())
+    products = {k: v for k, v in summary["products"][0].items() if k.endswith("_s") or k == "polygons"}
+    print(f"  phases (s): {summary['timings_s']}; products: {products}")
+    top = ", ".join(f"{name} {pss / 1e6:.0f} MB" for pss, name in sampler.at_peak[:8])
+    print(f"  at the PSS peak ({len(sampler.at_peak)} processes): {top}")
     return sampler.peak, sampler.peak_rss, time.perf_counter() - start, code
 
 
@@ -130,7 +156,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=5000)
     parser.add_argument("--bands", type=int, default=4)
     parser.add_argument("--tile", type=int, default=1024)
-    parser.add_argument("--family", default="deepunet")
+    parser.add_argument("--family", default="senet")
     parser.add_argument("--cache", default="/tmp/rrsis-bench-scenes")
     args = parser.parse_args()
     cache = Path(args.cache)

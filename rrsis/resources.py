@@ -52,6 +52,8 @@ STAGES: dict[str, StageResources] = {
     "map.refine": StageResources("map.refine", num_cpus=1.0, memory_mb=1024, cpu_pool=True),
     # map: encode + PUT one mask tile per row
     "map.write": StageResources("map.write", num_cpus=1.0, memory_mb=512, cpu_pool=True),
+    # map: per-scene products (COG mosaic, vectors, quicklook, stats), one task per scene, streamed by window
+    "map.products": StageResources("map.products", num_cpus=1.0, memory_mb=1024, cpu_pool=True),
     # Ray Train worker (DDP rank): one GPU each when there are GPUs
     "train.worker": StageResources("train.worker", num_cpus=1.0, memory_mb=2048, accelerated=True),
     # Ray Tune trial (each trial is a small Train run or a function trainable)

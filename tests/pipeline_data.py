@@ -54,7 +54,9 @@ def write_scene(
     return str(path)
 
 
-def tiny_checkpoint(path: Path | str, *, family: str = "senet", seed: int = 0, in_bands: int = 2) -> str:
+def tiny_checkpoint(
+    path: Path | str, *, family: str = "senet", seed: int = 0, in_bands: int = 2, width: str = "half"
+) -> str:
     """A random-initialised model of the real water-land class, saved as a real checkpoint."""
     from rrsis.checkpoints import checkpoint_from_model, save_checkpoint
     from rrsis.models.config import ModelConfig
@@ -62,7 +64,7 @@ def tiny_checkpoint(path: Path | str, *, family: str = "senet", seed: int = 0, i
     from rrsis.models.waterland.config import WaterlandConfig
 
     torch.manual_seed(seed)
-    model_cfg = ModelConfig(name="waterland", waterland=WaterlandConfig(family=family, width="half", in_bands=in_bands))
+    model_cfg = ModelConfig(name="waterland", waterland=WaterlandConfig(family=family, width=width, in_bands=in_bands))
     model = build_model(model_cfg).eval()
     _calibrate(model, in_bands)
     names = ["VV", "VH"] if in_bands == 2 else [f"B{i + 1}" for i in range(in_bands)]

@@ -168,3 +168,16 @@ def test_manifest_dedupes_by_key_and_keeps_schema(tmp_path: Path) -> None:
     assert back.schema.equals(table.schema)
     failures = write_failures(str(tmp_path / "f.parquet"), [])
     assert failures.num_rows == 0 and "reason" in failures.column_names
+
+
+def test_vectorised_polygon_areas_subtract_holes() -> None:
+    from rrsis.pipeline.area import polygon_areas, ring_areas
+
+    square = [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0], [0.0, 0.0]]  # closed, as GDAL gives rings
+    hole = [[2.0, 2.0], [2.0, 4.0], [4.0, 4.0], [4.0, 2.0], [2.0, 2.0]]
+    triangle = [[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]]  # open ring: the closing edge is implied
+    polygons = [{"coordinates": [square, hole]}, {"coordinates": [triangle]}]
+    rings = [square, hole, triangle]
+    xy = np.concatenate([np.asarray(r) for r in rings])
+    areas = polygon_areas(polygons, ring_areas(xy, np.array([len(r) for r in rings])))
+    assert areas.tolist() == [96.0, 6.0]

@@ -12,7 +12,7 @@ GPU_AND_CPU_NODES = {"CPU": 48.0, "GPU": 2.0, CPU_POOL_RESOURCE: 32.0, "memory":
 
 def test_cpu_only_cluster_runs_everything_on_cpu_anywhere() -> None:
     opts = stage_options(LAPTOP)
-    assert set(opts) == {"read", "infer", "refine", "write"}
+    assert set(opts) == {"read", "infer", "refine", "write", "products"}
     assert all("num_gpus" not in o and "resources" not in o for o in opts.values())
     assert opts["infer"] == {"num_cpus": 1.0, "memory": 2048 * 1024 * 1024}
 
@@ -20,7 +20,7 @@ def test_cpu_only_cluster_runs_everything_on_cpu_anywhere() -> None:
 def test_gpu_and_cpu_node_types_are_both_used() -> None:
     opts = stage_options(GPU_AND_CPU_NODES)
     assert opts["infer"]["num_gpus"] == 1.0 and "resources" not in opts["infer"]  # GPU nodes
-    for cpu_stage in ("read", "refine", "write"):  # pinned to the CPU node type by a sliver of cpu_pool
+    for cpu_stage in ("read", "refine", "write", "products"):  # pinned to the CPU node type by a sliver of cpu_pool
         assert opts[cpu_stage]["resources"] == {CPU_POOL_RESOURCE: CPU_POOL_SLICE}
         assert "num_gpus" not in opts[cpu_stage]
 
@@ -44,3 +44,23 @@ def test_unknown_stage_names_the_known_ones() -> None:
     with pytest.raises(KeyError, match=r"map\.infer"):
         ray_options("map.nope", LAPTOP)
     assert all(name == spec.name for name, spec in STAGES.items())
+
+
+def test_map_pipeline_takes_its_options_from_the_table() -> None:
+    from rrsis.config.load import load_config
+    from rrsis.config.map import MapConfig
+    from rrsis.pipeline.build import resources_for
+
+    def map_config(*overrides: str) -> MapConfig:
+        return load_config(MapConfig, None, list(overrides))
+
+    cfg = map_config("infer.num_cpus=2", "read_num_cpus=0.5")
+    res = resources_for(cfg, 2.0, cluster=GPU_AND_CPU_NODES)
+    assert res.infer.options == ray_options("map.infer", GPU_AND_CPU_NODES, num_cpus=2) and res.infer.pool_size == 1
+    assert res.read.options == ray_options("map.read", GPU_AND_CPU_NODES, num_cpus=0.5)
+    assert res.refine.as_tasks().pool_size == 0 and res.refine.num_cpus == 1.0
+    cpu_only = resources_for(map_config(), 0.0, cluster=LAPTOP)
+    assert "num_gpus" not in cpu_only.infer.options
+    # Ray Data fuses a task stage into the next actor stage only when their options are equal: they must
+    # differ, or reads would run inside the inference actor instead of beside it.
+    assert cpu_only.read.options != cpu_only.infer.options

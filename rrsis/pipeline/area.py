@@ -81,31 +81,40 @@ def polygon_area_m2(geometry: dict[str, Any], crs: str, laea: str) -> float:
     return total
 
 
-def project_polygons(polygons: list[dict[str, Any]], crs: str, targets: list[str]) -> list[list[list[np.ndarray]]]:
-    """Every ring of every Polygon in `crs`, projected to each target CRS with ONE transform call per target.
+def project_rings(polygons: list[dict[str, Any]], crs: str, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every ring of every Polygon in `crs`, projected to `target` with ONE transform call.
 
-    Returns, per target, per polygon, the list of (N, 2) ring arrays (outer ring first). Batching matters:
-    a mask can have hundreds of thousands of polygons and one PROJ call per polygon dominates the run.
+    Returns the (N, 2) concatenation of all rings (outer ring of each polygon first) and each ring's length.
+    Batching matters: a mask can have hundreds of thousands of polygons, and one PROJ call (or one numpy
+    call) per polygon would dominate the run.
     """
     rings = [np.asarray(ring, dtype=np.float64) for poly in polygons for ring in poly["coordinates"]]
-    counts = [len(poly["coordinates"]) for poly in polygons]
     if not rings:
-        return [[] for _ in targets]
+        return np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
     xy = np.concatenate(rings)
-    bounds = np.cumsum([len(r) for r in rings])[:-1]
-    out = []
-    for target in targets:
-        tx, ty = warp_transform(CRS.from_user_input(crs), target, xy[:, 0].tolist(), xy[:, 1].tolist())
-        projected = np.split(np.column_stack([tx, ty]), bounds)
-        per_poly, start = [], 0
-        for n in counts:
-            per_poly.append(projected[start : start + n])
-            start += n
-        out.append(per_poly)
-    return out
+    tx, ty = warp_transform(CRS.from_user_input(crs), target, xy[:, 0].tolist(), xy[:, 1].tolist())
+    return np.column_stack([tx, ty]), np.array([len(r) for r in rings], dtype=np.int64)
 
 
-def rings_area(rings: list[np.ndarray]) -> float:
-    """Planar area of an outer ring minus its holes."""
-    holes = [_ring_area(hole) for hole in rings[1:]]
-    return _ring_area(rings[0]) - float(sum(holes))
+def ring_areas(xy: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Planar area of each ring of a concatenation (shoelace in one vectorised pass; open or closed rings)."""
+    if not len(lengths):
+        return np.zeros(0)
+    x, y = xy[:, 0], xy[:, 1]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    ends = starts + lengths - 1
+    cross = np.zeros(len(x))
+    cross[:-1] = x[:-1] * y[1:] - x[1:] * y[:-1]
+    cross[ends] = x[ends] * y[starts] - x[starts] * y[ends]  # the closing edge, not the edge to the next ring
+    return 0.5 * np.abs(np.add.reduceat(cross, starts))  # type: ignore[no-any-return]
+
+
+def polygon_areas(polygons: list[dict[str, Any]], ring_area: np.ndarray) -> np.ndarray:
+    """Per polygon: outer ring area minus its holes, from `ring_areas` over `project_rings`' output."""
+    counts = np.array([len(poly["coordinates"]) for poly in polygons], dtype=np.int64)
+    if not len(counts):
+        return np.zeros(0)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    signed = -ring_area.copy()
+    signed[first] = ring_area[first]
+    return np.add.reduceat(signed, first)  # type: ignore[no-any-return]

@@ -1,4 +1,4 @@
-"""The one module that wires the map stages into Ray Data, with every stage's resources declared here.
+"""The one module that wires the map stages into Ray Data; stage resources come from `rrsis.resources`.
 
 read (CPU tasks) -> infer (actor pool; 1 GPU per actor when the cluster has GPUs) -> refine (CPU actor
 pool) -> write (CPU tasks). Rows entering are tile rows (metadata); rows leaving are manifest rows
@@ -7,7 +7,8 @@ pool) -> write (CPU tasks). Rows entering are tile rows (metadata); rows leaving
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -18,26 +19,32 @@ from rrsis.errors import ConfigError
 from rrsis.pipeline.plan import ScenePlan
 from rrsis.pipeline.products import scene_products, scene_record
 from rrsis.pipeline.stages import InferStage, RefineStage, read_stage, verify_stage, write_stage
+from rrsis.resources import ray_options
 
 
 @dataclass(frozen=True)
-class StageResources:
-    """Resources of one stage: CPUs/GPUs per task or actor, and the actor pool size (0 = tasks)."""
+class StageRun:
+    """How one stage runs: its Ray options (from `rrsis.resources.ray_options`, the one table of stage
+    resources) and its actor pool size (0 = stateless Ray tasks)."""
 
-    num_cpus: float
-    num_gpus: float = 0.0
+    options: dict[str, Any]
     pool_size: int = 0
-    # SPREAD for I/O tasks: reads and writes fan out over every node. It is given per task (a remote-args
-    # function), which also keeps Ray Data from fusing the read into the (GPU) actors: reads stay CPU tasks.
-    spread: bool = False
+
+    @property
+    def num_cpus(self) -> float:
+        return float(self.options.get("num_cpus", 0.0))
+
+    def as_tasks(self) -> StageRun:
+        """The same resources for a plain function (Ray tasks, no actor pool)."""
+        return replace(self, pool_size=0)
 
 
 @dataclass(frozen=True)
 class PipelineResources:
-    read: StageResources
-    infer: StageResources
-    refine: StageResources
-    write: StageResources
+    read: StageRun
+    infer: StageRun
+    refine: StageRun
+    write: StageRun
     batch_size: int
 
 
@@ -50,15 +57,19 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 0.0))
 
 
-def resources_for(cfg: MapConfig, gpus_available: float, cpus_available: float | None = None) -> PipelineResources:
-    """Every stage's resources from the config; `infer.num_gpus = -1` means 1 per actor if GPUs exist.
+def resources_for(
+    cfg: MapConfig,
+    gpus_available: float,
+    cpus_available: float | None = None,
+    cluster: Mapping[str, float] | None = None,
+) -> PipelineResources:
+    """Every stage's Ray options: `rrsis.resources` defaults, overridden by the config's CPUs and GPUs.
 
-    Actor pools hold their CPUs for the whole run, so the pools plus one read and one write task must fit
-    the cluster, or the run would wait forever: that is a ConfigError naming the keys.
+    `infer.num_gpus = -1` means 1 per actor if GPUs exist. `cluster` (default: the connected Ray's
+    resources) decides whether CPU stages ask for the `cpu_pool` node type. Actor pools hold their CPUs for
+    the whole run, so the pools plus one read and one write task must fit the cluster, or the run would
+    wait forever: that is a ConfigError naming the keys.
     """
-    gpus = cfg.infer.num_gpus
-    if gpus < 0:
-        gpus = 1.0 if gpus_available > 0 else 0.0
     needed = (
         cfg.infer.pool_size * cfg.infer.num_cpus
         + cfg.refine.pool_size * cfg.refine.num_cpus
@@ -71,28 +82,50 @@ def resources_for(cfg: MapConfig, gpus_available: float, cpus_available: float |
             f"'read_num_cpus' + 'write_num_cpus' = {needed:g} CPUs but the Ray cluster has {cpus_available:g}; "
             "lower them (fractions are fine) or give Ray more CPUs (ray.num_cpus)"
         )
+    if cluster is None:
+        cluster = ray.cluster_resources() if ray.is_initialized() else {}
+    cluster = {**cluster, "GPU": gpus_available}
     return PipelineResources(
-        read=StageResources(num_cpus=cfg.read_num_cpus, spread=True),
-        infer=StageResources(num_cpus=cfg.infer.num_cpus, num_gpus=gpus, pool_size=cfg.infer.pool_size),
-        refine=StageResources(num_cpus=cfg.refine.num_cpus, pool_size=cfg.refine.pool_size),
-        write=StageResources(num_cpus=cfg.write_num_cpus, spread=True),
+        read=StageRun(ray_options("map.read", cluster, num_cpus=cfg.read_num_cpus)),
+        infer=StageRun(
+            ray_options("map.infer", cluster, num_cpus=cfg.infer.num_cpus, num_gpus=cfg.infer.num_gpus),
+            pool_size=cfg.infer.pool_size,
+        ),
+        refine=StageRun(ray_options("map.refine", cluster, num_cpus=cfg.refine.num_cpus), cfg.refine.pool_size),
+        write=StageRun(ray_options("map.write", cluster, num_cpus=cfg.write_num_cpus)),
         batch_size=cfg.infer.batch_size,
     )
 
 
-def _spread() -> dict[str, Any]:
-    return {"scheduling_strategy": "SPREAD"}
+def _map(ds: ray.data.Dataset, fn: Any, res: StageRun, batch_size: int, **kwargs: Any) -> ray.data.Dataset:
+    """One `map_batches` with the stage's options. Ray Data spreads its tasks over the nodes by itself.
 
-
-def _map(ds: ray.data.Dataset, fn: Any, res: StageResources, batch_size: int, **kwargs: Any) -> ray.data.Dataset:
-    extra: dict[str, Any] = {"num_cpus": res.num_cpus}
-    if res.num_gpus:
-        extra["num_gpus"] = res.num_gpus
-    if res.spread:
-        extra["ray_remote_args_fn"] = _spread
+    The read and infer stages differ in their `memory` reservation (and `cpu_pool` on a cluster), so Ray
+    Data never fuses the read into the inference actors: reads stay CPU tasks beside them.
+    """
+    extra = dict(res.options)
     if res.pool_size:
         extra["compute"] = ray.data.ActorPoolStrategy(size=res.pool_size)
     return ds.map_batches(fn, batch_size=batch_size, batch_format="numpy", **extra, **kwargs)
+
+
+#: Read-stage blocks (batches of tiles) the object store may hold at once across the whole pipeline.
+BLOCKS_IN_FLIGHT = 8
+MIN_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+
+
+def bound_object_store(rows: list[dict[str, Any]], tile_px: int, batch_size: int) -> int:
+    """Cap Ray Data's object store use at a few batches of pixels: memory then does not grow with the scene.
+
+    Without a cap Ray Data lets reads run ahead of a slow inference actor until a fraction of the object
+    store (30 % of RAM by default) is full of tiles, i.e. a big scene fills it and a small one does not.
+    """
+    bands = max((len(str(r.get("bands", "1")).split(",")) for r in rows), default=1)
+    block = batch_size * tile_px * tile_px * (4 * bands + 1 + 4 + 1)  # image f32, valid, prob f32, mask
+    limit = max(MIN_OBJECT_STORE_BYTES, BLOCKS_IN_FLIGHT * block)
+    options = ray.data.DataContext.get_current().execution_options
+    options.resource_limits = options.resource_limits.copy(object_store_memory=limit)
+    return limit
 
 
 def verify_dataset(rows: list[dict[str, Any]], res: PipelineResources) -> ray.data.Dataset:
@@ -122,6 +155,7 @@ def map_dataset(
         "min_mapping_unit_px": cfg.refine.min_mapping_unit_px,
     }
     torch_threads = cfg.infer.torch_threads or max(1, int(res.infer.num_cpus))
+    bound_object_store(rows, cfg.tiling.tile_px, res.batch_size)
     # Small blocks keep every stage busy and memory bounded: one block holds one batch of tiles.
     ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // res.batch_size)))
     ds = _map(ds, read_stage, res.read, res.batch_size)
@@ -148,11 +182,9 @@ def map_dataset(
     return _map(ds, write_stage, res.write, res.batch_size, fn_kwargs={"model": model})
 
 
-# Products of one scene (mosaic, vectors, quicklook, stats) stream tile by tile: one CPU, one task per scene.
-PRODUCTS = StageResources(num_cpus=1.0)
-
-
 def products_task(plan: ScenePlan, tiles: list[dict[str, Any]], outputs: dict[str, bool]) -> Any:
-    """Start the products of one scene on a Ray worker; returns the ObjectRef of its stats dict."""
-    remote = ray.remote(num_cpus=PRODUCTS.num_cpus, max_retries=2)(scene_products)
+    """Start the products of one scene (mosaic, vectors, quicklook, stats; streamed tile by tile) on a Ray
+    worker with the `map.products` resources; returns the ObjectRef of its stats dict."""
+    options = ray_options("map.products", ray.cluster_resources())
+    remote = ray.remote(max_retries=2, **options)(scene_products)
     return remote.remote(scene_record(plan), tiles, outputs)

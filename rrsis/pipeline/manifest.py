@@ -79,6 +79,11 @@ def dedupe_tiles(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return sorted(by_key.values(), key=lambda r: (str(r["scene_id"]), int(r["row"]), int(r["col"])))
 
 
+def conform_tiles(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Tile rows as the manifest stores them (deduplicated, ordered, plain Python values)."""
+    return _conform(dedupe_tiles(rows), MANIFEST_SCHEMA).to_pylist()  # type: ignore[no-any-return]
+
+
 def table_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")

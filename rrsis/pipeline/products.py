@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ from rrsis import storage
 from rrsis.geo.mosaic import build_cog
 from rrsis.geo.raster import open_raster
 from rrsis.geo.tiling import PixelWindow
-from rrsis.pipeline.area import WGS84, laea_for_window, project_polygons, rings_area
+from rrsis.pipeline.area import WGS84, laea_for_window, polygon_areas, project_rings, ring_areas
 from rrsis.pipeline.refiners import NODATA
 
 QUICKLOOK_PX = 1024
@@ -81,12 +82,21 @@ def _write_features(out: Any, polygons: list[dict[str, Any]], crs: str, laea: st
     """Append one GeoJSON feature per polygon (EPSG:4326, 9 decimals) with its equal-area `area_m2`."""
     if not polygons:
         return first_id
-    equal_area, lonlat = project_polygons(polygons, crs, [laea, WGS84])
-    for i, (rings_m, rings_deg) in enumerate(zip(equal_area, lonlat, strict=True)):
+    xy_m, lengths = project_rings(polygons, crs, laea)
+    areas = np.round(polygon_areas(polygons, ring_areas(xy_m, lengths)), 3).tolist()
+    xy_deg, _ = project_rings(polygons, crs, WGS84)
+    points = np.round(xy_deg, 9).tolist()  # one rounding and one conversion for the whole chunk
+    ring, offset = 0, 0
+    for i, poly in enumerate(polygons):
+        rings = []
+        for n in lengths[ring : ring + len(poly["coordinates"])].tolist():
+            rings.append(points[offset : offset + n])
+            offset += n
+        ring += len(poly["coordinates"])
         feature = {
             "type": "Feature",
-            "properties": {"id": first_id + i, "class": "water", "area_m2": round(rings_area(rings_m), 3)},
-            "geometry": {"type": "Polygon", "coordinates": [np.round(r, 9).tolist() for r in rings_deg]},
+            "properties": {"id": first_id + i, "class": "water", "area_m2": areas[i]},
+            "geometry": {"type": "Polygon", "coordinates": rings},
         }
         out.write((",\n" if first_id + i else "") + json.dumps(feature, separators=(",", ":")))
     return first_id + len(polygons)
@@ -160,15 +170,20 @@ def scene_products(scene: dict[str, Any], tiles: Sequence[dict[str, Any]], outpu
         for t in tiles
     ]
     mosaic = storage.join(prefix, "mosaic.tif")
+    start = time.perf_counter()
     build_mosaic(mosaic, scene, parts, count=2 if outputs.get("probability") else 1)
-    result["mosaic"] = mosaic
+    result["mosaic"], result["mosaic_s"] = mosaic, time.perf_counter() - start
     if outputs.get("vectors"):
+        start = time.perf_counter()
         result["vectors"] = storage.join(prefix, "water.geojson")
         result["polygons"] = build_vectors(mosaic, result["vectors"], scene)
+        result["vectors_s"] = time.perf_counter() - start
     if outputs.get("quicklook"):
+        start = time.perf_counter()
         result["quicklook"] = build_quicklook(
             mosaic, str(scene["uri"]), int(scene["bands"][0]), storage.join(prefix, "quicklook.png")
         )
+        result["quicklook_s"] = time.perf_counter() - start
     return result
 
 

@@ -20,6 +20,7 @@ from rrsis import storage
 from rrsis.config.map import MapConfig
 from rrsis.errors import ConfigError
 from rrsis.pipeline.inputs import SceneRef, resolve_inputs
+from rrsis.pipeline.manifest import conform_tiles
 from rrsis.pipeline.plan import Failure, ScenePlan, plan_run, sidecar_key
 
 log = logging.getLogger("rrsis.map")
@@ -133,37 +134,62 @@ def _split_done(
     return todo, done
 
 
-def _products(plans: list[ScenePlan], tiles: list[dict[str, Any]], cfg: MapConfig) -> tuple[list, list[Failure]]:
-    """Products of every complete scene as Ray tasks; scenes with failed or all-nodata tiles fail instead."""
-    from rrsis.pipeline.build import products_task
+class SceneProducts:
+    """Starts each scene's products (a Ray task) as soon as its last tile leaves the pipeline.
 
-    by_scene: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for t in tiles:
-        by_scene[str(t["scene_id"])].append(t)
-    failures: list[Failure] = []
-    pending = []
-    outputs = asdict(cfg.outputs)
-    for plan in plans:
-        scene_tiles = by_scene[plan.scene_id]
+    Products of a finished scene then overlap the inference of the next scenes instead of all running
+    after the last tile. A scene with failed or all-nodata tiles gets a failure instead of products.
+    """
+
+    def __init__(self, plans: list[ScenePlan], rows: list[dict[str, Any]], cfg: MapConfig) -> None:
+        self.plans = {p.scene_id: p for p in plans}
+        self.expected: dict[str, set[str]] = defaultdict(set)
+        for r in rows:
+            self.expected[str(r["scene_id"])].add(str(r["key"]))
+        self.tiles: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.seen: dict[str, set[str]] = defaultdict(set)
+        self.outputs = asdict(cfg.outputs)
+        self.pending: dict[str, Any] = {}
+        self.failures: list[Failure] = []
+
+    def add(self, tile: dict[str, Any]) -> None:
+        scene_id = str(tile["scene_id"])
+        self.tiles[scene_id].append(tile)
+        self.seen[scene_id].add(str(tile["key"]))
+        if self.seen[scene_id] == self.expected[scene_id] and scene_id in self.plans:
+            self._start(self.plans.pop(scene_id), conform_tiles(self.tiles.pop(scene_id)))
+
+    def _start(self, plan: ScenePlan, scene_tiles: list[dict[str, Any]]) -> None:
+        from rrsis.pipeline.build import products_task
+
         bad = [t for t in scene_tiles if t["status"] == "failed"]
         if bad:
-            failures.extend(Failure(plan.scene_id, plan.uri, str(t["tile_id"]), "tile", str(t["reason"])) for t in bad)
+            self.failures.extend(
+                Failure(plan.scene_id, plan.uri, str(t["tile_id"]), "tile", str(t["reason"])) for t in bad
+            )
             reason = f"{len(bad)} of {len(scene_tiles)} tiles failed"
-            failures.append(Failure(plan.scene_id, plan.uri, "", "tiles", reason))
-            continue
-        if sum(int(t["valid_px"]) for t in scene_tiles) == 0:
-            failures.append(Failure(plan.scene_id, plan.uri, "", "stats", f"scene {plan.uri} is all nodata"))
-            continue
-        pending.append((plan, products_task(plan, scene_tiles, outputs)))
-    import ray
+            self.failures.append(Failure(plan.scene_id, plan.uri, "", "tiles", reason))
+        elif sum(int(t["valid_px"]) for t in scene_tiles) == 0:
+            self.failures.append(Failure(plan.scene_id, plan.uri, "", "stats", f"scene {plan.uri} is all nodata"))
+        else:
+            self.pending[plan.scene_id] = (plan, products_task(plan, scene_tiles, self.outputs))
 
-    results = []
-    for plan, ref in pending:
-        try:
-            results.append(ray.get(ref))
-        except Exception as exc:  # a products task failing must not lose the other scenes
-            failures.append(Failure(plan.scene_id, plan.uri, "", "products", f"{type(exc).__name__}: {exc}"))
-    return results, failures
+    def results(self, order: list[ScenePlan]) -> tuple[list[dict[str, Any]], list[Failure]]:
+        """Wait for every started products task; results in plan order. A failing task fails its scene only."""
+        import ray
+
+        for plan in list(self.plans.values()):  # scenes whose tiles never all came back
+            self.failures.append(Failure(plan.scene_id, plan.uri, "", "tiles", "not every tile was processed"))
+        results = []
+        for scene in order:
+            if scene.scene_id not in self.pending:
+                continue
+            plan, ref = self.pending[scene.scene_id]
+            try:
+                results.append(ray.get(ref))
+            except Exception as exc:  # a products task failing must not lose the other scenes
+                self.failures.append(Failure(plan.scene_id, plan.uri, "", "products", f"{type(exc).__name__}: {exc}"))
+        return results, self.failures
 
 
 def run_map(cfg: MapConfig, infer: tuple[Any, dict[str, Any]] | None = None) -> int:
@@ -205,26 +231,40 @@ def run_map(cfg: MapConfig, infer: tuple[Any, dict[str, Any]] | None = None) -> 
     failures.extend(plan_failures)
     for f in plan_failures:
         log.warning("scene %s skipped: %s", f.scene_uri, f.reason)
+    timings = {"plan_s": time.perf_counter() - start}
     _connect_ray(cfg)
     res = resources_for(cfg, cluster_gpus(), cluster_cpus())
+    phase = time.perf_counter()
     todo, done = _split_done(rows, plans, cfg, res)
+    timings["verify_s"] = time.perf_counter() - phase
     log.info("run %s: %d scenes, %d tiles (%d verified from before)", run_id, len(plans), len(rows), len(done))
     tiles: list[dict[str, Any]] = [{**r, "status": "skipped", "model": model} for r in done]
+    products = SceneProducts(plans, rows, cfg)
+    for tile in tiles:
+        products.add(tile)
     compute_start = time.perf_counter()
     if todo:
         dataset = map_dataset(todo, cfg, res, model=model, infer=infer)
         for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
-            keys = list(batch)
-            tiles.extend({k: batch[k][i] for k in keys} | {"model": model} for i in range(len(batch["key"])))
+            for i in range(len(batch["key"])):
+                tile = {k: v[i] for k, v in batch.items()} | {"model": model}
+                tiles.append(tile)
+                products.add(tile)  # a scene's products start once its last tile is out
     compute_s = time.perf_counter() - compute_start
+    timings["compute_s"] = compute_s
+    phase = time.perf_counter()
     manifest = write_manifest(storage.join(run_prefix, "manifest.parquet"), tiles)
     rows_out = manifest.to_pylist()
-    results, product_failures = _products(plans, rows_out, cfg)
+    timings["manifest_s"] = time.perf_counter() - phase
+    phase = time.perf_counter()
+    results, product_failures = products.results(plans)
+    timings["products_wait_s"] = time.perf_counter() - phase
     failures.extend(product_failures)
     failures_uri = storage.join(run_prefix, "failures.parquet")
     write_failures(failures_uri, [f.to_row() for f in failures])
     summary = _summary(run_id, run_prefix, scenes, plans, rows_out, results, failures, compute_s, start)
     summary["target"] = "water" if cfg.task == "waterland" else "referred"  # what class 1 of the masks is
+    summary["timings_s"] = timings
     storage.put_bytes(storage.join(run_prefix, "summary.json"), json.dumps(summary, indent=2, default=str).encode())
     for r in results:
         where = ", ".join(f"{k} {r[k]}" for k in ("mosaic", "vectors", "quicklook", "stats") if k in r)

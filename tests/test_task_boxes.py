@@ -24,6 +24,7 @@ from rrsis.pipeline.task_boxes import (
     prompt_stage,
     sam_options,
     to_rgb,
+    verify_boxes_stage,
     write_boxes_stage,
 )
 
@@ -64,8 +65,22 @@ def test_boxes_task_stages_end_to_end(samples: Path, tmp_path: Path) -> None:
     failed = write_boxes_stage({**batch, "status": np.array(["failed"] * n), "reason": np.array(["read: boom"] * n)})
     assert set(failed["status"]) == {"failed"} and set(failed["reason"]) == {"read: boom"}
     assert not any(Path(str(k)).exists() for k in batch["key"])  # a failed row writes nothing
+    batch["inputs_sha"] = np.array([f"inputs-{k}" for k in range(n)])
     meta = write_boxes_stage(batch)
     assert set(meta["status"]) == {"written"}
+
+    # resume check: every group verifies; changed inputs or a corrupted GeoJSON do not
+    rows_batch = {k: v for k, v in meta.items() if k not in ("status", "reason")}
+    assert verify_boxes_stage(rows_batch)["done"].all()
+    recorded = json.loads(str(verify_boxes_stage(rows_batch)["sidecar_meta"][0]))
+    assert recorded["box_ids"] == str(meta["box_ids"][0]) and recorded["box_px"] == str(meta["box_px"][0])
+    changed = {**rows_batch, "inputs_sha": np.array(["other", *rows_batch["inputs_sha"][1:]])}
+    assert verify_boxes_stage(changed)["done"].tolist() == [False] + [True] * (n - 1)
+    Path(str(meta["key"][-1])[: -len(".tif")] + ".geojson").write_text("{}")
+    assert verify_boxes_stage(rows_batch)["done"].tolist() == [True] * (n - 1) + [False]
+    Path(str(meta["key"][-1])[: -len(".tif")] + ".geojson").unlink()
+    meta = write_boxes_stage(batch)  # rewritten: verifies again
+    assert verify_boxes_stage(rows_batch)["done"].all()
 
     # one polygon feature per box, each box exactly once across all groups
     features = []

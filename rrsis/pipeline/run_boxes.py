@@ -1,11 +1,11 @@
 """`rrsis map` with `task: boxes`: scene + box file -> one SAM mask and one polygon per box.
 
 Driver: scenes -> metadata -> tile plan -> box groups (`box_plan`: the tile owning a box's centre
-segments it through a window covering the whole box) -> Ray Data: read (CPU tasks) -> prompt/CFPG (CPU
-tasks) -> SAM (actor pool, GPU when present) -> MBO (CPU tasks) -> write (CPU tasks) -> per scene one
+segments it through a window covering the whole box) -> Ray Data: read + prompt/CFPG (CPU tasks) -> SAM
+(actor pool, GPU when present) -> MBO + write (CPU tasks) -> per scene one
 `boxes.geojson` (WGS84, a polygon per box with its `box_id`) and `mosaic.tif` (COG, union of the box
 masks) -> `boxes_manifest.parquet` (one row per box)
-and `failures.parquet`. Pixels never reach the driver.
+and `failures.parquet`, `summary.json` (counts, phase timings). Pixels never reach the driver.
 
 Resume (as the water-land map task): rerunning the same run id skips every group whose mask tile, GeoJSON
 and sidecar verify (SHA-256) and were made from the same inputs; their boxes appear in the manifest as
@@ -97,32 +97,30 @@ def plan_scene_rows(
 
 
 def boxes_dataset(rows: list[dict[str, Any]], cfg: Any, boxes: BoxesConfig, res: Any) -> Any:
-    """Box-group rows -> written metadata rows, through read -> prompt -> SAM -> MBO -> write.
+    """Box-group rows -> written metadata rows: [read + CFPG] -> SAM -> [MBO + write].
 
-    Overlap: a block is one window, so CFPG of the next windows and MBO + write of the previous ones run
-    on CPU tasks (the `map.refine` resources) while the SAM actor embeds the current one. Those options
-    differ from the SAM actor's, so Ray Data does not fuse CFPG into the actor (it would then run serially
-    before each decode). Every stage uses as many threads as the CPUs it holds (torch in SAM; OpenCV and
-    OpenMP in CFPG/MBO), so the cores are never oversubscribed.
+    Overlap: a block is one window, so read + CFPG of the next windows and MBO + write of the previous ones
+    run as CPU tasks (the `map.refine` resources) while the SAM actor embeds the current one; two tasks per
+    window, not four, so a busy scheduler does not starve SAM. Their options differ from the SAM actor's,
+    so Ray Data does not fuse CFPG into the actor (it would then run serially before each decode). Every
+    stage uses as many threads as the CPUs it holds (torch in SAM; OpenCV and OpenMP in CFPG/MBO), so the
+    cores are never oversubscribed.
     """
     import ray.data
 
     from rrsis.pipeline.build import _map
-    from rrsis.pipeline.stages import read_stage
-    from rrsis.pipeline.task_boxes import SamBoxStage, mbo_stage, prompt_stage, write_boxes_stage
+    from rrsis.pipeline.task_boxes import SamBoxStage, mbo_write_stage, read_prompt_stage
 
     sam = sam_options(boxes.sam)
     cpu = replace(res.refine, pool_size=0)  # the refine resources, as stateless tasks
     cpu_threads = max(1, int(cpu.num_cpus))
     ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = _map(ds, read_stage, res.read, WINDOWS_PER_BATCH)
     prompt = {"cfpg": sam["cfpg"], "value_max": boxes.value_max, "threads": cpu_threads}
-    ds = _map(ds, prompt_stage, cpu, WINDOWS_PER_BATCH, fn_kwargs=prompt)
+    ds = _map(ds, read_prompt_stage, cpu, WINDOWS_PER_BATCH, fn_kwargs=prompt)
     threads = cfg.infer.torch_threads or max(1, int(res.infer.num_cpus))
     kwargs = {"sam": sam, "device": cfg.infer.device, "torch_threads": threads}
     ds = _map(ds, SamBoxStage, res.infer, WINDOWS_PER_BATCH, fn_constructor_kwargs=kwargs)
-    ds = _map(ds, mbo_stage, cpu, WINDOWS_PER_BATCH, fn_kwargs={"mbo": sam["mbo"], "threads": cpu_threads})
-    return _map(ds, write_boxes_stage, res.write, WINDOWS_PER_BATCH)
+    return _map(ds, mbo_write_stage, cpu, WINDOWS_PER_BATCH, fn_kwargs={"mbo": sam["mbo"], "threads": cpu_threads})
 
 
 def box_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -263,6 +261,18 @@ def run_boxes(cfg: Any, boxes: BoxesConfig) -> int:
     write_failures(storage.join(prefix, "failures.parquet"), [f.to_row() for f in failures])
     computed = sum(1 for r in manifest if r["status"] == "written")
     resumed = sum(1 for r in manifest if r["status"] == "skipped")
+    summary = {
+        "run_id": run_id,
+        "output": prefix,
+        "boxes": len(manifest),
+        "boxes_computed": computed,
+        "boxes_resumed": resumed,
+        "windows": len(rows),
+        "failures": len(failures),
+        "wall_s": time.perf_counter() - start,
+        "timings_s": timings,
+    }
+    storage.put_bytes(storage.join(prefix, "summary.json"), json.dumps(summary, indent=2).encode())
     phases = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timings.items())
     print(
         f"rrsis map boxes: run {run_id}: {len(manifest)} boxes in {len(rows)} windows ({computed} computed, "

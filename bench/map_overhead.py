@@ -34,7 +34,7 @@ from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, normalize_image
+from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, normalize_image, scene_norm
 from rrsis.geo.raster import open_raster, read_window
 from rrsis.geo.tiling import plan_tiles
 from tests.pipeline_data import map_config, tiny_checkpoint
@@ -69,7 +69,8 @@ def plain_loop(ckpt_uri: str, scene: str, size: int, tile: int, overlap: int) ->
     model = build_from_checkpoint(ckpt).eval()
     tiles = plan_tiles(size, size, tile, overlap)
     with open_raster(scene) as src:
-        inputs = [normalize_image(ckpt, *read_window(src, t.window, [1, 2])) for t in tiles]
+        stats = scene_norm(ckpt, scene, [1, 2])  # the checkpoint's stats, or the scene's for a norm=scene model
+        inputs = [normalize_image(stats, *read_window(src, t.window, [1, 2])) for t in tiles]
     torch.set_num_threads(1)
     start = time.perf_counter()
     with torch.inference_mode():

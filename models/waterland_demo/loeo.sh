@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Leave-one-event-out for a water-land recipe: for each event, train on every other usable chip (the event
-# never trains and never selects: optim.monitor=last), then `rrsis eval` the last epoch on that event beside
-# the global Otsu baseline. Runs in sequence (the machine is small and shared).
-# Usage: models/waterland_demo/loeo.sh <recipe-name> "<events>" [train overrides...]
-#   e.g. models/waterland_demo/loeo.sh cosine_scene "Pakistan Spain" optim.schedule=cosine data.norm=scene
+# Leave-one-event-out for a water-land recipe: for each event, train on every other usable chip except the
+# events in $HOLD (comma list, e.g. the test events India,Mekong while recipes are being chosen), with
+# optim.monitor=last (the left-out event never trains and never selects), then `rrsis eval` the last epoch
+# on that event beside the global Otsu baseline. Runs in sequence (the machine is small and shared).
+# Held events sit in data.val_events, so the per-epoch val_* log lines pool them with the left-out event:
+# they are logged, never used.
+# Usage: [HOLD=India,Mekong] models/waterland_demo/loeo.sh <recipe-name> "<events>" [train overrides...]
+#   e.g. HOLD=India,Mekong models/waterland_demo/loeo.sh cos_scene "Pakistan Spain" optim.schedule=cosine data.norm=scene
 set -euo pipefail
 recipe=$1; events=$2; shift 2
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
@@ -11,8 +14,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread: faster than two figh
 RRSIS=${RRSIS:-.venv/bin/rrsis}
 for event in $events; do
   name="loeo_${recipe}_${event}"
-  "$RRSIS" train --config configs/train/waterland_demo.yaml "data.val_events=[$event]" optim.monitor=last \
-    run_name="$name" output=runs/loeo "$@"
+  "$RRSIS" train --config configs/train/waterland_demo.yaml "data.val_events=[$event${HOLD:+,$HOLD}]" \
+    optim.monitor=last run_name="$name" output=runs/loeo "$@"
   "$RRSIS" eval --config configs/eval/waterland.yaml checkpoint="runs/loeo/$name/last.pt" \
     "data.val_events=[$event]" output="outputs/eval/loeo/$name" panels=0 | tee "runs/loeo/$name/eval.txt"
 done

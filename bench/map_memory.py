@@ -8,9 +8,9 @@ workers: all descendants of this process) every 0.25 s; the peaks of those sums 
 biggest processes at the peak. Goals: big-scene peak <= 2.5 GB and big / small <= 1.15.
 
 Run time on this 2-core machine: generation ~1 min (5k) + ~11 min (20k, once, cached); mapping ~1 min
-(5k, 36 tiles) + ~10 min (20k, 441 tiles) idle, several times that when the machine is loaded.
+(5k, 144 tiles) + ~12 min (20k, 2025 tiles) idle, several times that when the machine is loaded.
 
-    .venv/bin/python bench/map_memory.py [--big 20000] [--small 5000] [--bands 4] [--tile 1024]
+    .venv/bin/python bench/map_memory.py [--big 20000] [--small 5000] [--bands 4] [--tile 512]
 """
 
 from __future__ import annotations
@@ -131,9 +131,8 @@ def map_once(scene: str, ckpt: str, out: Path, tile: int) -> tuple[int, int, flo
     sampler = PeakSampler()
     sampler.start()
     start = time.perf_counter()
-    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    cfg = map_config(
-        f"input=[{scene}]", f"output={out}", f"infer.checkpoint={ckpt}",
+    cfg = map_config(  # run_map starts its embedded Ray, as `rrsis map` on a laptop does
+        f"input=[{scene}]", f"output={out}", f"infer.checkpoint={ckpt}", "ray.num_cpus=4",
         f"tiling.tile_px={tile}", "tiling.overlap_px=64", "infer.batch_size=1",
         "refine.min_mapping_unit_px=16",  # as the demo: keeps a random model's mask from becoming ~1M polygons
     )  # fmt: skip
@@ -155,7 +154,7 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=20000)
     parser.add_argument("--small", type=int, default=5000)
     parser.add_argument("--bands", type=int, default=4)
-    parser.add_argument("--tile", type=int, default=1024)
+    parser.add_argument("--tile", type=int, default=512)  # the config default
     parser.add_argument("--family", default="senet")
     parser.add_argument("--cache", default="/tmp/rrsis-bench-scenes")
     args = parser.parse_args()

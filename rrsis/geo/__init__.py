@@ -6,7 +6,7 @@ import os
 # worker that streams a 20,000^2 scene would hold over a GB of it. Windows of one tile row overlap the next
 # only by the overlap, so a small cache loses little. Set before GDAL first sizes its cache; a user's own
 # GDAL_CACHEMAX wins.
-os.environ.setdefault("GDAL_CACHEMAX", "128")
+os.environ.setdefault("GDAL_CACHEMAX", "64")
 
 from rrsis.geo.tiling import PixelWindow, Tile, plan_tiles, window_transform
 

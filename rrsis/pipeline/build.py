@@ -17,7 +17,7 @@ import ray.data
 from rrsis.config.map import MapConfig
 from rrsis.errors import ConfigError
 from rrsis.pipeline.plan import ScenePlan
-from rrsis.pipeline.products import scene_products, scene_record
+from rrsis.pipeline.products import quicklook_background, scene_products, scene_record
 from rrsis.pipeline.stages import InferStage, RefineStage, read_stage, verify_stage, write_stage
 from rrsis.resources import ray_options
 
@@ -182,9 +182,18 @@ def map_dataset(
     return _map(ds, write_stage, res.write, res.batch_size, fn_kwargs={"model": model})
 
 
-def products_task(plan: ScenePlan, tiles: list[dict[str, Any]], outputs: dict[str, bool]) -> Any:
+def background_task(plan: ScenePlan) -> Any:
+    """Start the scene's quicklook background read (`map.products` resources); returns its ObjectRef."""
+    options = ray_options("map.products", ray.cluster_resources())
+    remote = ray.remote(max_retries=2, **options)(quicklook_background)
+    return remote.remote(plan.uri, int(plan.bands[0]), plan.info.width, plan.info.height)
+
+
+def products_task(
+    plan: ScenePlan, tiles: list[dict[str, Any]], outputs: dict[str, bool], background: Any = None
+) -> Any:
     """Start the products of one scene (mosaic, vectors, quicklook, stats; streamed tile by tile) on a Ray
     worker with the `map.products` resources; returns the ObjectRef of its stats dict."""
     options = ray_options("map.products", ray.cluster_resources())
     remote = ray.remote(max_retries=2, **options)(scene_products)
-    return remote.remote(scene_record(plan), tiles, outputs)
+    return remote.remote(scene_record(plan), tiles, outputs, background)

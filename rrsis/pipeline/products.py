@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -111,14 +112,32 @@ def _stretch(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.clip((values - lo) * scale, 0, 255).astype(np.float32)
 
 
-def build_quicklook(mosaic_uri: str, scene_uri: str, band: int, out_uri: str) -> str:
+def quicklook_shape(width: int, height: int) -> tuple[int, int]:
+    """(rows, cols) of the quicklook: at most QUICKLOOK_PX on the long side."""
+    factor = max(1.0, max(width, height) / QUICKLOOK_PX)
+    return max(1, round(height / factor)), max(1, round(width / factor))
+
+
+def quicklook_background(scene_uri: str, band: int, width: int, height: int) -> np.ndarray:
+    """The scene band at quicklook size (nearest), float32.
+
+    It needs only the scene, so the run starts it (a Ray task) while the scene's tiles are still being
+    inferred: the decimated read touches every block of the scene and would otherwise sit in the tail.
+    """
+    with open_raster(scene_uri) as src:
+        out = src.read(band, out_shape=quicklook_shape(width, height), resampling=Resampling.nearest)
+    return out.astype(np.float32)  # type: ignore[no-any-return]
+
+
+def build_quicklook(
+    mosaic_uri: str, scene_uri: str, band: int, out_uri: str, background: np.ndarray | None = None
+) -> str:
     """A small RGB PNG: scene band in grey, water blended in blue, nodata black."""
     with open_raster(mosaic_uri) as src:
-        factor = max(1.0, max(src.width, src.height) / QUICKLOOK_PX)
-        shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
+        shape = quicklook_shape(src.width, src.height)
         mask = src.read(1, out_shape=shape, resampling=Resampling.nearest)
-    with open_raster(scene_uri) as src:
-        background = src.read(band, out_shape=shape, resampling=Resampling.nearest).astype(np.float32)
+        if background is None or background.shape != shape:
+            background = quicklook_background(scene_uri, band, src.width, src.height)
     valid = (mask != NODATA) & np.isfinite(background)
     grey = _stretch(np.nan_to_num(background), valid)
     rgb = np.repeat(grey[..., None], 3, axis=2)
@@ -154,8 +173,16 @@ def scene_stats(scene: dict[str, Any], tiles: Sequence[dict[str, Any]]) -> dict[
     }
 
 
-def scene_products(scene: dict[str, Any], tiles: Sequence[dict[str, Any]], outputs: dict[str, bool]) -> dict[str, Any]:
-    """Every product of one scene; returns the stats with the product URIs added. Runs on a Ray worker."""
+def scene_products(
+    scene: dict[str, Any],
+    tiles: Sequence[dict[str, Any]],
+    outputs: dict[str, bool],
+    background: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Every product of one scene; returns the stats with the product URIs added. Runs on a Ray worker.
+
+    `background`: the scene's `quicklook_background`, when the run computed it ahead (else read here).
+    """
     prefix = str(scene["prefix"])
     result = scene_stats(scene, tiles)
     storage.put_bytes(storage.join(prefix, "stats.json"), json.dumps(result, indent=2, sort_keys=True).encode())
@@ -173,18 +200,24 @@ def scene_products(scene: dict[str, Any], tiles: Sequence[dict[str, Any]], outpu
     start = time.perf_counter()
     build_mosaic(mosaic, scene, parts, count=2 if outputs.get("probability") else 1)
     result["mosaic"], result["mosaic_s"] = mosaic, time.perf_counter() - start
-    if outputs.get("vectors"):
-        start = time.perf_counter()
-        result["vectors"] = storage.join(prefix, "water.geojson")
-        result["polygons"] = build_vectors(mosaic, result["vectors"], scene)
-        result["vectors_s"] = time.perf_counter() - start
-    if outputs.get("quicklook"):
-        start = time.perf_counter()
-        result["quicklook"] = build_quicklook(
-            mosaic, str(scene["uri"]), int(scene["bands"][0]), storage.join(prefix, "quicklook.png")
-        )
-        result["quicklook_s"] = time.perf_counter() - start
+    # The quicklook (mostly GDAL reads, which release the GIL) runs in a thread beside the polygons: at the
+    # end of a run both cores are free, and the scene's tail is the longer of the two, not their sum.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        quicklook = None
+        if outputs.get("quicklook"):
+            args = (mosaic, str(scene["uri"]), int(scene["bands"][0]), storage.join(prefix, "quicklook.png"))
+            quicklook = pool.submit(_timed, build_quicklook, *args, background)
+        if outputs.get("vectors"):
+            result["vectors"] = storage.join(prefix, "water.geojson")
+            result["polygons"], result["vectors_s"] = _timed(build_vectors, mosaic, result["vectors"], scene)
+        if quicklook is not None:
+            result["quicklook"], result["quicklook_s"] = quicklook.result()
     return result
+
+
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    return fn(*args), time.perf_counter() - start
 
 
 def scene_record(plan: Any) -> dict[str, Any]:

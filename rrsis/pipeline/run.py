@@ -150,10 +150,16 @@ class SceneProducts:
         self.seen: dict[str, set[str]] = defaultdict(set)
         self.outputs = asdict(cfg.outputs)
         self.pending: dict[str, Any] = {}
+        self.backgrounds: dict[str, Any] = {}
         self.failures: list[Failure] = []
 
     def add(self, tile: dict[str, Any]) -> None:
+        from rrsis.pipeline.build import background_task
+
         scene_id = str(tile["scene_id"])
+        if self.outputs.get("quicklook") and scene_id in self.plans and scene_id not in self.backgrounds:
+            # the scene is under way: read its quicklook background now, beside the inference
+            self.backgrounds[scene_id] = background_task(self.plans[scene_id])
         self.tiles[scene_id].append(tile)
         self.seen[scene_id].add(str(tile["key"]))
         if self.seen[scene_id] == self.expected[scene_id] and scene_id in self.plans:
@@ -172,7 +178,8 @@ class SceneProducts:
         elif sum(int(t["valid_px"]) for t in scene_tiles) == 0:
             self.failures.append(Failure(plan.scene_id, plan.uri, "", "stats", f"scene {plan.uri} is all nodata"))
         else:
-            self.pending[plan.scene_id] = (plan, products_task(plan, scene_tiles, self.outputs))
+            background = self.backgrounds.pop(plan.scene_id, None)
+            self.pending[plan.scene_id] = (plan, products_task(plan, scene_tiles, self.outputs, background))
 
     def results(self, order: list[ScenePlan]) -> tuple[list[dict[str, Any]], list[Failure]]:
         """Wait for every started products task; results in plan order. A failing task fails its scene only."""

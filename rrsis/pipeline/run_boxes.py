@@ -58,7 +58,9 @@ BOX_COLUMNS = (
     "window_cfpg_s",
     "window_sam_s",
     "window_mbo_s",
+    "window_write_s",
 )
+STAGE_TIMES = ("cfpg", "sam", "mbo", "write")  # per-window seconds of each stage, in the manifest
 
 
 def boxes_run_id(cfg: Any, boxes: BoxesConfig, scene_uris: list[str]) -> str:
@@ -144,7 +146,7 @@ def box_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
             "mbo_rounds": int(rounds[k]),
             "area_px": int(areas[k]),
             **{f"win_{n}": int(meta[f"win_{n}"]) for n in ("col_off", "row_off", "width", "height")},
-            **{f"window_{s}_s": float(meta.get(f"{s}_s", 0.0)) for s in ("cfpg", "sam", "mbo")},
+            **{f"window_{s}_s": float(meta.get(f"{s}_s", 0.0)) for s in STAGE_TIMES},
         }
         for k, box_id in enumerate(ids)
     ]

@@ -201,6 +201,7 @@ def write_boxes_stage(batch: Batch) -> Batch:
 
     A row that failed upstream (e.g. its read) keeps `status="failed"` and its reason and writes nothing.
     """
+    start = time.perf_counter()
     n = len(batch["rgb"])
     status = np.asarray(batch["status"], dtype=object) if "status" in batch else np.full(n, "ok", dtype=object)
     reason = np.asarray(batch["reason"], dtype=object) if "reason" in batch else np.full(n, "", dtype=object)
@@ -218,6 +219,7 @@ def write_boxes_stage(batch: Batch) -> Batch:
             status[i], reason[i] = "failed", f"write: {exc}"
     meta = {k: v for k, v in batch.items() if k not in PIXELS}
     meta.update(status=status.astype(str), reason=reason.astype(str), box_px=np.array(box_px))
+    meta["write_s"] = np.full(n, (time.perf_counter() - start) / max(n, 1))
     return meta
 
 

@@ -58,7 +58,7 @@ def test_map_pipeline_takes_its_options_from_the_table() -> None:
     res = resources_for(cfg, 2.0, cluster=GPU_AND_CPU_NODES)
     assert res.infer.options == ray_options("map.infer", GPU_AND_CPU_NODES, num_cpus=2) and res.infer.pool_size == 1
     assert res.read.options == ray_options("map.read", GPU_AND_CPU_NODES, num_cpus=0.5)
-    assert res.refine.as_tasks().pool_size == 0 and res.refine.num_cpus == 1.0
+    assert res.refine.num_cpus == 1.0 and res.refine.pool_size == 1
     cpu_only = resources_for(map_config(), 0.0, cluster=LAPTOP)
     assert "num_gpus" not in cpu_only.infer.options
     # Ray Data fuses a task stage into the next actor stage only when their options are equal: they must

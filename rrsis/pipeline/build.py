@@ -8,7 +8,7 @@ pool) -> write (CPU tasks). Rows entering are tile rows (metadata); rows leaving
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -33,10 +33,6 @@ class StageRun:
     @property
     def num_cpus(self) -> float:
         return float(self.options.get("num_cpus", 0.0))
-
-    def as_tasks(self) -> StageRun:
-        """The same resources for a plain function (Ray tasks, no actor pool)."""
-        return replace(self, pool_size=0)
 
 
 @dataclass(frozen=True)

@@ -4,17 +4,20 @@ Both sides run `train_one_epoch` over a DataLoader of the same fixed batches (a 
 64 px) for the same number of epochs, with the same torch thread count; the Ray side goes through the same
 glue as `rrsis.train.ray_train` (`prepare_model`, `prepare_data_loader`) and times its epochs inside the
 worker, so Ray start-up and worker-group set-up are excluded (printed separately). One warm-up epoch is
-excluded on both sides. The plain loop is timed before and after the Ray run (A-B-A) and the ratio uses their
-mean, so a load change on a shared machine shows up as a gap between the two plain figures.
+excluded on both sides. The plain loop runs in its own process and session (as the Ray worker does), timed
+before and after the Ray run (A-B-A); the ratio uses their mean, so a load change on a shared machine shows
+up as a gap between the two plain figures.
 Prints ms/step for each and the ratio ray/plain (goal <= 1.05). Runs in about a minute on 2 cores.
 
-    .venv/bin/python bench/train_overhead.py [--epochs 5] [--batches 20] [--batch 8] [--px 64]
+    .venv/bin/python bench/train_overhead.py [--epochs 5] [--batches 20] [--batch 8] [--px 64] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -79,23 +82,45 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--px", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on both sides; 0 = torch's default")
+    parser.add_argument("--plain-only", action="store_true", help="internal: time the plain loop, print seconds")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     batches = make_batches(args.batches, args.batch, args.px)
     steps = args.epochs * args.batches
     threads = torch.get_num_threads()
+    if args.plain_only:
+        torch.manual_seed(0)
+        print(timed_epochs(build_model(model_config()), DataLoader(batches, batch_size=None), args.epochs))
+        return
 
     def plain() -> float:
-        torch.manual_seed(0)
-        return timed_epochs(build_model(model_config()), DataLoader(batches, batch_size=None), args.epochs)
+        """The plain loop in a fresh process and session: a Ray worker runs in the raylet's session, and with
+        the kernel's session autogroups a shared machine would otherwise give the two sides different CPU
+        shares. Same seeded batches, same thread count."""
+        argv = [sys.executable, __file__, "--plain-only", f"--threads={threads}", f"--epochs={args.epochs}"]
+        argv += [f"--batches={args.batches}", f"--batch={args.batch}", f"--px={args.px}"]
+        done = subprocess.run(argv, capture_output=True, text=True, check=True, start_new_session=True)
+        return float(done.stdout.strip().splitlines()[-1])
 
     bench_started = time.perf_counter()
     plain_before = plain()
+    print(f"plain loop (before Ray) done: {plain_before:.2f}s; starting Ray Train", flush=True)
 
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    # Ray sets OMP_NUM_THREADS=1 in workers of 1 CPU; give the worker the driver's thread count instead
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+    )
     out_file = f"/tmp/rrsis-bench-ray-{os.getpid()}.txt"
     started = time.perf_counter()
     trainer = TorchTrainer(

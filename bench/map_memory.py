@@ -7,8 +7,8 @@ quicklook, stats). A sampler sums the PSS (and RSS) of every process of that Ray
 workers: all descendants of this process) every 0.25 s; the peaks of those sums are reported, with the
 biggest processes at the peak. Goals: big-scene peak <= 2.5 GB and big / small <= 1.15.
 
-Run time on this 2-core machine: generation ~1 min (5k) + ~11 min (20k, once, cached); mapping ~1 min
-(5k, 144 tiles) + ~12 min (20k, 2025 tiles) idle, several times that when the machine is loaded.
+Run time on this 2-core machine: generation ~10 s (5k) + ~11 min (20k, once, cached); mapping measured at
+load 5-18: 103 s (5k, 144 tiles) + 1078 s (20k, 2025 tiles).
 
     .venv/bin/python bench/map_memory.py [--big 20000] [--small 5000] [--bands 4] [--tile 512]
 """

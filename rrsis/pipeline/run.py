@@ -26,8 +26,12 @@ from rrsis.pipeline.plan import Failure, ScenePlan, plan_run, sidecar_key
 log = logging.getLogger("rrsis.map")
 
 
-def run_id_for(cfg: MapConfig, scenes: list[SceneRef]) -> str:
-    """`cfg.run_id`, or a deterministic id from what decides the outputs (so a rerun resumes)."""
+def run_id_for(cfg: MapConfig, scenes: list[SceneRef], model: str = "") -> str:
+    """`cfg.run_id`, or a deterministic id from what decides the outputs (so a rerun resumes).
+
+    `model` is the checkpoint's content tag (name@sha256): a checkpoint retrained in place gets a new run id
+    instead of resuming the old model's tiles.
+    """
     if cfg.run_id:
         return cfg.run_id
     decisive = {
@@ -36,6 +40,7 @@ def run_id_for(cfg: MapConfig, scenes: list[SceneRef]) -> str:
         "bands": list(cfg.bands),
         "tiling": asdict(cfg.tiling),
         "checkpoint": cfg.infer.checkpoint,
+        "model": model,
         "threshold": cfg.infer.threshold,
         "refine": asdict(cfg.refine),
         "probability": cfg.outputs.probability,
@@ -222,10 +227,10 @@ def run_map(cfg: MapConfig, infer: tuple[Any, dict[str, Any]] | None = None) -> 
     _configure_storage(cfg)
     scenes, problems = resolve_inputs(list(cfg.input))
     failures = [Failure("", p.item, "", "input", p.reason) for p in problems]
-    run_id = run_id_for(cfg, scenes)
+    model, model_bands, in_bands = _model_info(cfg.infer.checkpoint)
+    run_id = run_id_for(cfg, scenes, model)
     run_prefix = storage.join(cfg.output, run_id)
     _check_existing(cfg, run_prefix)
-    model, model_bands, in_bands = _model_info(cfg.infer.checkpoint)
     plans, rows, plan_failures = plan_run(
         scenes,
         run_prefix,

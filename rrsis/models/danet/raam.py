@@ -10,6 +10,11 @@ Choices where the paper is vague (each one explicit here):
   closer, so top-K still means "most reliable"). corr^g and corr^p use the same `dis`.
 - Eq. 6 sums corr over the real words only (padding tokens are masked out). Top-K ties go to the lower pixel
   index (a stable sort), so agent choice is deterministic. K larger than h*w selects every pixel.
+- As eq. 4-7 are written, W^Q (word queries) only decides *which* pixels become agents (eq. 6 reliability ->
+  hard top-K); the agents' features are then taken from K, so no gradient reaches W^Q and it keeps its initial
+  values (a random projection that still ranks pixels by word similarity). We keep the paper's form; a soft or
+  straight-through top-K would be the change if W^Q is meant to learn. DDP therefore needs
+  find_unused_parameters (see rrsis/train/recipes.py).
 - Eq. 9 sums align_m V_m over pixels with no extra normalisation, as written. The "general transformer
   pipeline" after it is the original post-LayerNorm one: LN(x + SelfAttn(x)), then LN(x + FFN(x)); with a
   single predictor token the self-attention is over that one token.

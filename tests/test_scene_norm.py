@@ -155,3 +155,25 @@ def test_map_infer_stage_uses_scene_stats_for_every_tile(tmp_path: Path) -> None
         np.testing.assert_allclose(out["prob"][i], expected, atol=1e-5)
     s0, s1 = (infer.scene_norms[k] for k in sorted(infer.scene_norms))
     assert s1.norm_mean[0] - s0.norm_mean[0] == pytest.approx(6.0, abs=0.2)  # each scene its own level
+
+
+def test_all_nodata_scene_with_a_scene_norm_model_does_not_fail_the_infer_stage(tmp_path: Path) -> None:
+    """An all-NaN scene has no scene statistics: the infer stage falls back to the checkpoint's training
+    statistics instead of raising (which would fail the whole Ray Data run); its tiles stay all invalid, so the
+    run reports the scene as all nodata in failures.parquet and loses no other scene."""
+    blank = _write(tmp_path / "blank.tif", np.full((2, 64, 64), np.nan, dtype=np.float32))
+    ckpt = load_checkpoint(tiny_checkpoint(tmp_path / "split.pt"))
+    ckpt.norm = "scene"
+    save_checkpoint(ckpt, str(tmp_path / "scene.pt"))
+    with pytest.raises(InputError, match="no valid pixel"):
+        scene_stats(blank, [1, 2])
+    resolved, _ = resolve_inputs([blank])
+    _, rows, _ = plan_run(
+        resolved, str(tmp_path / "run"), tile_px=64, overlap_px=0, requested_bands=[], model_bands=["VV", "VH"],
+        in_bands=2,
+    )  # fmt: skip
+    batch = {k: np.asarray([r[k] for r in rows]) for k in rows[0]}
+    read = read_stage(batch)
+    assert not read["valid"].any()
+    out = InferStage(str(tmp_path / "scene.pt"), device="cpu", torch_threads=1)(dict(read))
+    assert out["prob"].shape == (1, 64, 64) and np.isfinite(out["prob"]).all()

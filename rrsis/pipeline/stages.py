@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ from rrsis.geo.tiling import Tile
 from rrsis.pipeline.area import row_pixel_areas_m2
 from rrsis.pipeline.plan import sidecar_key
 from rrsis.pipeline.refiners import NODATA, make_refiner
+
+log = logging.getLogger("rrsis.map")
 
 Batch = dict[str, np.ndarray]
 PIXEL_COLUMNS = ("image", "valid", "prob", "mask")
@@ -120,7 +123,17 @@ class InferStage:
 
         key = str(batch["scene_uri"][i]), str(batch["bands"][i])
         if key not in self.scene_norms:
-            self.scene_norms[key] = scene_norm(self.ckpt, key[0], [int(b) for b in key[1].split(",")])
+            try:
+                self.scene_norms[key] = scene_norm(self.ckpt, key[0], [int(b) for b in key[1].split(",")])
+            except InputError as exc:
+                # No valid pixel in the decimated read (an all-nodata scene, whose tiles then come out as
+                # nodata and the scene as "all nodata" in failures.parquet; or a valid area too small for the
+                # decimation): the checkpoint's training-split statistics stand in, so no tile is lost.
+                log.warning("scene statistics unavailable (%s); using the checkpoint's training statistics", exc)
+                from rrsis.data.normalize import NormStats
+
+                c = self.ckpt
+                self.scene_norms[key] = NormStats(list(c.bands), list(c.norm_mean), list(c.norm_std), c.nodata_fill)
         return self.scene_norms[key]
 
     def _forward(self, x: np.ndarray) -> np.ndarray:

@@ -197,8 +197,12 @@ def normalize_image(stats: NormSource, image: np.ndarray, valid: np.ndarray) -> 
 def scene_norm(ckpt: Checkpoint, uri: str, bands: list[int]) -> NormStats:
     """The statistics to normalise scene `uri` (1-based `bands`) with: the checkpoint's own for a "split"
     model, the scene's robust statistics (one decimated read, the same for every tile) for a "scene" one."""
-    fill = float(ckpt.nodata_fill)
     if ckpt.norm != "scene":
-        return NormStats(list(ckpt.bands), list(ckpt.norm_mean), list(ckpt.norm_std), fill)
+        return split_norm(ckpt)
     mean, std = scene_stats(uri, bands)
-    return NormStats(list(ckpt.bands), mean, std, fill)
+    return NormStats(list(ckpt.bands), mean, std, float(ckpt.nodata_fill))
+
+
+def split_norm(ckpt: Checkpoint) -> NormStats:
+    """The training split's statistics stored in the checkpoint (every checkpoint has them, `norm=scene` too)."""
+    return NormStats(list(ckpt.bands), list(ckpt.norm_mean), list(ckpt.norm_std), float(ckpt.nodata_fill))

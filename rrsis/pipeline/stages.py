@@ -119,7 +119,7 @@ class InferStage:
         """Row i's statistics: the checkpoint's, or its scene's (norm=scene; `rrsis.checkpoints.scene_norm`)."""
         if self.ckpt.norm != "scene":
             return self.ckpt
-        from rrsis.checkpoints import scene_norm
+        from rrsis.checkpoints import scene_norm, split_norm
 
         key = str(batch["scene_uri"][i]), str(batch["bands"][i])
         if key not in self.scene_norms:
@@ -130,10 +130,7 @@ class InferStage:
                 # nodata and the scene as "all nodata" in failures.parquet; or a valid area too small for the
                 # decimation): the checkpoint's training-split statistics stand in, so no tile is lost.
                 log.warning("scene statistics unavailable (%s); using the checkpoint's training statistics", exc)
-                from rrsis.data.normalize import NormStats
-
-                c = self.ckpt
-                self.scene_norms[key] = NormStats(list(c.bands), list(c.norm_mean), list(c.norm_std), c.nodata_fill)
+                self.scene_norms[key] = split_norm(self.ckpt)
         return self.scene_norms[key]
 
     def _forward(self, x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from rrsis.geo.tiling import PixelWindow, Tile
 from rrsis.pipeline.area import row_pixel_areas_m2
 from rrsis.pipeline.inputs import resolve_inputs, scene_id_for
 from rrsis.pipeline.manifest import dedupe_tiles, read_table, write_failures, write_manifest
-from rrsis.pipeline.plan import plan_run
+from rrsis.pipeline.plan import content_tag, derive_run_id, plan_run
 from rrsis.pipeline.refiners import clean_water_mask
 from rrsis.pipeline.stages import InferStage, RefineStage, read_stage, tile_pixels, verify_stage, write_stage
 from tests.pipeline_data import tiny_checkpoint, write_scene
@@ -181,3 +181,22 @@ def test_vectorised_polygon_areas_subtract_holes() -> None:
     xy = np.concatenate([np.asarray(r) for r in rings])
     areas = polygon_areas(polygons, ring_areas(xy, np.array([len(r) for r in rings])))
     assert areas.tolist() == [96.0, 6.0]
+
+
+def test_run_id_follows_the_checkpoint_bytes_not_its_path(tmp_path: Path) -> None:
+    """A checkpoint retrained in place (same path, new bytes) gets a new run id, so a rerun never resumes the
+    old model's tiles; the same bytes give the same id; an explicit run_id wins; streamed chunks hash alike."""
+    import hashlib
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"weights v1" * 1000)
+    first = content_tag(str(path))
+    assert first == hashlib.sha256(b"weights v1" * 1000).hexdigest()[:12]
+    assert content_tag(str(path), chunk_bytes=7) == first
+    decisive = {"scenes": ["a.tif"], "checkpoint": str(path)}
+    run_v1 = derive_run_id("map", "", {**decisive, "model": first})
+    assert run_v1 == derive_run_id("map", "", {**decisive, "model": content_tag(f"file://{path}")})
+    path.write_bytes(b"weights v2" * 1000)
+    assert derive_run_id("map", "", {**decisive, "model": content_tag(str(path))}) != run_v1
+    assert run_v1.startswith("map-") and len(run_v1) == len("map-") + 12
+    assert derive_run_id("map", "mine", decisive) == "mine"

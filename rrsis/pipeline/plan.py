@@ -8,6 +8,8 @@ here and never reaches Ray.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,30 @@ from rrsis.errors import ConfigError, InputError
 from rrsis.geo.raster import RasterInfo, read_info, resolve_bands
 from rrsis.geo.tiling import plan_tiles
 from rrsis.pipeline.inputs import SceneRef
+from rrsis.storage.uri import local_path
+
+
+def derive_run_id(kind: str, explicit: str, decisive: dict[str, Any]) -> str:
+    """`explicit` (the config's `run_id`), or `<kind>-<12 hex>` hashed from what decides the outputs, so a rerun
+    of the same inputs, model and settings lands in the same folder and resumes. Every map task names its run
+    folder here."""
+    if explicit:
+        return str(explicit)
+    digest = hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{kind}-{digest[:12]}"
+
+
+def content_tag(uri: str, chunk_bytes: int = 1 << 24) -> str:
+    """First 12 hex of the SHA-256 of a file's bytes (local files streamed): outputs follow the weights, not the
+    path, so a checkpoint retrained in place never resumes the old model's tiles."""
+    digest = hashlib.sha256()
+    if storage.is_remote(uri):
+        digest.update(storage.get_bytes(uri))
+    else:
+        with open(local_path(uri), "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
 
 
 @dataclass(frozen=True)

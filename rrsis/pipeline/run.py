@@ -7,7 +7,6 @@ Returns 0 when every scene was mapped, 1 when any scene or tile failed (the othe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ from rrsis.config.map import MapConfig
 from rrsis.errors import ConfigError
 from rrsis.pipeline.inputs import SceneRef, resolve_inputs
 from rrsis.pipeline.manifest import conform_tiles
-from rrsis.pipeline.plan import Failure, ScenePlan, plan_run, sidecar_key
+from rrsis.pipeline.plan import Failure, ScenePlan, content_tag, derive_run_id, plan_run, sidecar_key
 
 log = logging.getLogger("rrsis.map")
 
@@ -32,8 +31,6 @@ def run_id_for(cfg: MapConfig, scenes: list[SceneRef], model: str = "") -> str:
     `model` is the checkpoint's content tag (name@sha256): a checkpoint retrained in place gets a new run id
     instead of resuming the old model's tiles.
     """
-    if cfg.run_id:
-        return cfg.run_id
     decisive = {
         "task": cfg.task,
         "scenes": [s.uri for s in scenes],
@@ -45,8 +42,7 @@ def run_id_for(cfg: MapConfig, scenes: list[SceneRef], model: str = "") -> str:
         "refine": asdict(cfg.refine),
         "probability": cfg.outputs.probability,
     }
-    digest = hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
-    return f"map-{digest[:12]}"
+    return derive_run_id("map", cfg.run_id, decisive)
 
 
 def _connect_ray(cfg: MapConfig) -> None:
@@ -96,8 +92,7 @@ def _model_info(checkpoint: str) -> tuple[str, list[str], int]:
     bands = [str(b) for b in (ckpt.bands or [])]
     family = ckpt.model_config.get(ckpt.model_name, {})
     in_bands = len(bands) or int(family.get("in_bands", 0) if isinstance(family, dict) else 0)
-    sha = hashlib.sha256(storage.get_bytes(checkpoint)).hexdigest()[:12]
-    return f"{ckpt.model_name}@{sha}", bands, in_bands
+    return f"{ckpt.model_name}@{content_tag(checkpoint)}", bands, in_bands
 
 
 def _check_existing(cfg: MapConfig, run_prefix: str) -> None:

@@ -33,7 +33,7 @@ from rrsis.pipeline.box_plan import plan_box_groups
 from rrsis.pipeline.box_products import union_mosaic
 from rrsis.pipeline.inputs import resolve_inputs
 from rrsis.pipeline.manifest import table_bytes, write_failures
-from rrsis.pipeline.plan import Failure, sidecar_key
+from rrsis.pipeline.plan import Failure, derive_run_id, sidecar_key
 from rrsis.pipeline.task_boxes import geojson_key, group_row, sam_options
 
 # One window (box group) per block and batch: SAM embeds one window at a time anyway, and fine blocks let
@@ -64,10 +64,8 @@ STAGE_TIMES = ("cfpg", "sam", "mbo", "write")  # per-window seconds of each stag
 
 
 def boxes_run_id(cfg: Any, boxes: BoxesConfig, scene_uris: list[str]) -> str:
-    if cfg.run_id:
-        return str(cfg.run_id)
     decisive = {"task": "boxes", "scenes": scene_uris, "tiling": asdict(cfg.tiling), "boxes": asdict(boxes)}
-    return "boxes-" + hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
+    return derive_run_id("boxes", cfg.run_id, decisive)
 
 
 def plan_scene_rows(

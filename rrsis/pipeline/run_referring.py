@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
 import io
 import json
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from rrsis.errors import ConfigError, RrsisError
 from rrsis.geo.raster import read_info, resolve_bands
 from rrsis.geo.tiling import PixelWindow, plan_tiles
 from rrsis.pipeline.inputs import resolve_inputs
+from rrsis.pipeline.plan import derive_run_id
 from rrsis.pipeline.referring_boxes import check_query, nms_across_tiles, to_scene, touches_internal_edge
 from rrsis.pipeline.task_boxes import to_rgb
 
@@ -60,8 +60,6 @@ class GroundingStage:
 
 
 def referring_run_id(cfg: Any, scene_uris: list[str]) -> str:
-    if cfg.run_id:
-        return str(cfg.run_id)
     decisive = {
         "task": "referring",
         "query": cfg.query,
@@ -70,7 +68,7 @@ def referring_run_id(cfg: Any, scene_uris: list[str]) -> str:
         "referring": asdict(cfg.referring),
         "boxes": asdict(cfg.boxes),
     }
-    return "referring-" + hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
+    return derive_run_id("referring", cfg.run_id, decisive)
 
 
 def checked_query(cfg: Any, model_config: dict[str, Any]) -> str:

@@ -19,7 +19,6 @@ failures, COG mosaic, polygons). This module only adds what differs:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
@@ -32,6 +31,7 @@ from rrsis import storage
 from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, model_config_from_dict
 from rrsis.errors import ConfigError, RrsisError
 from rrsis.models.danet.predictor import DanetPredictor, scale_to_input
+from rrsis.pipeline.plan import content_tag, derive_run_id
 from rrsis.pipeline.referring_boxes import check_query
 
 Batch = dict[str, np.ndarray]
@@ -96,8 +96,6 @@ def danet_query(cfg: Any, model_config: dict[str, Any]) -> str:
 
 
 def danet_run_id(cfg: Any, scene_uris: list[str]) -> str:
-    if cfg.run_id:
-        return str(cfg.run_id)
     decisive = {
         "task": "referring",
         "method": "danet",
@@ -105,12 +103,13 @@ def danet_run_id(cfg: Any, scene_uris: list[str]) -> str:
         "scenes": scene_uris,
         "bands": list(cfg.bands),
         "checkpoint": cfg.referring.danet,
+        "model": content_tag(cfg.referring.danet),  # the weights, not only the path
         "value_max": cfg.referring.value_max,
         "threshold": cfg.infer.threshold,
         "tiling": asdict(cfg.tiling),
         "refine": asdict(cfg.refine),
     }
-    return "referring-danet-" + hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
+    return derive_run_id("referring-danet", cfg.run_id, decisive)
 
 
 def polygon_score(src: Any, geometry: dict[str, Any], block_px: int = SCORE_BLOCK_PX) -> float | None:

@@ -18,6 +18,8 @@ class DataConfig:
     val_events: list[str] = field(default_factory=list)  # Sen1Floods11: events held out for validation
     crop_px: int = bounded(256, 0, 8192)  # random crop for training; 0 = whole chip
     crops_per_chip: int = bounded(1, 1, 10000)  # random crops drawn from each training sample per epoch
+    # share of training crops placed over a labelled water pixel (the rest uniform; rrsis.data.dataset)
+    water_crop_fraction: float = bounded(0.0, 0.0, 1.0)
     val_fraction: float = bounded(0.0, 0.0, 1.0)  # extra held-out share of groups (stable hash of the name)
     eval_tile_px: int = bounded(0, 0, 8192)  # evaluation reads samples in tiles of this size; 0 = whole
     augment: bool = True

@@ -28,6 +28,7 @@ from rrsis.log import get_logger
 log = get_logger(__name__)
 WATERLAND_FORMATS = ("sen1floods11", "snowed", "geotiff_pairs")
 MAX_CROP_TRIES = 10  # random crops redrawn when they hold no valid label pixel
+MAX_WATER_POINTS = 65_536  # water pixel positions kept per sample for water-centred crops (a strided subset)
 
 
 @dataclass
@@ -116,6 +117,18 @@ def eval_windows(ref: SampleRef, tile_px: int) -> list[PixelWindow]:
     ]
 
 
+def water_points(ref: SampleRef, max_points: int = MAX_WATER_POINTS) -> np.ndarray:
+    """(N, 2) int (row, col) of the sample's labelled water pixels, read block by block; an evenly strided
+    subset of at most `max_points` keeps memory bounded on a large scene."""
+    found = []
+    for window in iter_blocks(ref.width, ref.height):
+        _, _, label = read_sample(ref, window)
+        rows, cols = np.nonzero(label == 1)
+        found.append(np.stack([rows + window.row_off, cols + window.col_off], axis=1))
+    points = np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64)
+    return points[:: max(1, -(-len(points) // max_points))]
+
+
 def batchable(refs: Sequence[SampleRef], tile_px: int) -> bool:
     """Whether evaluation items of these samples all have one shape (else evaluate one item per batch)."""
     shapes = {w.to_tuple()[2:] for ref in refs for w in eval_windows(ref, tile_px)}
@@ -130,6 +143,11 @@ class WaterLandDataset(Dataset[dict[str, Any]]):
     sample (see `eval_windows`), no augmentation; "index" names the sample for per-chip metrics.
     With `stats.norm == "scene"` each sample is normalised by its own whole-chip statistics (the chip is the
     scene), computed once here, so every crop of a chip sees the same numbers.
+    `water_crop_fraction`: the share of training crops placed to contain a labelled water pixel (drawn
+    uniformly from the sample's water pixels, at a uniform position inside the crop). Uniform crops of a chip
+    with 1 % water almost never show water, so a model learns "never water" there; the rest stay uniform so
+    the land-only context and the class balance of whole scenes are still seen. Samples without water pixels
+    always get uniform crops.
     """
 
     def __init__(
@@ -141,6 +159,7 @@ class WaterLandDataset(Dataset[dict[str, Any]]):
         crop_px: int = 0,
         augment: bool = False,
         crops_per_sample: int = 1,
+        water_crop_fraction: float = 0.0,
     ) -> None:
         if not refs:
             raise InputError("the dataset split has no usable sample (all were skipped or none were found)")
@@ -149,6 +168,8 @@ class WaterLandDataset(Dataset[dict[str, Any]]):
         self.train = train
         self.crop_px = crop_px
         self.augment = augment and train
+        self.water_crop_fraction = water_crop_fraction if train and crop_px > 0 else 0.0
+        self.water_points = [water_points(ref) if self.water_crop_fraction > 0 else None for ref in self.refs]
         self.sample_stats = [
             stats.for_scene(*sample_scene_stats(ref)) if stats.norm == "scene" else stats for ref in self.refs
         ]
@@ -161,10 +182,18 @@ class WaterLandDataset(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.items)
 
-    def _random_window(self, ref: SampleRef) -> PixelWindow:
-        size = self.crop_px
+    def _random_window(self, sample: int) -> PixelWindow:
+        ref, size = self.refs[sample], self.crop_px
         if size <= 0:
             return ref.full_window
+        points = self.water_points[sample]
+        if points is not None and len(points) and float(torch.rand(())) < self.water_crop_fraction:
+            row, col = (int(v) for v in points[int(torch.randint(0, len(points), ()))])
+            col -= int(torch.randint(0, size, ()))  # the water pixel lands anywhere in the crop
+            row -= int(torch.randint(0, size, ()))
+            return PixelWindow(
+                min(max(col, 0), max(ref.width - size, 0)), min(max(row, 0), max(ref.height - size, 0)), size, size
+            )
         col = int(torch.randint(0, max(ref.width - size, 0) + 1, ()))
         row = int(torch.randint(0, max(ref.height - size, 0) + 1, ()))
         return PixelWindow(col, row, size, size)
@@ -176,7 +205,7 @@ class WaterLandDataset(Dataset[dict[str, Any]]):
         if window is not None:
             return read_sample(ref, window)
         for _ in range(MAX_CROP_TRIES):
-            image, valid, label = read_sample(ref, self._random_window(ref))
+            image, valid, label = read_sample(ref, self._random_window(sample))
             if (label >= 0).any():
                 break
         return image, valid, label

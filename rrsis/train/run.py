@@ -68,6 +68,7 @@ def prepare_waterland(cfg: TrainConfig) -> WaterlandSetup:
         crop_px=cfg.data.crop_px,
         augment=cfg.data.augment,
         crops_per_sample=cfg.data.crops_per_chip,
+        water_crop_fraction=cfg.data.water_crop_fraction,
     )
     val_set = WaterLandDataset(splits.val, stats, train=False, crop_px=cfg.data.eval_tile_px) if splits.val else None
     log.info(

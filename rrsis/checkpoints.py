@@ -24,13 +24,11 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from rrsis import __version__, storage
+from rrsis.checkpoint_header import FORMAT_VERSION, KIND
 from rrsis.data.normalize import NormStats, apply_stats, scene_stats
 from rrsis.errors import CheckpointError, InputError, RrsisError
 from rrsis.models.config import ModelConfig
 from rrsis.models.registry import build_model
-
-KIND = "rrsis-checkpoint"
-FORMAT_VERSION = 1
 
 
 @dataclass

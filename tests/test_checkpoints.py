@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from rrsis.checkpoint_header import read_header
 from rrsis.checkpoints import (
     Checkpoint,
     build_from_checkpoint,
@@ -122,3 +123,31 @@ def test_normalize_image_hand_computed() -> None:
     assert np.array_equal(out, np.array([[[-1.0, 0.5, 0.5]], [[2.0, 0.5, 0.5]]], dtype=np.float32))
     with pytest.raises(CheckpointError, match=r"expects \(2, H, W\)"):
         normalize_image(stats, image[:1], valid)
+
+
+def test_header_reader_matches_the_loader_without_torch_or_tensor_bytes(tmp_path: Path) -> None:
+    """The map driver reads only the header (rrsis.checkpoint_header), in a process that never imports torch;
+    damaged, foreign or unsafe files give None so the torch loader reports them."""
+    _, _, ckpt = _tiny()
+    good = tmp_path / "good.pt"
+    save_checkpoint(ckpt, str(good))
+    loaded = load_checkpoint(str(good))
+    header = read_header(str(good))
+    assert header is not None
+    for name in ("model_name", "model_config", "bands", "norm_mean", "norm_std", "metrics", "norm", "git_commit"):
+        assert header[name] == getattr(loaded, name), name
+    assert set(header["state_dict"]) == set(loaded.state_dict)
+    assert all(v is None for v in header["state_dict"].values())  # tensors never read
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:3000])
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    buffer = io.BytesIO()
+    torch.save({"kind": "rrsis-checkpoint", "format": 1, "x": _Evil()}, buffer)
+    (tmp_path / "evil.pt").write_bytes(buffer.getvalue())
+    for name in ("cut.pt", "foreign.pt", "evil.pt", "missing.pt"):
+        assert read_header(str(tmp_path / name)) is None, name
+    code = (
+        "import sys; from rrsis.pipeline.run import _model_info; "
+        f"print(_model_info({str(good)!r})[1:], 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "(['VV', 'VH'], 2) False"

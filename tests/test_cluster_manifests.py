@@ -198,3 +198,12 @@ def test_local_cluster_script_parses_and_explains_usage() -> None:
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     res = subprocess.run(["bash", str(script), "bogus"], capture_output=True, text=True)
     assert res.returncode == 2 and "usage:" in res.stderr
+
+
+def test_dockerfile_sets_the_malloc_tuning_the_embedded_ray_sets() -> None:
+    """Cluster processes get the same glibc settings `rrsis map` gives its embedded Ray (see run.MALLOC_ENV)."""
+    from rrsis.pipeline.run import MALLOC_ENV
+
+    env = " ".join(args for instr, args in _dockerfile() if instr == "ENV")
+    for name, value in MALLOC_ENV.items():
+        assert f"{name}={value}" in env.split(), name

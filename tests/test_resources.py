@@ -64,3 +64,22 @@ def test_map_pipeline_takes_its_options_from_the_table() -> None:
     # Ray Data fuses a task stage into the next actor stage only when their options are equal: they must
     # differ, or reads would run inside the inference actor instead of beside it.
     assert cpu_only.read.options != cpu_only.infer.options
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_map_dataset_caps_its_own_object_store_use_in_blocks_of_several_tiles() -> None:
+    """The object-store cap is the map dataset's own (the process-global DataContext is untouched) and is
+    sized for blocks of at least MIN_BLOCK_TILES tiles even with a model batch of 1."""
+    import ray
+
+    from rrsis.config.load import load_config
+    from rrsis.config.map import MapConfig
+    from rrsis.pipeline.build import BLOCKS_IN_FLIGHT, MIN_BLOCK_TILES, map_dataset, resources_for
+
+    cfg = load_config(MapConfig, None, ["tiling.tile_px=2048", "infer.batch_size=1", "infer.checkpoint=unused.pt"])
+    rows = [{"key": f"t{i}", "bands": "1,2,3,4"} for i in range(10)]
+    before = ray.data.DataContext.get_current().execution_options.resource_limits.object_store_memory
+    ds = map_dataset(rows, cfg, resources_for(cfg, 0.0, cluster=LAPTOP), model="m")
+    block = MIN_BLOCK_TILES * 2048 * 2048 * (4 * 4 + 1 + 4 + 1)  # image f32 x4, valid, prob f32, mask
+    assert ds.context.execution_options.resource_limits.object_store_memory == BLOCKS_IN_FLIGHT * block
+    assert ray.data.DataContext.get_current().execution_options.resource_limits.object_store_memory == before

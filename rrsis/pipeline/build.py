@@ -107,19 +107,25 @@ def _map(ds: ray.data.Dataset, fn: Any, res: StageRun, batch_size: int, **kwargs
 
 #: Read-stage blocks (batches of tiles) the object store may hold at once across the whole pipeline.
 BLOCKS_IN_FLIGHT = 8
+#: Fewest tiles per Ray Data block, whatever the model's batch size: every block is a task (or actor call)
+#: per stage with its own metadata, task events and stats on the driver, the GCS and Ray Data's stats actor,
+#: so one tile per block made their memory and the scheduling work grow with the tile count.
+MIN_BLOCK_TILES = 4
 MIN_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
 
-def bound_object_store(rows: list[dict[str, Any]], tile_px: int, batch_size: int) -> int:
-    """Cap Ray Data's object store use at a few batches of pixels: memory then does not grow with the scene.
+def bound_object_store(ds: ray.data.Dataset, rows: list[dict[str, Any]], tile_px: int, block_tiles: int) -> int:
+    """Cap `ds`'s object store use at a few blocks of pixels: memory then does not grow with the scene.
 
     Without a cap Ray Data lets reads run ahead of a slow inference actor until a fraction of the object
     store (30 % of RAM by default) is full of tiles, i.e. a big scene fills it and a small one does not.
+    The cap is set on the dataset's own context (a copy taken when it was created), never on the
+    process-global `DataContext`, so other datasets of the same driver keep their settings.
     """
     bands = max((len(str(r.get("bands", "1")).split(",")) for r in rows), default=1)
-    block = batch_size * tile_px * tile_px * (4 * bands + 1 + 4 + 1)  # image f32, valid, prob f32, mask
+    block = block_tiles * tile_px * tile_px * (4 * bands + 1 + 4 + 1)  # image f32, valid, prob f32, mask
     limit = max(MIN_OBJECT_STORE_BYTES, BLOCKS_IN_FLIGHT * block)
-    options = ray.data.DataContext.get_current().execution_options
+    options = ds.context.execution_options
     options.resource_limits = options.resource_limits.copy(object_store_memory=limit)
     return limit
 
@@ -151,10 +157,11 @@ def map_dataset(
         "min_mapping_unit_px": cfg.refine.min_mapping_unit_px,
     }
     torch_threads = cfg.infer.torch_threads or max(1, int(res.infer.num_cpus))
-    bound_object_store(rows, cfg.tiling.tile_px, res.batch_size)
-    # Small blocks keep every stage busy and memory bounded: one block holds one batch of tiles.
-    ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // res.batch_size)))
-    ds = _map(ds, read_stage, res.read, res.batch_size)
+    # Small blocks keep every stage busy and memory bounded: a block holds one model batch of tiles, or
+    # MIN_BLOCK_TILES when the batch is smaller (the infer stage then runs several batches per block).
+    block_tiles = max(res.batch_size, MIN_BLOCK_TILES)
+    ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // block_tiles)))
+    ds = _map(ds, read_stage, res.read, block_tiles)
     ds = _map(
         ds,
         infer_stage,
@@ -172,10 +179,12 @@ def map_dataset(
         ds,
         RefineStage,
         res.refine,
-        res.batch_size,
+        block_tiles,
         fn_constructor_kwargs={"task": cfg.task, "options": options, "keep_prob": cfg.outputs.probability},
     )
-    return _map(ds, write_stage, res.write, res.batch_size, fn_kwargs={"model": model})
+    ds = _map(ds, write_stage, res.write, block_tiles, fn_kwargs={"model": model})
+    bound_object_store(ds, rows, cfg.tiling.tile_px, block_tiles)
+    return ds
 
 
 def background_task(plan: ScenePlan) -> Any:

@@ -23,6 +23,7 @@ from rrsis.geo.tiling import Tile
 from rrsis.pipeline.area import row_pixel_areas_m2
 from rrsis.pipeline.plan import sidecar_key
 from rrsis.pipeline.refiners import NODATA, make_refiner
+from rrsis.resources import lower_priority
 
 log = logging.getLogger("rrsis.map")
 
@@ -50,6 +51,7 @@ def read_stage(batch: Batch) -> Batch:
 
     Rows of one scene share one open dataset per batch. A read error fails that tile only.
     """
+    lower_priority()
     start = time.perf_counter()
     n = _rows(batch)
     status, reason = _status(batch)
@@ -147,6 +149,7 @@ class RefineStage:
     """Applies the task's refiner (see `rrsis.pipeline.refiners`) -> `mask` (B,T,T) uint8."""
 
     def __init__(self, task: str, options: dict[str, Any], keep_prob: bool = False) -> None:
+        lower_priority()
         self.refiner = make_refiner(task, options)
         self.keep_prob = keep_prob
 
@@ -182,6 +185,7 @@ def write_stage(batch: Batch, *, model: str = "") -> Batch:
 
     Returns metadata only (no pixel columns): the manifest row of each tile.
     """
+    lower_priority()
     n = _rows(batch)
     status, reason = _status(batch)
     out: dict[str, list[Any]] = {

@@ -200,10 +200,10 @@ def test_local_cluster_script_parses_and_explains_usage() -> None:
     assert res.returncode == 2 and "usage:" in res.stderr
 
 
-def test_dockerfile_sets_the_malloc_tuning_the_embedded_ray_sets() -> None:
-    """Cluster processes get the same glibc settings `rrsis map` gives its embedded Ray (see run.MALLOC_ENV)."""
-    from rrsis.pipeline.run import MALLOC_ENV
+def test_dockerfile_sets_the_process_env_the_embedded_ray_sets() -> None:
+    """Cluster processes get the worker niceness and glibc settings `rrsis map` gives its embedded Ray."""
+    from rrsis.resources import RAY_PROCESS_ENV
 
     env = " ".join(args for instr, args in _dockerfile() if instr == "ENV")
-    for name, value in MALLOC_ENV.items():
+    for name, value in RAY_PROCESS_ENV.items():
         assert f"{name}={value}" in env.split(), name

@@ -22,6 +22,7 @@ from rrsis.errors import ConfigError
 from rrsis.pipeline.inputs import SceneRef, resolve_inputs
 from rrsis.pipeline.manifest import conform_tiles
 from rrsis.pipeline.plan import Failure, ScenePlan, content_tag, derive_run_id, plan_run, sidecar_key
+from rrsis.resources import RAY_PROCESS_ENV
 
 log = logging.getLogger("rrsis.map")
 
@@ -46,10 +47,7 @@ def run_id_for(cfg: MapConfig, scenes: list[SceneRef], model: str = "") -> str:
     return derive_run_id("map", cfg.run_id, decisive)
 
 
-MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576"}
-
-
-def _connect_ray(cfg: MapConfig) -> None:
+def connect_ray(cfg: MapConfig) -> None:
     """Reuse a running Ray; else connect to RAY_ADDRESS / ray.address; else start one on 127.0.0.1."""
     import ray
 
@@ -59,13 +57,9 @@ def _connect_ray(cfg: MapConfig) -> None:
     if address:
         ray.init(address=address, configure_logging=False)
         return
-    # Ray's processes inherit this environment. glibc keeps the pages of freed tile arrays in per-thread
-    # arenas (a Ray worker has dozens of threads) and, once a big array is freed, raises its mmap threshold
-    # so later tiles come from those arenas too: workers then hold the high-water mark of every block they
-    # saw. Few arenas and a fixed 1 MB threshold (tile arrays are mmapped and returned on free) cut the
-    # summed memory of a run by ~10 % (bench/map_memory.py). A user's own settings win. Cluster images set
-    # the same in cluster/Dockerfile.
-    for name, value in MALLOC_ENV.items():
+    # Ray's processes inherit this environment (why each setting: `rrsis.resources.RAY_PROCESS_ENV`); a
+    # user's own values win. Cluster images set the same in cluster/Dockerfile.
+    for name, value in RAY_PROCESS_ENV.items():
         os.environ.setdefault(name, value)
     # Logical CPUs: at least 4, so the two actor pools and the read and write tasks all fit on a laptop.
     # address="local": always a new instance, even when /tmp/ray/ray_current_cluster names another Ray.
@@ -257,7 +251,7 @@ def run_map(cfg: MapConfig, infer: tuple[Any, dict[str, Any]] | None = None) -> 
     for f in plan_failures:
         log.warning("scene %s skipped: %s", f.scene_uri, f.reason)
     timings = {"plan_s": time.perf_counter() - start}
-    _connect_ray(cfg)
+    connect_ray(cfg)
     res = resources_for(cfg, cluster_gpus(), cluster_cpus())
     phase = time.perf_counter()
     todo, done = _split_done(rows, plans, cfg, res)

@@ -205,7 +205,7 @@ def split_done(
 def run_boxes(cfg: Any, boxes: BoxesConfig) -> int:
     """Map the boxes of every scene in `cfg.input` (a MapConfig); one summary line; 1 if anything failed."""
     from rrsis.pipeline.build import cluster_gpus, resources_for
-    from rrsis.pipeline.run import _configure_storage, _connect_ray
+    from rrsis.pipeline.run import _configure_storage, connect_ray
 
     if not boxes.path:
         raise ConfigError("config error: key 'boxes.path' is required for task 'boxes' (a .csv or .geojson)")
@@ -227,7 +227,7 @@ def run_boxes(cfg: Any, boxes: BoxesConfig) -> int:
         failures += scene_failures
         info_of[scene.scene_id] = read_info(scene.uri)
     timings = {"plan_s": time.perf_counter() - start}
-    _connect_ray(cfg)
+    connect_ray(cfg)
     res = resources_for(cfg, cluster_gpus())
     phase = time.perf_counter()
     todo, manifest = split_done(rows, cfg, res, prefix, list(info_of))

@@ -124,7 +124,7 @@ def run_referring(cfg: Any) -> int:
     import ray.data
 
     from rrsis.pipeline.build import _map, cluster_gpus, resources_for
-    from rrsis.pipeline.run import _configure_storage, _connect_ray
+    from rrsis.pipeline.run import _configure_storage, connect_ray
     from rrsis.pipeline.run_boxes import run_boxes
     from rrsis.pipeline.stages import read_stage
 
@@ -163,7 +163,7 @@ def run_referring(cfg: Any) -> int:
             crs=info.crs,
         ):
             rows.append({**tile.to_row(), "scene_uri": scene.uri, "bands": bands})
-    _connect_ray(cfg)
+    connect_ray(cfg)
     res = resources_for(cfg, cluster_gpus())
     ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // res.batch_size)))
     ds = _map(ds, read_stage, res.read, res.batch_size)

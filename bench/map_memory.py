@@ -33,6 +33,7 @@ from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.procs import descendants, mem_bytes, process_name
 from tests.pipeline_data import tiny_checkpoint
 
 BLOCK = 1024
@@ -59,48 +60,6 @@ def generate(path: Path, size: int, bands: int) -> str:
             dst.write(block, window=Window(0, row, size, height))
     tmp.rename(path)
     return str(path)
-
-
-def mem_bytes(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) of one process. PSS splits shared pages (torch, GDAL libraries, plasma) among the processes
-    sharing them, so its sum over processes is the memory the run really holds; the RSS sum counts a shared
-    page once per process."""
-    rss = pss = 0
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Rss:"):
-                rss = int(line.split()[1]) * 1024
-            elif line.startswith("Pss:"):
-                pss = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return rss, pss
-
-
-def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def process_name(pid: int) -> str:
-    try:
-        words = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().split()
-    except OSError:
-        return "?"
-    name = next((w for w in words if w.startswith("ray::")), "")
-    return name or " ".join(Path(w).name for w in words[:2])
 
 
 class PeakSampler(threading.Thread):

@@ -37,6 +37,7 @@ from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.procs import CpuSampler
 from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, normalize_image, scene_norm
 from rrsis.geo.raster import open_raster, read_window
 from rrsis.geo.tiling import plan_tiles
@@ -122,9 +123,15 @@ def main() -> None:
     start = time.perf_counter()
     connect_ray(cfg)  # the embedded Ray exactly as `rrsis map` starts it (its environment included)
     ray_start_s = time.perf_counter() - start
+    sampler = CpuSampler(os.getpid())
+    sampler.start()
+    driver_cpu = time.process_time()
     start = time.perf_counter()
     code = run_map(cfg)
     map_s = time.perf_counter() - start
+    driver_cpu = time.process_time() - driver_cpu
+    sampler.stop.set()
+    sampler.join()
     (run,) = [p for p in (tmp / "out").iterdir() if p.is_dir()]
     summary = json.loads((run / "summary.json").read_text())
     ray.shutdown()
@@ -143,6 +150,8 @@ def main() -> None:
         f"(overlap {args.overlap}), "
         f"checkpoint {Path(ckpt).name} ({args.checkpoint}), torch threads 1 on both sides, exit {code}"
     )
+    cpu = {"driver (rrsis map)": driver_cpu, **sampler.by_role()}
+    print("CPU seconds during the map, by process role:", {k: round(v, 1) for k, v in cpu.items()})
     print(f"plain loop (forward only, tiles in memory): {loop_s:.1f} s")
     print(f"rrsis map (run_map, Ray already up):        {map_s:.1f} s   (Ray start-up {ray_start_s:.1f} s apart)")
     print(f"ratio map / loop: {map_s / loop_s:.3f}   (goal <= 1.10); tiles/s {summary['tiles_per_s']:.2f}")

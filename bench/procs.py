@@ -1,0 +1,98 @@
+"""/proc readings shared by the map benches: a process tree, its members' memory, names and CPU time."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+
+def mem_bytes(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process. PSS splits shared pages (torch, GDAL libraries, plasma) among the processes
+    sharing them, so its sum over processes is the memory the run really holds; the RSS sum counts a shared
+    page once per process."""
+    rss = pss = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss, pss
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def process_name(pid: int) -> str:
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().split()
+    except OSError:
+        return "?"
+    name = next((w for w in words if w.startswith("ray::")), "")
+    return name or " ".join(Path(w).name for w in words[:2])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (0.0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def role(name: str) -> str:
+    """Which part of a map run a Ray process belongs to, from its name."""
+    if "InferStage" in name or "SamStage" in name or "Danet" in name:
+        return "inference actor"
+    if any(k in name for k in ("read_stage", "write_stage", "RefineStage", "products", "quicklook", "verify")):
+        return "CPU stages"
+    if name.startswith("ray::") and name != "ray::IDLE":
+        return "Ray internals (stats/coordinator actors, agents)"
+    if name == "ray::IDLE":
+        return "idle workers"
+    return "Ray system (raylet, GCS, dashboard)"
+
+
+class CpuSampler(threading.Thread):
+    """CPU seconds per role over the descendants of `root`: each process's last reading, under the last
+    non-idle name it was seen with (a worker is IDLE between tasks)."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.seen: dict[int, tuple[str, float, float]] = {}  # pid -> (name, first, last CPU seconds)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        before = set(descendants(self.root))  # their CPU time so far is not this run's: count from now
+        while not self.stop.is_set():
+            for pid in descendants(self.root):
+                name, cpu = process_name(pid), cpu_seconds(pid)
+                old_name, first, _ = self.seen.get(pid, (name, cpu if pid in before else 0.0, cpu))
+                self.seen[pid] = (old_name if name == "ray::IDLE" else name, first, cpu)
+            time.sleep(0.5)
+
+    def by_role(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, first, last in self.seen.values():
+            out[role(name)] = out.get(role(name), 0.0) + last - first
+        return out

@@ -24,22 +24,14 @@ CPU_POOL_SLICE = 0.001
 AUTO = -1.0
 
 _MIB = 1024 * 1024
-#: Niceness of the CPU-side map stages. Where they share a node with the inference actor (a laptop, a
-#: single GPU node) they have slack and the actor is the bottleneck: at equal priority every burst of reads,
-#: writes or products took CPU time from the actor's thread; niced, they take the idle time. They run in
-#: their own worker processes (the `RRSIS_NICE` env var gives them a runtime env of their own), so a niced
-#: worker never becomes an inference actor. Needs Ray workers to start at niceness 0 (RAY_PROCESS_ENV).
-CPU_STAGE_NICE = 10
 #: Environment of every Ray process of a map run (the embedded Ray inherits it from `rrsis map`; the
 #: cluster image sets it):
-#: - `RAY_worker_niceness=0`: Ray starts workers at niceness 15 by default, so the inference actor lost
-#:   every contended time slice to the driver's Ray Data executor, the raylet and the GCS (niceness 0).
 #: - `MALLOC_ARENA_MAX=2`: glibc gives each thread that allocates its own arena (up to 8 per core), and a
 #:   Ray worker has dozens of threads; freed tile arrays then stay spread over many arenas. (A fixed 1 MB
 #:   `MALLOC_MMAP_THRESHOLD_`, which returns every tile array to the OS at once, saved a further ~10 % of
-#:   memory but made each torch forward 1.6x slower, mmapping and faulting in every activation: not used.)
-RAY_PROCESS_ENV = {"RAY_worker_niceness": "0", "MALLOC_ARENA_MAX": "2"}
-NICE_ENV = "RRSIS_NICE"
+#:   memory but made each torch forward 1.6x slower, mmapping and faulting in every activation: the map
+#:   stages call `release_freed_memory()` after each batch instead.)
+RAY_PROCESS_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
 @dataclass(frozen=True)
@@ -56,21 +48,20 @@ class StageResources:
     accelerated: bool = False
     gpus_per_actor: float = 1.0
     cpu_pool: bool = False
-    nice: int = 0  # >0: the stage's processes run at this niceness (see `lower_priority`)
 
 
 #: Defaults per stage. Config values (e.g. `infer.num_cpus`, `infer.num_gpus`) override them per job.
 STAGES: dict[str, StageResources] = {
     # map: windowed GDAL reads, one small task per batch of tiles
-    "map.read": StageResources("map.read", nice=CPU_STAGE_NICE, num_cpus=1.0, memory_mb=512, cpu_pool=True),
+    "map.read": StageResources("map.read", num_cpus=1.0, memory_mb=512, cpu_pool=True),
     # map: the model; one GPU per actor when there are GPUs (the actor batches tiles)
     "map.infer": StageResources("map.infer", num_cpus=1.0, memory_mb=2048, accelerated=True),
     # map: CPU refinement (morphology, CFPG/MBO GrabCut) on the CPU node type
-    "map.refine": StageResources("map.refine", nice=CPU_STAGE_NICE, num_cpus=1.0, memory_mb=1024, cpu_pool=True),
+    "map.refine": StageResources("map.refine", num_cpus=1.0, memory_mb=1024, cpu_pool=True),
     # map: encode + PUT one mask tile per row
-    "map.write": StageResources("map.write", nice=CPU_STAGE_NICE, num_cpus=1.0, memory_mb=512, cpu_pool=True),
+    "map.write": StageResources("map.write", num_cpus=1.0, memory_mb=512, cpu_pool=True),
     # map: per-scene products (COG mosaic, vectors, quicklook, stats), one task per scene, streamed by window
-    "map.products": StageResources("map.products", nice=CPU_STAGE_NICE, num_cpus=1.0, memory_mb=1024, cpu_pool=True),
+    "map.products": StageResources("map.products", num_cpus=1.0, memory_mb=1024, cpu_pool=True),
     # Ray Train worker (DDP rank): one GPU each when there are GPUs
     "train.worker": StageResources("train.worker", num_cpus=1.0, memory_mb=2048, accelerated=True),
     # Ray Tune trial (each trial is a small Train run or a function trainable)
@@ -121,21 +112,7 @@ def ray_options(
         out["memory"] = int(mem) * _MIB
     if spec.cpu_pool and has_cpu_pool(cluster):
         out["resources"] = {CPU_POOL_RESOURCE: CPU_POOL_SLICE}
-    if spec.nice > 0:
-        out["runtime_env"] = {"env_vars": {NICE_ENV: str(spec.nice)}}
     return out
-
-
-def lower_priority() -> int:
-    """Raise this process's niceness to `RRSIS_NICE` (set by the runtime env of niced stages; a no-op
-    elsewhere and when already that nice). Called at the start of each CPU stage. Returns the niceness."""
-    import os
-
-    target = int(os.environ.get(NICE_ENV, "0") or 0)
-    current = os.nice(0)
-    if target > current:
-        current = os.nice(target - current)
-    return current
 
 
 def stage_options(cluster: Mapping[str, float], prefix: str = "map.") -> dict[str, dict[str, Any]]:
@@ -150,3 +127,24 @@ def worker_resources(name: str, cluster: Mapping[str, float], *, num_cpus: float
     if opts.get("num_gpus"):
         per_worker["GPU"] = float(opts["num_gpus"])
     return {"use_gpu": "GPU" in per_worker, "resources_per_worker": per_worker}
+
+
+def release_freed_memory() -> None:
+    """Give the heap pages freed by the last batch back to the OS (glibc `malloc_trim`; a no-op elsewhere).
+
+    glibc keeps freed memory for reuse and, once a big array has been freed, serves later ones from the heap
+    too, so a stage process holds its high-water mark of tile arrays. Trimming once per batch costs a
+    heap walk (well under a millisecond here), not a page fault per allocation.
+    """
+    import ctypes
+    import ctypes.util
+
+    global _LIBC
+    if _LIBC is None:
+        name = ctypes.util.find_library("c")
+        _LIBC = ctypes.CDLL(name) if name else False
+    if _LIBC and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None

@@ -83,22 +83,3 @@ def test_map_dataset_caps_its_own_object_store_use_in_blocks_of_several_tiles() 
     block = MIN_BLOCK_TILES * 2048 * 2048 * (4 * 4 + 1 + 4 + 1)  # image f32 x4, valid, prob f32, mask
     assert ds.context.execution_options.resource_limits.object_store_memory == BLOCKS_IN_FLIGHT * block
     assert ray.data.DataContext.get_current().execution_options.resource_limits.object_store_memory == before
-
-
-def test_cpu_stages_run_niced_in_their_own_runtime_env_and_inference_does_not() -> None:
-    import subprocess
-    import sys
-
-    from rrsis.resources import CPU_STAGE_NICE, NICE_ENV
-
-    for name in ("map.read", "map.refine", "map.write", "map.products"):
-        assert ray_options(name, LAPTOP)["runtime_env"] == {"env_vars": {NICE_ENV: str(CPU_STAGE_NICE)}}, name
-    assert "runtime_env" not in ray_options("map.infer", LAPTOP)
-    import os
-
-    code = "from rrsis.resources import lower_priority as lp; import os; print(lp(), lp(), os.nice(0))"
-    base = os.nice(0)  # a child starts as nice as this process
-    for env, nice in (({NICE_ENV: "7"}, max(7, base)), ({}, base)):
-        cmd = [sys.executable, "-c", code]
-        out = subprocess.run(cmd, env={"PATH": "/usr/bin", **env}, capture_output=True, text=True)
-        assert out.stdout.split() == [str(nice)] * 3, out.stderr

@@ -34,7 +34,6 @@ from rrsis.geo.raster import open_raster
 from rrsis.geo.tiling import PixelWindow
 from rrsis.pipeline.area import WGS84, laea_for_window, polygon_areas, project_rings, ring_areas
 from rrsis.pipeline.refiners import NODATA
-from rrsis.resources import lower_priority
 
 QUICKLOOK_PX = 1024
 VECTOR_CHUNK = 5000  # polygons projected per PROJ call
@@ -125,7 +124,6 @@ def quicklook_background(scene_uri: str, band: int, width: int, height: int) -> 
     It needs only the scene, so the run starts it (a Ray task) while the scene's tiles are still being
     inferred: the decimated read touches every block of the scene and would otherwise sit in the tail.
     """
-    lower_priority()
     with open_raster(scene_uri) as src:
         out = src.read(band, out_shape=quicklook_shape(width, height), resampling=Resampling.nearest)
     return out.astype(np.float32)  # type: ignore[no-any-return]
@@ -185,7 +183,6 @@ def scene_products(
 
     `background`: the scene's `quicklook_background`, when the run computed it ahead (else read here).
     """
-    lower_priority()
     prefix = str(scene["prefix"])
     result = scene_stats(scene, tiles)
     storage.put_bytes(storage.join(prefix, "stats.json"), json.dumps(result, indent=2, sort_keys=True).encode())

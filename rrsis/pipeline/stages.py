@@ -23,7 +23,7 @@ from rrsis.geo.tiling import Tile
 from rrsis.pipeline.area import row_pixel_areas_m2
 from rrsis.pipeline.plan import sidecar_key
 from rrsis.pipeline.refiners import NODATA, make_refiner
-from rrsis.resources import lower_priority
+from rrsis.resources import release_freed_memory
 
 log = logging.getLogger("rrsis.map")
 
@@ -51,7 +51,7 @@ def read_stage(batch: Batch) -> Batch:
 
     Rows of one scene share one open dataset per batch. A read error fails that tile only.
     """
-    lower_priority()
+    release_freed_memory()  # the previous batch's arrays (see rrsis.resources)
     start = time.perf_counter()
     n = _rows(batch)
     status, reason = _status(batch)
@@ -104,9 +104,9 @@ class InferStage:
         self.scene_norms: dict[tuple[str, str], Any] = {}
 
     def __call__(self, batch: Batch) -> Batch:
-
         from rrsis.checkpoints import normalize_image
 
+        release_freed_memory()
         start = time.perf_counter()
         image, valid = batch["image"], batch["valid"]
         x = np.stack([normalize_image(self._norm(batch, i), image[i], valid[i]) for i in range(image.shape[0])])
@@ -149,11 +149,11 @@ class RefineStage:
     """Applies the task's refiner (see `rrsis.pipeline.refiners`) -> `mask` (B,T,T) uint8."""
 
     def __init__(self, task: str, options: dict[str, Any], keep_prob: bool = False) -> None:
-        lower_priority()
         self.refiner = make_refiner(task, options)
         self.keep_prob = keep_prob
 
     def __call__(self, batch: Batch) -> Batch:
+        release_freed_memory()
         start = time.perf_counter()
         out = self.refiner(dict(batch))
         if not self.keep_prob:
@@ -185,7 +185,7 @@ def write_stage(batch: Batch, *, model: str = "") -> Batch:
 
     Returns metadata only (no pixel columns): the manifest row of each tile.
     """
-    lower_priority()
+    release_freed_memory()
     n = _rows(batch)
     status, reason = _status(batch)
     out: dict[str, list[Any]] = {

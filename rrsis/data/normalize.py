@@ -88,18 +88,18 @@ def scene_stats(uri: str, bands: Sequence[int], max_px: int = SCENE_STATS_MAX_PX
     """Robust per-band statistics of a GeoTIFF scene from one decimated read (overviews when the file has
     them), never a full-resolution read of a large scene. Valid = finite, not the nodata tag, inside the mask."""
     import rasterio
-    from rasterio.enums import MaskFlags, Resampling
+    from rasterio.enums import MaskFlags
 
-    from rrsis.geo.raster import open_raster
+    from rrsis.geo.raster import open_raster, read_decimated
 
     with open_raster(uri) as src:
         step = max(1, -(-max(src.width, src.height) // max_px))
         shape = (max(1, src.height // step), max(1, src.width // step))
         try:
-            data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+            data = read_decimated(src, list(bands), shape)
             valid = np.ones(shape, dtype=bool)
             if any(MaskFlags.per_dataset in src.mask_flag_enums[b - 1] for b in bands):
-                valid &= src.read_masks(bands[0], out_shape=shape, resampling=Resampling.nearest) > 0
+                valid &= read_decimated(src, list(bands), shape, masks=True)[0] > 0
         except (rasterio.errors.RasterioError, OSError) as exc:
             raise InputError(f"cannot read scene statistics of {uri}: {exc}") from exc
         for i, band in enumerate(bands):

@@ -249,3 +249,35 @@ def write_mask_tile(
     """Write a georeferenced (H,W) or (C,H,W) tile to `uri` atomically (local rename / one S3 PUT)."""
     storage.put_bytes(uri, encode_geotiff(array, transform, crs, nodata=nodata))
     return uri
+
+
+def read_decimated(src: Any, bands: Sequence[int], out_shape: tuple[int, int], masks: bool = False) -> np.ndarray:
+    """`bands` of the whole of `src` at `out_shape` (rows, cols), nearest, read one strip of blocks at a time.
+
+    One `src.read(out_shape=...)` of a file without overviews revisits each block row once per output row;
+    when a block row does not fit GDAL's block cache (16 blocks of 2 MB fill the 32 MB rrsis sets, i.e. a
+    scene of 8192 px in 512 px blocks) every block is decoded dozens of times. A strip of whole block rows
+    per read decodes each block once, whatever the cache. `masks`: read the GDAL validity mask of
+    `bands[0]` instead (uint8, 0 = invalid). Overviews, when present, serve each strip as before.
+    """
+    from rasterio.enums import Resampling
+
+    rows, cols = out_shape
+    block_h = max(1, int(src.block_shapes[0][0]))
+    strip = max(block_h, -(-src.height // rows))  # source rows per strip: whole blocks, >= 1 output row
+    strip = block_h * -(-strip // block_h)
+    parts = []
+    for top in range(0, src.height, strip):
+        height = min(strip, src.height - top)
+        lo, hi = round(top * rows / src.height), round((top + height) * rows / src.height)
+        if hi <= lo:
+            continue
+        window = Window(0, top, src.width, height)
+        shape = (hi - lo, cols)
+        if masks:
+            parts.append(src.read_masks(bands[0], window=window, out_shape=shape, resampling=Resampling.nearest)[None])
+        else:
+            parts.append(
+                src.read(list(bands), window=window, out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+            )
+    return np.concatenate(parts, axis=1)

@@ -30,7 +30,7 @@ from rasterio.enums import Resampling
 
 from rrsis import storage
 from rrsis.geo.mosaic import build_cog
-from rrsis.geo.raster import open_raster
+from rrsis.geo.raster import open_raster, read_decimated
 from rrsis.geo.tiling import PixelWindow
 from rrsis.pipeline.area import WGS84, laea_for_window, polygon_areas, project_rings, ring_areas
 from rrsis.pipeline.refiners import NODATA
@@ -125,7 +125,7 @@ def quicklook_background(scene_uri: str, band: int, width: int, height: int) -> 
     inferred: the decimated read touches every block of the scene and would otherwise sit in the tail.
     """
     with open_raster(scene_uri) as src:
-        out = src.read(band, out_shape=quicklook_shape(width, height), resampling=Resampling.nearest)
+        out = read_decimated(src, [band], quicklook_shape(width, height))[0]
     return out.astype(np.float32)  # type: ignore[no-any-return]
 
 

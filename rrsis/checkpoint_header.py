@@ -18,6 +18,7 @@ import zipfile
 from typing import Any
 
 from rrsis import storage
+from rrsis.storage.uri import local_path
 
 KIND = "rrsis-checkpoint"  # the `kind` entry of every rrsis checkpoint
 FORMAT_VERSION = 1
@@ -52,8 +53,9 @@ def read_header(uri: str) -> dict[str, Any] | None:
     """The checkpoint's entries with every tensor as `None`; `None` when the file is not a readable rrsis
     checkpoint of the zip format (the caller then loads it with torch, which names the problem)."""
     try:
-        raw = storage.get_bytes(uri)
-        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        # a local zip is opened in place: only its directory and the pickle are read, never the tensors
+        source = io.BytesIO(storage.get_bytes(uri)) if storage.is_remote(uri) else local_path(uri)
+        with zipfile.ZipFile(source) as archive:
             (name,) = [n for n in archive.namelist() if n.endswith("/data.pkl")]
             data = _HeaderUnpickler(io.BytesIO(archive.read(name))).load()
     except Exception:  # any damage or foreign format: the torch loader reports it properly

@@ -12,6 +12,7 @@ Pure Python: no Ray import here, the caller passes `ray.cluster_resources()` in.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ _MIB = 1024 * 1024
 #:   Ray worker has dozens of threads; freed tile arrays then stay spread over many arenas. (A fixed 1 MB
 #:   `MALLOC_MMAP_THRESHOLD_`, which returns every tile array to the OS at once, saved a further ~10 % of
 #:   memory but made each torch forward 1.6x slower, mmapping and faulting in every activation: the map
-#:   stages call `release_freed_memory()` after each batch instead.)
+#:   stages call `release_freed_memory()` before each batch instead.)
 RAY_PROCESS_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
@@ -130,21 +131,21 @@ def worker_resources(name: str, cluster: Mapping[str, float], *, num_cpus: float
 
 
 def release_freed_memory() -> None:
-    """Give the heap pages freed by the last batch back to the OS (glibc `malloc_trim`; a no-op elsewhere).
+    """Give the heap pages freed by the previous batch back to the OS (glibc `malloc_trim`; a no-op elsewhere).
 
     glibc keeps freed memory for reuse and, once a big array has been freed, serves later ones from the heap
     too, so a stage process holds its high-water mark of tile arrays. Trimming once per batch costs a
     heap walk (well under a millisecond here), not a page fault per allocation.
     """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
     import ctypes
     import ctypes.util
 
-    global _LIBC
-    if _LIBC is None:
-        name = ctypes.util.find_library("c")
-        _LIBC = ctypes.CDLL(name) if name else False
-    if _LIBC and hasattr(_LIBC, "malloc_trim"):
-        _LIBC.malloc_trim(0)
-
-
-_LIBC: Any = None
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None

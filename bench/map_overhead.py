@@ -16,6 +16,7 @@ reads, inference, refinement, writes, manifest and every per-scene product (COG 
 quicklook, stats). Goal: ratio <= 1.10. Run time about 2 x 4 x 361 x 0.19 s + 2 min ~ 11 min on an idle machine.
 
     .venv/bin/python bench/map_overhead.py [--scenes 4] [--size 8192] [--tile 512] [--checkpoint ...model.pt]
+        [--set key=value ...]   # extra `rrsis map` config overrides, e.g. --set ray.num_cpus=2 read_num_cpus=0.25
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=str(ROOT / "models/waterland_demo/model.pt"))
     parser.add_argument("--family", default="senet", help="with --checkpoint random")
     parser.add_argument("--width", default="full", help="with --checkpoint random")
+    parser.add_argument("--set", nargs="*", default=[], help="extra map config overrides, key=value")
     args = parser.parse_args()
     import ray
 
@@ -119,6 +121,7 @@ def main() -> None:
         f"tiling.overlap_px={args.overlap}",
         "refine.min_mapping_unit_px=16",  # as the demo config
         "ray.num_cpus=4",
+        *args.set,
     )
     start = time.perf_counter()
     connect_ray(cfg)  # the embedded Ray exactly as `rrsis map` starts it (its environment included)

@@ -83,3 +83,43 @@ def test_map_dataset_caps_its_own_object_store_use_in_blocks_of_several_tiles() 
     block = MIN_BLOCK_TILES * 2048 * 2048 * (4 * 4 + 1 + 4 + 1)  # image f32 x4, valid, prob f32, mask
     assert ds.context.execution_options.resource_limits.object_store_memory == BLOCKS_IN_FLIGHT * block
     assert ray.data.DataContext.get_current().execution_options.resource_limits.object_store_memory == before
+
+
+def test_blocks_aim_at_a_pixel_budget_within_bounds() -> None:
+    """Tiles per block: TARGET_BLOCK_BYTES // tile bytes, clamped to [MIN_BLOCK_TILES, MAX_BLOCK_TILES], and
+    at least one model batch. Tile bytes = px^2 x (4 per band (f32 image) + 1 valid + 4 prob + 1 mask)."""
+    from rrsis.pipeline.build import MAX_BLOCK_TILES, MIN_BLOCK_TILES, TARGET_BLOCK_BYTES, block_tiles_for, tile_bytes
+
+    assert (TARGET_BLOCK_BYTES, MIN_BLOCK_TILES, MAX_BLOCK_TILES) == (32 * 2**20, 4, 16)
+    two_bands = [{"bands": "1,2"}]
+    four_bands = [{"bands": "1,2,3,4"}, {"bands": "1"}]  # the widest row decides
+    assert tile_bytes(two_bands, 512) == 512 * 512 * 14 == 3_670_016
+    assert tile_bytes(four_bands, 512) == 512 * 512 * 22 == 5_767_168
+    assert block_tiles_for(four_bands, 512, 1) == 5  # 33_554_432 // 5_767_168 = 5
+    assert block_tiles_for(two_bands, 512, 1) == 9  # 33_554_432 // 3_670_016 = 9
+    assert block_tiles_for(two_bands, 32, 4) == 16  # tiny tiles: MAX_BLOCK_TILES
+    assert block_tiles_for(four_bands, 2048, 1) == 4  # one tile is 92 MB: MIN_BLOCK_TILES
+    assert block_tiles_for(two_bands, 512, 32) == 32  # a model batch never splits over blocks
+
+
+def test_products_tasks_take_the_configured_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import ray
+
+    from rrsis.pipeline import build
+
+    asked: list[dict[str, object]] = []
+
+    def remote(**options: object) -> object:
+        asked.append(options)
+        return lambda fn: SimpleNamespace(remote=lambda *args: fn.__name__)
+
+    monkeypatch.setattr(ray, "remote", remote)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: LAPTOP)
+    monkeypatch.setattr(build, "scene_record", lambda plan: {})
+    plan = SimpleNamespace(uri="s.tif", bands=[1], info=SimpleNamespace(width=8, height=8))
+    assert build.background_task(plan, 0.25) == "quicklook_background"
+    assert build.products_task(plan, [], {}, None, 0.5) == "scene_products"  # type: ignore[arg-type]
+    assert [a["num_cpus"] for a in asked] == [0.25, 0.5]
+    assert build.background_task(plan) and asked[-1]["num_cpus"] == 1.0  # the stage table's default

@@ -84,5 +84,6 @@ class MapConfig:
     referring: ReferringConfig = field(default_factory=ReferringConfig)  # task: referring (grounding model)
     read_num_cpus: float = bounded(1.0, 0.0, 256.0)  # per read task (windowed GDAL reads)
     write_num_cpus: float = bounded(1.0, 0.0, 256.0)  # per write task (encode + PUT one mask tile per row)
+    products_num_cpus: float = bounded(1.0, 0.0, 256.0)  # per scene's products task (mosaic, vectors, quicklook)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)

@@ -105,13 +105,34 @@ def _map(ds: ray.data.Dataset, fn: Any, res: StageRun, batch_size: int, **kwargs
     return ds.map_batches(fn, batch_size=batch_size, batch_format="numpy", **extra, **kwargs)
 
 
-#: Read-stage blocks (batches of tiles) the object store may hold at once across the whole pipeline.
-BLOCKS_IN_FLIGHT = 8
-#: Fewest tiles per Ray Data block, whatever the model's batch size: every block is a task (or actor call)
-#: per stage with its own metadata, task events and stats on the driver, the GCS and Ray Data's stats actor,
-#: so one tile per block made their memory and the scheduling work grow with the tile count.
+#: Blocks (batches of tiles) of pixels the object store may hold at once across the whole pipeline.
+BLOCKS_IN_FLIGHT = 4
+#: Pixel bytes a block aims at. Every block is a task (or actor call) per stage, with its own scheduling
+#: work on the driver, task events in the GCS, stats in Ray Data's stats actor and a GDAL open per read
+#: task, so that cost follows the block count, not the pixels. bench/map_overhead.py (4 scenes of 8192^2 x
+#: 2 bands, 512 px tiles, 3.7 MB of pixels per tile): blocks of 4 tiles, map / plain loop 1.33-1.37; of
+#: 16 tiles, 1.23-1.30. bench/map_memory.py (4 bands, 5.8 MB per tile): 11-tile blocks raised the summed
+#: peak by ~200 MB over 4-tile ones, past its 2.5 GB goal; hence 32 MB.
+TARGET_BLOCK_BYTES = 32 * 1024 * 1024
+#: Bounds on the tiles of a block, whatever its bytes: at least 4 (one tile per block made driver, GCS
+#: and stats memory grow with the tile count), at most 16 (a small scene still spreads over several blocks,
+#: so reads, inference and writes overlap).
 MIN_BLOCK_TILES = 4
+MAX_BLOCK_TILES = 16
 MIN_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+
+
+def tile_bytes(rows: list[dict[str, Any]], tile_px: int) -> int:
+    """Pixel bytes of one tile on its way through the stages: image f32 per band, valid, prob f32, mask."""
+    bands = max((len(str(r.get("bands", "1")).split(",")) for r in rows), default=1)
+    return tile_px * tile_px * (4 * bands + 1 + 4 + 1)
+
+
+def block_tiles_for(rows: list[dict[str, Any]], tile_px: int, batch_size: int) -> int:
+    """Tiles per Ray Data block: about TARGET_BLOCK_BYTES of pixels within [MIN_BLOCK_TILES,
+    MAX_BLOCK_TILES], and never fewer than one model batch (the infer stage then runs several per block)."""
+    by_bytes = TARGET_BLOCK_BYTES // tile_bytes(rows, tile_px)
+    return max(batch_size, MIN_BLOCK_TILES, min(MAX_BLOCK_TILES, by_bytes))
 
 
 def bound_object_store(ds: ray.data.Dataset, rows: list[dict[str, Any]], tile_px: int, block_tiles: int) -> int:
@@ -122,8 +143,7 @@ def bound_object_store(ds: ray.data.Dataset, rows: list[dict[str, Any]], tile_px
     The cap is set on the dataset's own context (a copy taken when it was created), never on the
     process-global `DataContext`, so other datasets of the same driver keep their settings.
     """
-    bands = max((len(str(r.get("bands", "1")).split(",")) for r in rows), default=1)
-    block = block_tiles * tile_px * tile_px * (4 * bands + 1 + 4 + 1)  # image f32, valid, prob f32, mask
+    block = block_tiles * tile_bytes(rows, tile_px)
     limit = max(MIN_OBJECT_STORE_BYTES, BLOCKS_IN_FLIGHT * block)
     options = ds.context.execution_options
     options.resource_limits = options.resource_limits.copy(object_store_memory=limit)
@@ -157,9 +177,7 @@ def map_dataset(
         "min_mapping_unit_px": cfg.refine.min_mapping_unit_px,
     }
     torch_threads = cfg.infer.torch_threads or max(1, int(res.infer.num_cpus))
-    # Small blocks keep every stage busy and memory bounded: a block holds one model batch of tiles, or
-    # MIN_BLOCK_TILES when the batch is smaller (the infer stage then runs several batches per block).
-    block_tiles = max(res.batch_size, MIN_BLOCK_TILES)
+    block_tiles = block_tiles_for(rows, cfg.tiling.tile_px, res.batch_size)
     ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // block_tiles)))
     ds = _map(ds, read_stage, res.read, block_tiles)
     ds = _map(
@@ -187,18 +205,22 @@ def map_dataset(
     return ds
 
 
-def background_task(plan: ScenePlan) -> Any:
+def background_task(plan: ScenePlan, num_cpus: float | None = None) -> Any:
     """Start the scene's quicklook background read (`map.products` resources); returns its ObjectRef."""
-    options = ray_options("map.products", ray.cluster_resources())
+    options = ray_options("map.products", ray.cluster_resources(), num_cpus=num_cpus)
     remote = ray.remote(max_retries=2, **options)(quicklook_background)
     return remote.remote(plan.uri, int(plan.bands[0]), plan.info.width, plan.info.height)
 
 
 def products_task(
-    plan: ScenePlan, tiles: list[dict[str, Any]], outputs: dict[str, bool], background: Any = None
+    plan: ScenePlan,
+    tiles: list[dict[str, Any]],
+    outputs: dict[str, bool],
+    background: Any = None,
+    num_cpus: float | None = None,
 ) -> Any:
     """Start the products of one scene (mosaic, vectors, quicklook, stats; streamed tile by tile) on a Ray
     worker with the `map.products` resources; returns the ObjectRef of its stats dict."""
-    options = ray_options("map.products", ray.cluster_resources())
+    options = ray_options("map.products", ray.cluster_resources(), num_cpus=num_cpus)
     remote = ray.remote(max_retries=2, **options)(scene_products)
     return remote.remote(scene_record(plan), tiles, outputs, background)

@@ -161,6 +161,7 @@ class SceneProducts:
         self.tiles: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.seen: dict[str, set[str]] = defaultdict(set)
         self.outputs = asdict(cfg.outputs)
+        self.num_cpus = cfg.products_num_cpus
         self.pending: dict[str, Any] = {}
         self.backgrounds: dict[str, Any] = {}
         self.failures: list[Failure] = []
@@ -171,7 +172,7 @@ class SceneProducts:
         scene_id = str(tile["scene_id"])
         if self.outputs.get("quicklook") and scene_id in self.plans and scene_id not in self.backgrounds:
             # the scene is under way: read its quicklook background now, beside the inference
-            self.backgrounds[scene_id] = background_task(self.plans[scene_id])
+            self.backgrounds[scene_id] = background_task(self.plans[scene_id], self.num_cpus)
         self.tiles[scene_id].append(tile)
         self.seen[scene_id].add(str(tile["key"]))
         if self.seen[scene_id] == self.expected[scene_id] and scene_id in self.plans:
@@ -191,7 +192,8 @@ class SceneProducts:
             self.failures.append(Failure(plan.scene_id, plan.uri, "", "stats", f"scene {plan.uri} is all nodata"))
         else:
             background = self.backgrounds.pop(plan.scene_id, None)
-            self.pending[plan.scene_id] = (plan, products_task(plan, scene_tiles, self.outputs, background))
+            task = products_task(plan, scene_tiles, self.outputs, background, self.num_cpus)
+            self.pending[plan.scene_id] = (plan, task)
 
     def results(self, order: list[ScenePlan]) -> tuple[list[dict[str, Any]], list[Failure]]:
         """Wait for every started products task; results in plan order. A failing task fails its scene only."""

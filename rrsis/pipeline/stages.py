@@ -104,18 +104,24 @@ class InferStage:
         self.scene_norms: dict[tuple[str, str], Any] = {}
 
     def __call__(self, batch: Batch) -> Batch:
-        from rrsis.checkpoints import normalize_image
-
         release_freed_memory()
         start = time.perf_counter()
-        image, valid = batch["image"], batch["valid"]
-        x = np.stack([normalize_image(self._norm(batch, i), image[i], valid[i]) for i in range(image.shape[0])])
-        step = 1 if self.batch_invariant else len(x)
-        prob = np.concatenate([self._forward(x[i : i + step]) for i in range(0, len(x), step)])
+        image = batch["image"]
+        n = image.shape[0]
+        step = 1 if self.batch_invariant else n
+        prob = np.concatenate(  # normalised one forward at a time: no second copy of the whole block
+            [self._forward(self._normalized(batch, range(s, min(s + step, n)))) for s in range(0, n, step)]
+        )
         out = {k: v for k, v in batch.items() if k != "image"}
         out["prob"] = prob.astype(np.float32, copy=False)
         out["infer_s"] = np.full(image.shape[0], (time.perf_counter() - start) / image.shape[0])
         return out
+
+    def _normalized(self, batch: Batch, rows: range) -> np.ndarray:
+        from rrsis.checkpoints import normalize_image
+
+        image, valid = batch["image"], batch["valid"]
+        return np.stack([normalize_image(self._norm(batch, i), image[i], valid[i]) for i in rows])
 
     def _norm(self, batch: Batch, i: int) -> Any:
         """Row i's statistics: the checkpoint's, or its scene's (norm=scene; `rrsis.checkpoints.scene_norm`)."""

@@ -49,6 +49,7 @@ def test_unknown_stage_names_the_known_ones() -> None:
 def test_map_pipeline_takes_its_options_from_the_table() -> None:
     from rrsis.config.load import load_config
     from rrsis.config.map import MapConfig
+    from rrsis.errors import ConfigError
     from rrsis.pipeline.build import resources_for
 
     def map_config(*overrides: str) -> MapConfig:
@@ -61,6 +62,10 @@ def test_map_pipeline_takes_its_options_from_the_table() -> None:
     assert res.refine.num_cpus == 1.0 and res.refine.pool_size == 1
     cpu_only = resources_for(map_config(), 0.0, cluster=LAPTOP)
     assert "num_gpus" not in cpu_only.infer.options
+    # 1 + 1 + 1 + 1 = 4 CPUs fit a 4-CPU cluster; a products task bigger than the cluster never could start
+    assert resources_for(map_config("products_num_cpus=4"), 0.0, 4.0, cluster=LAPTOP).batch_size == 4
+    with pytest.raises(ConfigError, match=r"^config error: key 'products_num_cpus' = 6 CPUs but the Ray cluster has 4"):
+        resources_for(map_config("products_num_cpus=6"), 0.0, 4.0, cluster=LAPTOP)
     # Ray Data fuses a task stage into the next actor stage only when their options are equal: they must
     # differ, or reads would run inside the inference actor instead of beside it.
     assert cpu_only.read.options != cpu_only.infer.options
@@ -95,11 +100,11 @@ def test_blocks_aim_at_a_pixel_budget_within_bounds() -> None:
     four_bands = [{"bands": "1,2,3,4"}, {"bands": "1"}]  # the widest row decides
     assert tile_bytes(two_bands, 512) == 512 * 512 * 14 == 3_670_016
     assert tile_bytes(four_bands, 512) == 512 * 512 * 22 == 5_767_168
-    assert block_tiles_for(four_bands, 512, 1) == 5  # 33_554_432 // 5_767_168 = 5
-    assert block_tiles_for(two_bands, 512, 1) == 9  # 33_554_432 // 3_670_016 = 9
-    assert block_tiles_for(two_bands, 32, 4) == 16  # tiny tiles: MAX_BLOCK_TILES
-    assert block_tiles_for(four_bands, 2048, 1) == 4  # one tile is 92 MB: MIN_BLOCK_TILES
-    assert block_tiles_for(two_bands, 512, 32) == 32  # a model batch never splits over blocks
+    assert block_tiles_for(tile_bytes(four_bands, 512), 1) == 5  # 33_554_432 // 5_767_168 = 5
+    assert block_tiles_for(tile_bytes(two_bands, 512), 1) == 9  # 33_554_432 // 3_670_016 = 9
+    assert block_tiles_for(tile_bytes(two_bands, 32), 4) == 16  # tiny tiles: MAX_BLOCK_TILES
+    assert block_tiles_for(tile_bytes(four_bands, 2048), 1) == 4  # one tile is 92 MB: MIN_BLOCK_TILES
+    assert block_tiles_for(tile_bytes(two_bands, 512), 32) == 32  # a model batch never splits over blocks
 
 
 def test_products_tasks_take_the_configured_cpus(monkeypatch: pytest.MonkeyPatch) -> None:

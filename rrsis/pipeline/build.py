@@ -63,8 +63,8 @@ def resources_for(
 
     `infer.num_gpus = -1` means 1 per actor if GPUs exist. `cluster` (default: the connected Ray's
     resources) decides whether CPU stages ask for the `cpu_pool` node type. Actor pools hold their CPUs for
-    the whole run, so the pools plus one read and one write task must fit the cluster, or the run would
-    wait forever: that is a ConfigError naming the keys.
+    the whole run, so the pools plus one read and one write task must fit the cluster, and a products task
+    the cluster at all, or the run would wait forever: that is a ConfigError naming the keys.
     """
     needed = (
         cfg.infer.pool_size * cfg.infer.num_cpus
@@ -77,6 +77,11 @@ def resources_for(
             f"config error: keys 'infer.pool_size' x 'infer.num_cpus' + 'refine.pool_size' x 'refine.num_cpus' + "
             f"'read_num_cpus' + 'write_num_cpus' = {needed:g} CPUs but the Ray cluster has {cpus_available:g}; "
             "lower them (fractions are fine) or give Ray more CPUs (ray.num_cpus)"
+        )
+    if cpus_available is not None and cfg.products_num_cpus > cpus_available:
+        raise ConfigError(
+            f"config error: key 'products_num_cpus' = {cfg.products_num_cpus:g} CPUs but the Ray cluster has "
+            f"{cpus_available:g}: no scene's products task could ever start; lower it or give Ray more CPUs"
         )
     if cluster is None:
         cluster = ray.cluster_resources() if ray.is_initialized() else {}
@@ -128,14 +133,14 @@ def tile_bytes(rows: list[dict[str, Any]], tile_px: int) -> int:
     return tile_px * tile_px * (4 * bands + 1 + 4 + 1)
 
 
-def block_tiles_for(rows: list[dict[str, Any]], tile_px: int, batch_size: int) -> int:
-    """Tiles per Ray Data block: about TARGET_BLOCK_BYTES of pixels within [MIN_BLOCK_TILES,
-    MAX_BLOCK_TILES], and never fewer than one model batch (the infer stage then runs several per block)."""
-    by_bytes = TARGET_BLOCK_BYTES // tile_bytes(rows, tile_px)
-    return max(batch_size, MIN_BLOCK_TILES, min(MAX_BLOCK_TILES, by_bytes))
+def block_tiles_for(tile_nbytes: int, batch_size: int) -> int:
+    """Tiles per Ray Data block for tiles of `tile_nbytes` (`tile_bytes`): about TARGET_BLOCK_BYTES of pixels
+    within [MIN_BLOCK_TILES, MAX_BLOCK_TILES], and never fewer than one model batch (the infer stage then
+    runs several per block)."""
+    return max(batch_size, MIN_BLOCK_TILES, min(MAX_BLOCK_TILES, TARGET_BLOCK_BYTES // tile_nbytes))
 
 
-def bound_object_store(ds: ray.data.Dataset, rows: list[dict[str, Any]], tile_px: int, block_tiles: int) -> int:
+def bound_object_store(ds: ray.data.Dataset, block_nbytes: int) -> int:
     """Cap `ds`'s object store use at a few blocks of pixels: memory then does not grow with the scene.
 
     Without a cap Ray Data lets reads run ahead of a slow inference actor until a fraction of the object
@@ -143,8 +148,7 @@ def bound_object_store(ds: ray.data.Dataset, rows: list[dict[str, Any]], tile_px
     The cap is set on the dataset's own context (a copy taken when it was created), never on the
     process-global `DataContext`, so other datasets of the same driver keep their settings.
     """
-    block = block_tiles * tile_bytes(rows, tile_px)
-    limit = max(MIN_OBJECT_STORE_BYTES, BLOCKS_IN_FLIGHT * block)
+    limit = max(MIN_OBJECT_STORE_BYTES, BLOCKS_IN_FLIGHT * block_nbytes)
     options = ds.context.execution_options
     options.resource_limits = options.resource_limits.copy(object_store_memory=limit)
     return limit
@@ -177,7 +181,8 @@ def map_dataset(
         "min_mapping_unit_px": cfg.refine.min_mapping_unit_px,
     }
     torch_threads = cfg.infer.torch_threads or max(1, int(res.infer.num_cpus))
-    block_tiles = block_tiles_for(rows, cfg.tiling.tile_px, res.batch_size)
+    tile_nbytes = tile_bytes(rows, cfg.tiling.tile_px)
+    block_tiles = block_tiles_for(tile_nbytes, res.batch_size)
     ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // block_tiles)))
     ds = _map(ds, read_stage, res.read, block_tiles)
     ds = _map(
@@ -201,7 +206,7 @@ def map_dataset(
         fn_constructor_kwargs={"task": cfg.task, "options": options, "keep_prob": cfg.outputs.probability},
     )
     ds = _map(ds, write_stage, res.write, block_tiles, fn_kwargs={"model": model})
-    bound_object_store(ds, rows, cfg.tiling.tile_px, block_tiles)
+    bound_object_store(ds, block_tiles * tile_nbytes)
     return ds
 
 

@@ -106,15 +106,14 @@ class InferStage:
     def __call__(self, batch: Batch) -> Batch:
         release_freed_memory()
         start = time.perf_counter()
-        image = batch["image"]
-        n = image.shape[0]
+        n = batch["image"].shape[0]
         step = 1 if self.batch_invariant else n
         prob = np.concatenate(  # normalised one forward at a time: no second copy of the whole block
             [self._forward(self._normalized(batch, range(s, min(s + step, n)))) for s in range(0, n, step)]
         )
         out = {k: v for k, v in batch.items() if k != "image"}
         out["prob"] = prob.astype(np.float32, copy=False)
-        out["infer_s"] = np.full(image.shape[0], (time.perf_counter() - start) / image.shape[0])
+        out["infer_s"] = np.full(n, (time.perf_counter() - start) / n)
         return out
 
     def _normalized(self, batch: Batch, rows: range) -> np.ndarray:

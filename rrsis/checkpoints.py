@@ -25,7 +25,7 @@ from torch import nn
 
 from rrsis import __version__, storage
 from rrsis.checkpoint_header import FORMAT_VERSION, KIND
-from rrsis.data.normalize import NormStats, apply_stats, scene_stats
+from rrsis.data.normalize import SCENE_RULES, NormStats, apply_stats, scene_stats, scene_thresholds
 from rrsis.errors import CheckpointError, InputError, RrsisError
 from rrsis.models.config import ModelConfig
 from rrsis.models.registry import build_model
@@ -44,7 +44,9 @@ class Checkpoint:
     version: str = __version__
     git_commit: str = "unknown"
     train_config: dict[str, Any] = field(default_factory=dict)
-    norm: str = "split"  # "scene": normalise each scene by its own `rrsis.data.normalize.scene_stats`
+    # "scene": normalise each scene by its own `rrsis.data.normalize.scene_stats`; "otsu": norm_mean/std plus,
+    # per band, a channel anchored on the scene's Otsu threshold (`scene_thresholds`)
+    norm: str = "split"
 
 
 OPTIONAL_ENTRIES = {"norm"}  # added later with a default: older files of the same format still load
@@ -118,8 +120,10 @@ def load_checkpoint(uri: str) -> Checkpoint:
     if missing:
         raise CheckpointError(f"checkpoint {uri} lacks entries: {', '.join(missing)}")
     ckpt = Checkpoint(**{n: data[n] for n in names if n in data})
-    if ckpt.norm not in ("split", "scene"):
-        raise CheckpointError(f"checkpoint {uri} has norm={ckpt.norm!r}; this rrsis knows split, scene")
+    if ckpt.norm not in ("split", *SCENE_RULES):
+        raise CheckpointError(
+            f"checkpoint {uri} has norm={ckpt.norm!r}; this rrsis knows split, {', '.join(SCENE_RULES)}"
+        )
     return ckpt
 
 
@@ -184,17 +188,23 @@ def normalize_image(stats: NormSource, image: np.ndarray, valid: np.ndarray) -> 
     """(C,H,W) raw values -> float32 (x - mean) / std per band; invalid or NaN pixels get `nodata_fill`.
 
     A scene-normalised checkpoint cannot normalise a tile by itself: pass `scene_norm(ckpt, uri, bands)`."""
-    if getattr(stats, "norm", "split") == "scene":
-        raise CheckpointError("this checkpoint normalises per scene (norm=scene): use scene_norm(ckpt, uri, bands)")
+    norm = getattr(stats, "norm", "split")
+    if norm in SCENE_RULES:
+        raise CheckpointError(f"this checkpoint normalises per scene (norm={norm}): use scene_norm(ckpt, uri, bands)")
     try:
-        return apply_stats(stats.norm_mean, stats.norm_std, stats.nodata_fill, image, valid)
+        return apply_stats(
+            stats.norm_mean, stats.norm_std, stats.nodata_fill, image, valid, getattr(stats, "anchor", None)
+        )
     except InputError as exc:
         raise CheckpointError(str(exc)) from exc
 
 
 def scene_norm(ckpt: Checkpoint, uri: str, bands: list[int]) -> NormStats:
     """The statistics to normalise scene `uri` (1-based `bands`) with: the checkpoint's own for a "split"
-    model, the scene's robust statistics (one decimated read, the same for every tile) for a "scene" one."""
+    model, the scene's robust statistics (one decimated read, the same for every tile) for a "scene" one,
+    the checkpoint's own anchored on the scene's Otsu thresholds (one decimated read) for an "otsu" one."""
+    if ckpt.norm == "otsu":
+        return split_norm(ckpt).anchored(scene_thresholds(uri, bands))
     if ckpt.norm != "scene":
         return split_norm(ckpt)
     mean, std = scene_stats(uri, bands)

@@ -15,7 +15,7 @@ import torch
 from rrsis.checkpoints import checkpoint_from_model, save_checkpoint
 from rrsis.config.eval import EvalConfig
 from rrsis.config.train import DataConfig
-from rrsis.evaluate.otsu import otsu_threshold, otsu_water
+from rrsis.data.otsu import otsu_threshold, otsu_water
 from rrsis.evaluate.run import run_eval
 from rrsis.metrics.segmentation import ConfusionMeter
 from rrsis.models.config import ModelConfig

@@ -96,14 +96,17 @@ def _small_sen1floods11(samples: Path, root: Path, size_px: int = 96) -> None:
 
 
 @pytest.mark.slow
-def test_run_train_tiny_config_writes_metrics_and_a_loadable_best_checkpoint(tmp_path: Path, samples: Path) -> None:
+@pytest.mark.parametrize("norm", ["split", "otsu"])
+def test_run_train_tiny_config_writes_metrics_and_a_loadable_best_checkpoint(
+    tmp_path: Path, samples: Path, norm: str
+) -> None:
     from rrsis.train.run import run_train
 
     _small_sen1floods11(samples, tmp_path / "chips")
     cfg = load_config(
         TrainConfig,
         REPO / "configs/train/waterland_tiny.yaml",
-        [f"output={tmp_path}", f"data.root={tmp_path / 'chips'}"],
+        [f"output={tmp_path}", f"data.root={tmp_path / 'chips'}", f"data.norm={norm}"],
     )
     assert run_train(cfg) == 0
     run = tmp_path / "waterland_tiny"
@@ -111,13 +114,15 @@ def test_run_train_tiny_config_writes_metrics_and_a_loadable_best_checkpoint(tmp
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(np.isfinite(r["loss"]) and "val_iou_water" in r for r in records)
     ckpt = load_checkpoint(str(run / "best.pt"))
-    assert ckpt.bands == ["VV", "VH"] and len(ckpt.norm_mean) == 2
+    assert ckpt.bands == ["VV", "VH"] and len(ckpt.norm_mean) == 2 and ckpt.norm == norm
+    channels = 4 if norm == "otsu" else 2  # otsu: VV, VH absolute, then each minus its chip's Otsu threshold
+    assert ckpt.model_config["waterland"]["in_bands"] == channels
     assert ckpt.model_config["waterland"]["aux_heads"] == 1  # ce_dice (eq. 3) has two heads
     assert ckpt.train_config["data"]["val_events"] == ["India"]
     best = max(records, key=lambda r: r["val_iou_water"])
     assert ckpt.metrics["epoch"] == best["epoch"]
     model = build_from_checkpoint(ckpt)
-    assert model(torch.zeros(1, 2, 20, 20)).shape == (1, 2, 20, 20)
+    assert model(torch.zeros(1, channels, 20, 20)).shape == (1, 2, 20, 20)
     assert (run / "last.pt").is_file() and (run / "config.yaml").is_file()
 
 

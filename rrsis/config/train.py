@@ -24,8 +24,10 @@ class DataConfig:
     eval_tile_px: int = bounded(0, 0, 8192)  # evaluation reads samples in tiles of this size; 0 = whole
     augment: bool = True
     # "split": one mean/std of the training split for every scene; "scene": each scene (chip) its own robust
-    # median and IQR/1.349 per band (rrsis.data.normalize.scene_stats), stored as the checkpoint's `norm`
-    norm: str = choice("split", "split", "scene")
+    # median and IQR/1.349 per band (rrsis.data.normalize.scene_stats); "otsu": the split's mean/std and,
+    # beside each band, the band minus the scene's own Otsu threshold (2x the input channels). Stored as the
+    # checkpoint's `norm`
+    norm: str = choice("split", "split", "scene", "otsu")
     num_workers: int = bounded(0, 0, 64)
     # share of the training images used (PSLG-SAM Table 4's data-fraction axis; a seeded subset; sam_decoder)
     train_fraction: float = bounded(1.0, 0.0, 1.0, open_low=True)

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from rrsis.data import sen1floods11, snowed
 from rrsis.data.augment import random_dihedral
-from rrsis.data.normalize import NormStats, apply_stats, sample_scene_stats
+from rrsis.data.normalize import NormStats, sample_stats
 from rrsis.data.pairs import SampleRef, find_geotiff_pairs, iter_blocks, read_sample
 from rrsis.errors import ConfigError, InputError
 from rrsis.geo.tiling import PixelWindow
@@ -141,8 +141,8 @@ class WaterLandDataset(Dataset[dict[str, Any]]):
     Training: `crops_per_sample` random windows of `crop_px` per sample and epoch (torch RNG, so a seeded run
     repeats, and DataLoader workers differ), with random flips/rotations. Evaluation: a fixed cover of each
     sample (see `eval_windows`), no augmentation; "index" names the sample for per-chip metrics.
-    With `stats.norm == "scene"` each sample is normalised by its own whole-chip statistics (the chip is the
-    scene), computed once here, so every crop of a chip sees the same numbers.
+    With `stats.norm` "scene" (or "otsu") each sample is normalised by its own whole-chip statistics (or Otsu
+    thresholds; the chip is the scene), computed once here, so every crop of a chip sees the same numbers.
     `water_crop_fraction`: the share of training crops placed to contain a labelled water pixel (drawn
     uniformly from the sample's water pixels, at a uniform position inside the crop). Uniform crops of a chip
     with 1 % water almost never show water, so a model learns "never water" there; the rest stay uniform so
@@ -170,9 +170,7 @@ class WaterLandDataset(Dataset[dict[str, Any]]):
         self.augment = augment and train
         self.water_crop_fraction = water_crop_fraction if train and crop_px > 0 else 0.0
         self.water_points = [water_points(ref) if self.water_crop_fraction > 0 else None for ref in self.refs]
-        self.sample_stats = [
-            stats.for_scene(*sample_scene_stats(ref)) if stats.norm == "scene" else stats for ref in self.refs
-        ]
+        self.sample_stats = [sample_stats(stats, ref) for ref in self.refs]
         self.items: list[tuple[int, PixelWindow | None]] = []
         if train:
             self.items = [(i, None) for _ in range(crops_per_sample) for i in range(len(self.refs))]
@@ -212,8 +210,7 @@ class WaterLandDataset(Dataset[dict[str, Any]]):
 
     def normalize(self, index: int, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Item `index`'s raw image normalised as the model expects (split or its sample's statistics)."""
-        stats = self.sample_stats[self.items[index][0]]
-        return apply_stats(stats.norm_mean, stats.norm_std, stats.nodata_fill, image, valid)
+        return self.sample_stats[self.items[index][0]].apply(image, valid)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, valid, label = self.read(index)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rrsis.data.otsu import otsu_threshold
 from rrsis.data.pairs import SampleRef, iter_blocks, read_sample
 from rrsis.errors import InputError
 
@@ -24,23 +25,58 @@ class NormStats:
     norm_std: list[float]
     nodata_fill: float = 0.0  # after normalisation 0 is the band mean: invalid pixels look "average"
     # "split": every scene uses norm_mean/std; "scene": each scene its own `scene_stats` (norm_mean/std then
-    # only record the training split, for reference)
+    # only record the training split, for reference); "otsu": norm_mean/std, and beside each band a second
+    # channel anchored on the scene's own Otsu threshold of it (`scene_thresholds`, see `apply_stats`)
     norm: str = "split"
+    # per band, the scene's Otsu threshold: set on the statistics of one scene of an "otsu" model
+    anchor: list[float] | None = None
 
     def for_scene(self, mean: Sequence[float], std: Sequence[float]) -> NormStats:
         """These statistics with one scene's location and scale (what a "scene" model applies to it)."""
         return NormStats(list(self.bands), list(mean), list(std), self.nodata_fill, "split")
 
+    def anchored(self, thresholds: Sequence[float]) -> NormStats:
+        """These statistics with one scene's Otsu thresholds (what an "otsu" model applies to it)."""
+        return NormStats(list(self.bands), list(self.norm_mean), list(self.norm_std), self.nodata_fill, "split",
+                         [float(t) for t in thresholds])  # fmt: skip
+
+    def apply(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """`apply_stats` with these statistics (and anchor)."""
+        return apply_stats(self.norm_mean, self.norm_std, self.nodata_fill, image, valid, self.anchor)
+
+
+#: Normalisation rules that need statistics of the whole scene (never of a tile) before any tile runs.
+SCENE_RULES = ("scene", "otsu")
+
+
+def input_channels(bands: int, norm: str) -> int:
+    """Model input channels for `bands` raw bands: an "otsu" model sees each band twice (absolute, anchored)."""
+    return 2 * bands if norm == "otsu" else bands
+
 
 def apply_stats(
-    norm_mean: Sequence[float], norm_std: Sequence[float], nodata_fill: float, image: np.ndarray, valid: np.ndarray
+    norm_mean: Sequence[float],
+    norm_std: Sequence[float],
+    nodata_fill: float,
+    image: np.ndarray,
+    valid: np.ndarray,
+    anchor: Sequence[float] | None = None,
 ) -> np.ndarray:
     """(C,H,W) raw values -> float32 (x - mean) / std per band; a pixel invalid, or NaN in any band, gets
-    `nodata_fill` in every band (a half-valid pixel is not a measurement)."""
+    `nodata_fill` in every band (a half-valid pixel is not a measurement).
+
+    With `anchor` (one scene's per-band Otsu thresholds) the output has 2C channels: the C above, then
+    (x - anchor) / std per band, i.e. how far each pixel sits below or above its scene's own threshold."""
     if image.ndim != 3 or image.shape[0] != len(norm_mean):
         raise InputError(f"image has shape {image.shape}, the normalisation expects ({len(norm_mean)}, H, W)")
     mean = np.asarray(norm_mean, dtype=np.float32)[:, None, None]
     std = np.asarray(norm_std, dtype=np.float32)[:, None, None]
+    if anchor is not None:
+        if len(anchor) != len(norm_mean):
+            raise InputError(f"{len(anchor)} Otsu anchor(s) for {len(norm_mean)} band(s)")
+        mean = np.concatenate([mean, np.asarray(anchor, dtype=np.float32)[:, None, None]])
+        std = np.concatenate([std, std])
+        image = np.concatenate([image, image])
     with np.errstate(invalid="ignore", over="ignore"):
         out = (image.astype(np.float32, copy=False) - mean) / std
     bad = ~np.asarray(valid, dtype=bool)[None] | ~np.isfinite(out).all(axis=0, keepdims=True)
@@ -84,8 +120,8 @@ def robust_stats(pixels: np.ndarray) -> tuple[list[float], list[float]]:
     return p50.tolist(), scale.tolist()
 
 
-def scene_stats(uri: str, bands: Sequence[int], max_px: int = SCENE_STATS_MAX_PX) -> tuple[list[float], list[float]]:
-    """Robust per-band statistics of a GeoTIFF scene from one decimated read (overviews when the file has
+def decimated_pixels(uri: str, bands: Sequence[int], max_px: int = SCENE_STATS_MAX_PX) -> np.ndarray:
+    """(C, N) float64 valid pixels of a GeoTIFF scene from one decimated read (overviews when the file has
     them), never a full-resolution read of a large scene. Valid = finite, not the nodata tag, inside the mask."""
     import rasterio
     from rasterio.enums import MaskFlags
@@ -108,18 +144,59 @@ def scene_stats(uri: str, bands: Sequence[int], max_px: int = SCENE_STATS_MAX_PX
                 valid &= data[i] != np.asarray(nodata).astype(data.dtype)
     data = data.astype(np.float64)
     valid &= np.isfinite(data).all(axis=0)
+    return data[:, valid]  # type: ignore[no-any-return]
+
+
+def scene_stats(uri: str, bands: Sequence[int], max_px: int = SCENE_STATS_MAX_PX) -> tuple[list[float], list[float]]:
+    """Robust per-band statistics (median, IQR/1.349) of a GeoTIFF scene (`decimated_pixels`)."""
     try:
-        return robust_stats(data[:, valid])
+        return robust_stats(decimated_pixels(uri, bands, max_px))
     except InputError as exc:
         raise InputError(f"{uri}: {exc}") from exc
 
 
-def sample_scene_stats(ref: SampleRef, max_px: int = SCENE_STATS_MAX_PX) -> tuple[list[float], list[float]]:
-    """`scene_stats` of a training/evaluation sample: the chip is the scene (SNOWED arrays by strided view)."""
+def otsu_thresholds(pixels: np.ndarray) -> list[float]:
+    """(C, N) valid pixel values -> per-band global Otsu threshold (the `norm=otsu` anchor)."""
+    if pixels.ndim != 2 or pixels.shape[1] == 0:
+        raise InputError("no valid pixel in the scene: cannot compute its Otsu thresholds")
+    return [otsu_threshold(band) for band in pixels]
+
+
+def scene_thresholds(uri: str, bands: Sequence[int], max_px: int = SCENE_STATS_MAX_PX) -> list[float]:
+    """Per-band Otsu thresholds of a GeoTIFF scene (`decimated_pixels`): the same for every tile."""
+    try:
+        return otsu_thresholds(decimated_pixels(uri, bands, max_px))
+    except InputError as exc:
+        raise InputError(f"{uri}: {exc}") from exc
+
+
+def sample_pixels(ref: SampleRef, max_px: int = SCENE_STATS_MAX_PX) -> np.ndarray:
+    """`decimated_pixels` of a training/evaluation sample: the chip is the scene (SNOWED arrays by strided
+    view)."""
     if ref.kind != "npy":
-        return scene_stats(ref.image_uri, ref.bands, max_px)
+        return decimated_pixels(ref.image_uri, ref.bands, max_px)
     step = max(1, -(-max(ref.width, ref.height) // max_px))
     arr = np.load(ref.image_uri, mmap_mode="r", allow_pickle=False)
     data = np.asarray(arr[::step, ::step][:, :, [b - 1 for b in ref.bands]], dtype=np.float64)
     pixels = np.moveaxis(data, -1, 0).reshape(len(ref.bands), -1)
-    return robust_stats(pixels[:, np.isfinite(pixels).all(axis=0)])
+    return pixels[:, np.isfinite(pixels).all(axis=0)]  # type: ignore[no-any-return]
+
+
+def sample_scene_stats(ref: SampleRef, max_px: int = SCENE_STATS_MAX_PX) -> tuple[list[float], list[float]]:
+    """`scene_stats` of a training/evaluation sample."""
+    try:
+        return robust_stats(sample_pixels(ref, max_px))
+    except InputError as exc:
+        raise InputError(f"{ref.image_uri}: {exc}") from exc
+
+
+def sample_stats(stats: NormStats, ref: SampleRef) -> NormStats:
+    """The statistics one sample is normalised with under `stats.norm` (the sample is its own scene)."""
+    if stats.norm == "scene":
+        return stats.for_scene(*sample_scene_stats(ref))
+    if stats.norm == "otsu":
+        try:
+            return stats.anchored(otsu_thresholds(sample_pixels(ref)))
+        except InputError as exc:
+            raise InputError(f"{ref.image_uri}: {exc}") from exc
+    return stats

@@ -24,8 +24,8 @@ from rrsis.checkpoints import Checkpoint, build_from_checkpoint
 from rrsis.config.eval import EvalConfig
 from rrsis.data.dataset import WaterLandDataset, build_splits
 from rrsis.data.normalize import NormStats
+from rrsis.data.otsu import otsu_water
 from rrsis.errors import ConfigError
-from rrsis.evaluate.otsu import otsu_water
 from rrsis.evaluate.panels import write_panel
 from rrsis.log import get_logger
 from rrsis.metrics.segmentation import ConfusionMeter

@@ -123,8 +123,10 @@ class InferStage:
         return np.stack([normalize_image(self._norm(batch, i), image[i], valid[i]) for i in rows])
 
     def _norm(self, batch: Batch, i: int) -> Any:
-        """Row i's statistics: the checkpoint's, or its scene's (norm=scene; `rrsis.checkpoints.scene_norm`)."""
-        if self.ckpt.norm != "scene":
+        """Row i's statistics: the checkpoint's, or its scene's (norm=scene, otsu; see `scene_norm`)."""
+        from rrsis.data.normalize import SCENE_RULES
+
+        if self.ckpt.norm not in SCENE_RULES:
             return self.ckpt
         from rrsis.checkpoints import scene_norm, split_norm
 

@@ -21,7 +21,7 @@ from rrsis.checkpoints import Checkpoint, checkpoint_from_model, save_checkpoint
 from rrsis.config.load import to_dict, to_yaml
 from rrsis.config.train import TrainConfig
 from rrsis.data.dataset import SplitRefs, WaterLandDataset, batchable, build_splits
-from rrsis.data.normalize import NormStats, compute_stats
+from rrsis.data.normalize import NormStats, compute_stats, input_channels
 from rrsis.errors import ConfigError
 from rrsis.log import get_logger
 from rrsis.losses import build_loss, heads_for_loss
@@ -59,7 +59,7 @@ def prepare_waterland(cfg: TrainConfig) -> WaterlandSetup:
         raise ConfigError(f"data.val_events={cfg.data.val_events} leaves no training sample")
     stats = compute_stats(splits.train, splits.bands, norm=cfg.data.norm)
     wl = cfg.model.waterland
-    wl.in_bands = len(splits.bands)
+    wl.in_bands = input_channels(len(splits.bands), stats.norm)
     wl.aux_heads = heads_for_loss(cfg.loss.name) - 1
     train_set = WaterLandDataset(
         splits.train,

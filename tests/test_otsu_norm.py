@@ -1,0 +1,141 @@
+"""Otsu-anchored normalisation (`data.norm=otsu`): absolute dB beside dB minus the scene's own Otsu threshold.
+
+Checked on real GeoTIFFs written here: the hand-computed channels, the per-scene thresholds from the
+decimated read, the checkpoint field, the training/evaluation dataset, and the map pipeline's infer stage
+(every tile of a scene is anchored on that scene's thresholds, never its own).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, normalize_image, save_checkpoint, scene_norm
+from rrsis.data.dataset import WaterLandDataset
+from rrsis.data.normalize import (
+    NormStats,
+    apply_stats,
+    decimated_pixels,
+    input_channels,
+    otsu_thresholds,
+    scene_thresholds,
+)
+from rrsis.data.otsu import otsu_threshold
+from rrsis.data.pairs import geotiff_ref
+from rrsis.errors import CheckpointError, InputError
+from rrsis.pipeline.inputs import resolve_inputs
+from rrsis.pipeline.plan import plan_run
+from rrsis.pipeline.stages import InferStage, read_stage
+from tests.pipeline_data import tiny_checkpoint
+from tests.test_scene_norm import _write
+
+
+def test_anchored_channels_hand_computed() -> None:
+    # one band, mean -10, std 4, anchor (Otsu threshold) -14:
+    #   x = -18 -> absolute (-18 + 10) / 4 = -2.0, anchored (-18 + 14) / 4 = -1.0
+    #   x =  -6 -> absolute ( -6 + 10) / 4 =  1.0, anchored ( -6 + 14) / 4 =  2.0
+    #   NaN     -> the fill (0.0) in both channels
+    image = np.array([[[-18.0, -6.0, np.nan]]], dtype=np.float32)
+    valid = np.ones((1, 3), dtype=bool)
+    out = apply_stats([-10.0], [4.0], 0.0, image, valid, anchor=[-14.0])
+    np.testing.assert_allclose(out, [[[-2.0, 1.0, 0.0]], [[-1.0, 2.0, 0.0]]])
+    assert input_channels(2, "otsu") == 4 and input_channels(2, "split") == 2 and input_channels(2, "scene") == 2
+    with pytest.raises(InputError, match="2 Otsu anchor"):
+        apply_stats([-10.0], [4.0], 0.0, image, valid, anchor=[-14.0, -20.0])
+    with pytest.raises(InputError, match="no valid pixel"):
+        otsu_thresholds(np.zeros((2, 0)))
+
+
+def test_scene_thresholds_split_each_band_between_its_modes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    water = np.zeros((64, 64), dtype=bool)
+    water[:, :24] = True  # 3/8 of the scene is dark water
+    vv = np.where(water, -20.0, -8.0) + rng.normal(0, 1.0, water.shape)
+    vh = np.where(water, -27.0, -15.0) + rng.normal(0, 1.0, water.shape)
+    data = np.stack([vv, vh]).astype(np.float32)
+    data[:, :4, :4] = np.nan
+    uri = _write(tmp_path / "s.tif", data)
+    thresholds = scene_thresholds(uri, [1, 2], max_px=64)
+    assert -18.0 < thresholds[0] < -10.0 and -25.0 < thresholds[1] < -17.0
+    pixels = decimated_pixels(uri, [1, 2], max_px=64)
+    assert pixels.shape == (2, 64 * 64 - 16)  # the NaN corner is not a pixel
+    assert thresholds == [otsu_threshold(pixels[0]), otsu_threshold(pixels[1])]
+    assert scene_thresholds(uri, [2, 1], max_px=64) == thresholds[::-1]
+    blank = _write(tmp_path / "blank.tif", np.full((2, 8, 8), np.nan, dtype=np.float32))
+    with pytest.raises(InputError, match=r"blank\.tif: no valid pixel"):
+        scene_thresholds(blank, [1, 2])
+
+
+def _otsu_checkpoint(tmp_path: Path) -> str:
+    """A random SeNet taking 4 channels, saved as a 2-band (VV, VH) norm=otsu checkpoint."""
+    ckpt = load_checkpoint(tiny_checkpoint(tmp_path / "four.pt", in_bands=4))
+    ckpt.bands, ckpt.norm_mean, ckpt.norm_std, ckpt.norm = ["VV", "VH"], [-12.0, -19.0], [4.0, 4.0], "otsu"
+    save_checkpoint(ckpt, str(tmp_path / "otsu.pt"))
+    return str(tmp_path / "otsu.pt")
+
+
+def test_otsu_checkpoint_needs_the_scene_and_feeds_the_map_infer_stage(tmp_path: Path) -> None:
+    """Every tile of a scene is anchored on the scene's thresholds; each scene on its own; the probabilities
+    are exactly the model on [absolute, anchored] channels."""
+    yy, xx = np.mgrid[0:96, 0:128].astype(np.float32)
+    water = np.sin(xx / 13.0) * np.cos(yy / 11.0) > 0.3
+    scenes = []
+    for i, shift in enumerate((0.0, 5.0)):  # the second scene is 5 dB brighter, water and land alike
+        vv = np.where(water, -20.0, -8.0) + shift + np.sin(yy / 7.0)
+        scenes.append(_write(tmp_path / f"s{i}.tif", np.stack([vv, vv - 7.0])))
+    uri = _otsu_checkpoint(tmp_path)
+    ckpt = load_checkpoint(uri)
+    assert ckpt.norm == "otsu"
+    with pytest.raises(CheckpointError, match="norm=otsu"):
+        normalize_image(ckpt, np.zeros((2, 4, 4), np.float32), np.ones((4, 4), bool))
+    resolved, _ = resolve_inputs(scenes)
+    _, rows, failures = plan_run(
+        resolved, str(tmp_path / "run"), tile_px=64, overlap_px=0, requested_bands=[], model_bands=["VV", "VH"],
+        in_bands=2,
+    )  # fmt: skip
+    assert not failures and len(rows) == 8
+    batch = {k: np.asarray([r[k] for r in rows]) for k in rows[0]}
+    read = read_stage(batch)
+    infer = InferStage(uri, device="cpu", torch_threads=1)
+    out = infer(dict(read))
+    assert len(infer.scene_norms) == 2  # one decimated read per scene, not per tile
+    model = build_from_checkpoint(ckpt)
+    for i, row in enumerate(rows):
+        stats = scene_norm(ckpt, str(row["scene_uri"]), [1, 2])
+        assert stats.anchor == scene_thresholds(str(row["scene_uri"]), [1, 2])
+        assert (stats.norm_mean, stats.norm_std) == ([-12.0, -19.0], [4.0, 4.0])
+        x = apply_stats(stats.norm_mean, stats.norm_std, 0.0, read["image"][i], read["valid"][i], stats.anchor)
+        assert x.shape == (4, 64, 64)
+        with torch.inference_mode():
+            expected = torch.softmax(model(torch.from_numpy(x)[None]), dim=1)[0, 1].numpy()
+        np.testing.assert_allclose(out["prob"][i], expected, atol=1e-5)
+    a0, a1 = (infer.scene_norms[k].anchor for k in sorted(infer.scene_norms))
+    assert a1[0] - a0[0] == pytest.approx(5.0, abs=0.2)  # the threshold follows the scene's level
+
+
+def test_dataset_anchors_each_chip_on_its_own_threshold(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    (tmp_path / "labels").mkdir()
+    refs = []
+    water = rng.random((40, 40)) > 0.6  # the same water in both chips; the "bright" one is 6 dB brighter
+    for name, offset in (("dark", -6.0), ("bright", 0.0)):
+        image = np.stack([np.where(water, -20.0, -8.0), np.where(water, -27.0, -15.0)]) + offset
+        uri = _write(tmp_path / f"{name}.tif", image + rng.normal(0, 1.0, (2, 40, 40)))
+        label = _write(tmp_path / "labels" / f"{name}.tif", water[None], "int16", nodata=None)
+        refs.append(geotiff_ref(name, name, uri, label, []))
+    stats = NormStats(["VV", "VH"], [-12.0, -19.0], [4.0, 4.0], norm="otsu")
+    dataset = WaterLandDataset(refs, stats, train=False, crop_px=20)  # 4 windows per chip, no padding
+    for index in range(len(dataset)):
+        sample, _ = dataset.items[index]
+        image, valid, _ = dataset.read(index)
+        anchor = scene_thresholds(refs[sample].image_uri, [1, 2])
+        expected = apply_stats([-12.0, -19.0], [4.0, 4.0], 0.0, image, valid, anchor)
+        np.testing.assert_array_equal(dataset[index]["image"].numpy(), expected)
+    # anchored channels agree across the 6 dB offset; absolute channels keep it
+    dark = np.concatenate([dataset[i]["image"].numpy() for i in range(len(dataset)) if dataset.items[i][0] == 0], 2)
+    bright = np.concatenate([dataset[i]["image"].numpy() for i in range(len(dataset)) if dataset.items[i][0] == 1], 2)
+    assert abs(float(dark[2].mean() - bright[2].mean())) < 0.3
+    assert float(bright[0].mean() - dark[0].mean()) == pytest.approx(6.0 / 4.0, abs=0.3)

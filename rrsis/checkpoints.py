@@ -26,7 +26,8 @@ from torch import nn
 from rrsis import __version__, storage
 from rrsis.checkpoint_header import FORMAT_VERSION, KIND
 from rrsis.data.normalize import SCENE_RULES, NormStats, apply_stats, scene_stats, scene_thresholds
-from rrsis.errors import CheckpointError, InputError, RrsisError
+from rrsis.data.otsu import NO_GATE, gate_band
+from rrsis.errors import CheckpointError, ConfigError, InputError, RrsisError
 from rrsis.models.config import ModelConfig
 from rrsis.models.registry import build_model
 
@@ -47,9 +48,10 @@ class Checkpoint:
     # "scene": normalise each scene by its own `rrsis.data.normalize.scene_stats`; "otsu": norm_mean/std plus,
     # per band, a channel anchored on the scene's Otsu threshold (`scene_thresholds`)
     norm: str = "split"
+    gate: str = ""  # "otsu:<band>": model water only below the scene's Otsu threshold of that band (rrsis.data.otsu)
 
 
-OPTIONAL_ENTRIES = {"norm"}  # added later with a default: older files of the same format still load
+OPTIONAL_ENTRIES = {"norm", "gate"}  # added later with a default: older files of the same format still load
 
 
 class NormSource(Protocol):
@@ -124,6 +126,10 @@ def load_checkpoint(uri: str) -> Checkpoint:
         raise CheckpointError(
             f"checkpoint {uri} has norm={ckpt.norm!r}; this rrsis knows split, {', '.join(SCENE_RULES)}"
         )
+    try:
+        gate_band(ckpt.gate, ckpt.bands, key="gate")
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {uri}: {exc}") from exc
     return ckpt
 
 
@@ -164,6 +170,7 @@ def checkpoint_from_model(
     metrics: dict[str, float] | None = None,
     train_config: dict[str, Any] | None = None,
     norm: str = "split",
+    gate: str = "",
 ) -> Checkpoint:
     """Snapshot a model (weights copied to CPU) with its config, bands and normalisation."""
     from rrsis.config.load import to_dict
@@ -181,6 +188,7 @@ def checkpoint_from_model(
         git_commit=git_commit(),
         train_config=dict(train_config or {}),
         norm=norm,
+        gate="" if gate in NO_GATE else gate,
     )
 
 

@@ -96,9 +96,9 @@ def _small_sen1floods11(samples: Path, root: Path, size_px: int = 96) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("norm", ["split", "otsu"])
+@pytest.mark.parametrize(("norm", "gate"), [("split", "none"), ("otsu", "otsu:VH")])
 def test_run_train_tiny_config_writes_metrics_and_a_loadable_best_checkpoint(
-    tmp_path: Path, samples: Path, norm: str
+    tmp_path: Path, samples: Path, norm: str, gate: str
 ) -> None:
     from rrsis.train.run import run_train
 
@@ -106,7 +106,7 @@ def test_run_train_tiny_config_writes_metrics_and_a_loadable_best_checkpoint(
     cfg = load_config(
         TrainConfig,
         REPO / "configs/train/waterland_tiny.yaml",
-        [f"output={tmp_path}", f"data.root={tmp_path / 'chips'}", f"data.norm={norm}"],
+        [f"output={tmp_path}", f"data.root={tmp_path / 'chips'}", f"data.norm={norm}", f"data.gate={gate}"],
     )
     assert run_train(cfg) == 0
     run = tmp_path / "waterland_tiny"
@@ -115,6 +115,7 @@ def test_run_train_tiny_config_writes_metrics_and_a_loadable_best_checkpoint(
     assert all(np.isfinite(r["loss"]) and "val_iou_water" in r for r in records)
     ckpt = load_checkpoint(str(run / "best.pt"))
     assert ckpt.bands == ["VV", "VH"] and len(ckpt.norm_mean) == 2 and ckpt.norm == norm
+    assert ckpt.gate == ("" if gate == "none" else gate)
     channels = 4 if norm == "otsu" else 2  # otsu: VV, VH absolute, then each minus its chip's Otsu threshold
     assert ckpt.model_config["waterland"]["in_bands"] == channels
     assert ckpt.model_config["waterland"]["aux_heads"] == 1  # ce_dice (eq. 3) has two heads

@@ -28,6 +28,9 @@ class DataConfig:
     # beside each band, the band minus the scene's own Otsu threshold (2x the input channels). Stored as the
     # checkpoint's `norm`
     norm: str = choice("split", "split", "scene", "otsu")
+    # water-land post-process stored in the checkpoint: "otsu:VV" keeps model water only where VV is below the
+    # scene's global Otsu threshold (rrsis.data.otsu); "" none. `rrsis eval`: "" = the checkpoint's, "none" = off
+    gate: str = ""
     num_workers: int = bounded(0, 0, 64)
     # share of the training images used (PSLG-SAM Table 4's data-fraction axis; a seeded subset; sam_decoder)
     train_fraction: float = bounded(1.0, 0.0, 1.0, open_low=True)

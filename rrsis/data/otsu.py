@@ -7,7 +7,11 @@ maximises the between-class variance of the chip's histogram of valid pixels, an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+from rrsis.errors import ConfigError
 
 OTSU_BINS = 256
 
@@ -38,3 +42,28 @@ def otsu_water(band_db: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, floa
     threshold = otsu_threshold(band_db[valid])
     water = (band_db < threshold) & valid
     return water.astype(np.int64), threshold
+
+
+# The Otsu gate: a physical post-process of a water model. Calm open water is dark in SAR, so a pixel stays
+# water only if the model says water and its band (dB) is below the scene's own global Otsu threshold of that
+# band; the model still decides which dark pixels are water (Otsu alone also marks dark land). Written "otsu:VV".
+GATE_PREFIX = "otsu:"
+NO_GATE = ("", "none")
+
+
+def gate_band(gate: str, bands: Sequence[str], key: str = "data.gate") -> int | None:
+    """Index into `bands` of the band an Otsu gate spec ("otsu:VV") thresholds; None for no gate ("", "none")."""
+    if gate in NO_GATE:
+        return None
+    name = gate[len(GATE_PREFIX) :].upper() if gate.startswith(GATE_PREFIX) else ""
+    upper = [b.upper() for b in bands]
+    if name not in upper:
+        raise ConfigError(f"{key}={gate!r}: expected 'none' or 'otsu:<band>' with a band of {list(bands)}")
+    return upper.index(name)
+
+
+def gate_water(water: np.ndarray, band_db: np.ndarray, threshold: float) -> np.ndarray:
+    """`water` where `band_db` is below `threshold`, else 0 (NaN is not below); same dtype as `water`."""
+    with np.errstate(invalid="ignore"):
+        dark = np.asarray(band_db) < threshold
+    return np.where(dark, water, np.zeros((), dtype=np.asarray(water).dtype))

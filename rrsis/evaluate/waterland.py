@@ -23,8 +23,8 @@ from rrsis import storage
 from rrsis.checkpoints import Checkpoint, build_from_checkpoint
 from rrsis.config.eval import EvalConfig
 from rrsis.data.dataset import WaterLandDataset, build_splits
-from rrsis.data.normalize import NormStats
-from rrsis.data.otsu import otsu_water
+from rrsis.data.normalize import NormStats, otsu_thresholds, sample_pixels
+from rrsis.data.otsu import gate_band, gate_water, otsu_water
 from rrsis.errors import ConfigError
 from rrsis.evaluate.panels import write_panel
 from rrsis.log import get_logger
@@ -61,9 +61,14 @@ def evaluate_chips(
     baseline: bool,
     panels: int = 0,
     panel_dir: str = "",
+    gate: int | None = None,
 ) -> list[ChipResult]:
-    """Run the model (and the Otsu baselines) over every window of every chip of `dataset`."""
+    """Run the model (and the Otsu baselines) over every window of every chip of `dataset`.
+
+    `gate`: index of the band of the checkpoint's Otsu gate (`rrsis.data.otsu`); the model's water is kept
+    only below that band's Otsu threshold over the whole chip (the chip is the scene, as in `rrsis map`)."""
     chips = [ChipResult(ref.sample_id, ref.group) for ref in dataset.refs]
+    gate_db: dict[int, float] = {}
     baseline_bands = [b for b in BASELINE_BANDS if b in ckpt.bands] if baseline else []
     panels_done: set[int] = set()
     for index in range(len(dataset)):
@@ -71,6 +76,10 @@ def evaluate_chips(
         image, valid, label = dataset.read(index)
         x = torch.from_numpy(dataset.normalize(index, image, valid))[None].to(device)
         pred = model(x).argmax(dim=1)[0].cpu().numpy()
+        if gate is not None:
+            if sample not in gate_db:
+                gate_db[sample] = otsu_thresholds(sample_pixels(dataset.refs[sample]))[gate]
+            pred = gate_water(pred, image[gate], gate_db[sample])
         chip = chips[sample]
         _meter(chip, METHOD_MODEL).update(pred, label, valid)
         predictions = [pred]
@@ -168,6 +177,8 @@ def run_waterland_eval(cfg: EvalConfig, ckpt: Checkpoint) -> int:
     refs = splits.get(cfg.split)
     stats = NormStats(list(ckpt.bands), ckpt.norm_mean, ckpt.norm_std, ckpt.nodata_fill, norm=ckpt.norm)
     dataset = WaterLandDataset(refs, stats, train=False, crop_px=data.eval_tile_px)
+    gate = "" if data.gate == "none" else (data.gate or ckpt.gate)
+    gate_index = gate_band(gate, ckpt.bands)
     device = resolve_device(cfg.device)
     model = build_from_checkpoint(ckpt).to(device)
     log.info(
@@ -181,6 +192,7 @@ def run_waterland_eval(cfg: EvalConfig, ckpt: Checkpoint) -> int:
         baseline=cfg.baseline,
         panels=cfg.panels,
         panel_dir=storage.join(cfg.output, "panels"),
+        gate=gate_index,
     )
     rows = chip_rows(chips)
     summary = summarise(chips)
@@ -189,10 +201,13 @@ def run_waterland_eval(cfg: EvalConfig, ckpt: Checkpoint) -> int:
         "split": cfg.split,
         "chips": [r.sample_id for r in refs],
         "checkpoint_metrics": ckpt.metrics,
+        "gate": gate,
         **summary,
     }
     storage.put_bytes(storage.join(cfg.output, "metrics.json"), json.dumps(report, indent=2).encode())
     storage.put_bytes(storage.join(cfg.output, "chips.csv"), _csv_text(rows).encode())
+    if gate:
+        print(f"model water gated by {gate}: kept only below each chip's Otsu threshold of that band")
     print_report(rows, summary)
     print(f"wrote {storage.join(cfg.output, 'metrics.json')}, chips.csv and panels/")
     return 0

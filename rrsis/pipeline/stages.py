@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from rrsis import storage
+from rrsis.data.otsu import gate_band, gate_water
 from rrsis.errors import InputError, RrsisError, StorageError
 from rrsis.geo.raster import encode_geotiff, open_raster, read_window
 from rrsis.geo.tiling import Tile
@@ -82,8 +83,10 @@ class InferStage:
     """Holds the model (loaded once per actor) and turns `image` into `prob` = P(class 1) (B,T,T) float32.
 
     Normalisation uses the statistics stored in the checkpoint, or (a `norm=scene` checkpoint) the scene's
-    own, computed once per scene and actor; never the tile's own, so tiles agree at their borders. The
-    `image` column is dropped: only probabilities travel on.
+    own, computed once per scene and actor; never the tile's own, so tiles agree at their borders. A
+    checkpoint with an Otsu gate (`rrsis.data.otsu`) gets P = 0 wherever the gate band is not below the
+    scene's Otsu threshold (one decimated read per scene and actor). The `image` column is dropped: only
+    probabilities travel on.
     """
 
     def __init__(
@@ -102,6 +105,8 @@ class InferStage:
         self.ckpt = load_checkpoint(checkpoint)
         self.model = build_from_checkpoint(self.ckpt).to(self.device).eval()
         self.scene_norms: dict[tuple[str, str], Any] = {}
+        self.gate = gate_band(self.ckpt.gate, self.ckpt.bands, key=f"{checkpoint}: gate")
+        self.gate_db: dict[tuple[str, str], float] = {}
 
     def __call__(self, batch: Batch) -> Batch:
         release_freed_memory()
@@ -111,6 +116,10 @@ class InferStage:
         prob = np.concatenate(  # normalised one forward at a time: no second copy of the whole block
             [self._forward(self._normalized(batch, range(s, min(s + step, n)))) for s in range(0, n, step)]
         )
+        if self.gate is not None:
+            prob = np.stack(
+                [gate_water(prob[i], batch["image"][i][self.gate], self._gate_db(batch, i)) for i in range(n)]
+            )
         out = {k: v for k, v in batch.items() if k != "image"}
         out["prob"] = prob.astype(np.float32, copy=False)
         out["infer_s"] = np.full(n, (time.perf_counter() - start) / n)
@@ -141,6 +150,20 @@ class InferStage:
                 log.warning("scene statistics unavailable (%s); using the checkpoint's training statistics", exc)
                 self.scene_norms[key] = split_norm(self.ckpt)
         return self.scene_norms[key]
+
+    def _gate_db(self, batch: Batch, i: int) -> float:
+        """Row i's scene's Otsu threshold (dB) of the gate band; +inf (no gating) if the scene has none."""
+        from rrsis.data.normalize import scene_thresholds
+
+        key = str(batch["scene_uri"][i]), str(batch["bands"][i])
+        if key not in self.gate_db:
+            try:
+                bands = [int(b) for b in key[1].split(",")]
+                self.gate_db[key] = scene_thresholds(key[0], bands)[int(self.gate or 0)]
+            except InputError as exc:  # no valid pixel in the decimated read: its tiles are nodata anyway
+                log.warning("Otsu gate threshold unavailable (%s); the scene's tiles are not gated", exc)
+                self.gate_db[key] = float("inf")
+        return self.gate_db[key]
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         import torch

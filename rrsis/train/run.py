@@ -22,6 +22,7 @@ from rrsis.config.load import to_dict, to_yaml
 from rrsis.config.train import TrainConfig
 from rrsis.data.dataset import SplitRefs, WaterLandDataset, batchable, build_splits
 from rrsis.data.normalize import NormStats, compute_stats, input_channels
+from rrsis.data.otsu import gate_band
 from rrsis.errors import ConfigError
 from rrsis.log import get_logger
 from rrsis.losses import build_loss, heads_for_loss
@@ -60,6 +61,7 @@ def prepare_waterland(cfg: TrainConfig) -> WaterlandSetup:
     stats = compute_stats(splits.train, splits.bands, norm=cfg.data.norm)
     wl = cfg.model.waterland
     wl.in_bands = input_channels(len(splits.bands), stats.norm)
+    gate_band(cfg.data.gate, splits.bands)  # a bad gate fails before training, naming data.gate
     wl.aux_heads = heads_for_loss(cfg.loss.name) - 1
     train_set = WaterLandDataset(
         splits.train,
@@ -97,6 +99,7 @@ def make_checkpoint(
         metrics=metrics,
         train_config=to_dict(cfg),
         norm=stats.norm,
+        gate=cfg.data.gate,
     )
 
 

@@ -1,8 +1,10 @@
-"""Otsu-anchored normalisation (`data.norm=otsu`): absolute dB beside dB minus the scene's own Otsu threshold.
+"""The scene's own Otsu threshold inside the water-land model: as an input (`data.norm=otsu`: absolute dB
+beside dB minus the threshold) and as a post-process (`data.gate=otsu:VV`: water only below the threshold).
 
-Checked on real GeoTIFFs written here: the hand-computed channels, the per-scene thresholds from the
-decimated read, the checkpoint field, the training/evaluation dataset, and the map pipeline's infer stage
-(every tile of a scene is anchored on that scene's thresholds, never its own).
+Checked on real GeoTIFFs written here and the real Sen1Floods11 chips: the hand-computed channels, the
+per-scene thresholds from the decimated read, the checkpoint fields, the training/evaluation dataset,
+`rrsis eval`, and the map pipeline's infer stage (every tile of a scene uses that scene's threshold, never
+its own).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from rrsis.data.normalize import (
     otsu_thresholds,
     scene_thresholds,
 )
-from rrsis.data.otsu import otsu_threshold
+from rrsis.data.otsu import gate_band, gate_water, otsu_threshold, otsu_water
 from rrsis.data.pairs import geotiff_ref
-from rrsis.errors import CheckpointError, InputError
+from rrsis.errors import CheckpointError, ConfigError, InputError
 from rrsis.pipeline.inputs import resolve_inputs
 from rrsis.pipeline.plan import plan_run
 from rrsis.pipeline.stages import InferStage, read_stage
@@ -139,3 +141,99 @@ def test_dataset_anchors_each_chip_on_its_own_threshold(tmp_path: Path) -> None:
     bright = np.concatenate([dataset[i]["image"].numpy() for i in range(len(dataset)) if dataset.items[i][0] == 1], 2)
     assert abs(float(dark[2].mean() - bright[2].mean())) < 0.3
     assert float(bright[0].mean() - dark[0].mean()) == pytest.approx(6.0 / 4.0, abs=0.3)
+
+
+def test_gate_spec_and_hand_computed_gating() -> None:
+    assert gate_band("", ["VV", "VH"]) is None and gate_band("none", ["VV", "VH"]) is None
+    assert gate_band("otsu:VH", ["VV", "VH"]) == 1 and gate_band("otsu:vv", ["VV", "VH"]) == 0
+    for bad in ("otsu:HH", "VV", "otsu:"):
+        with pytest.raises(ConfigError, match=r"data\.gate="):
+            gate_band(bad, ["VV", "VH"])
+    # threshold -14 dB: water at -20 stays, water at -10 (brighter) is dropped, NaN is never "below"
+    water = np.array([1, 1, 1, 0], dtype=np.uint8)
+    vv = np.array([-20.0, -10.0, np.nan, -20.0])
+    np.testing.assert_array_equal(gate_water(water, vv, -14.0), [1, 0, 0, 0])
+    assert gate_water(water, vv, -14.0).dtype == np.uint8
+    np.testing.assert_allclose(gate_water(np.array([0.9, 0.8]), np.array([-15.0, -13.0]), -14.0), [0.9, 0.0])
+
+
+def test_gated_checkpoint_in_the_map_infer_stage(tmp_path: Path) -> None:
+    """P(water) is the ungated model's where VV is below the scene's Otsu threshold, 0 elsewhere."""
+    yy, xx = np.mgrid[0:64, 0:128].astype(np.float32)
+    water = np.sin(xx / 9.0) * np.cos(yy / 7.0) > 0.2
+    vv = np.where(water, -20.0, -8.0) + np.sin(yy / 5.0) * 3.0
+    scene = _write(tmp_path / "s.tif", np.stack([vv, vv - 7.0]))
+    plain = tiny_checkpoint(tmp_path / "plain.pt")
+    ckpt = load_checkpoint(plain)
+    ckpt.gate = "otsu:VV"
+    save_checkpoint(ckpt, str(tmp_path / "gated.pt"))
+    resolved, _ = resolve_inputs([scene])
+    _, rows, _ = plan_run(
+        resolved, str(tmp_path / "run"), tile_px=64, overlap_px=0, requested_bands=[], model_bands=["VV", "VH"],
+        in_bands=2,
+    )  # fmt: skip
+    read = read_stage({k: np.asarray([r[k] for r in rows]) for k in rows[0]})
+    ungated = InferStage(plain, device="cpu", torch_threads=1)(dict(read))["prob"]
+    gated = InferStage(str(tmp_path / "gated.pt"), device="cpu", torch_threads=1)(dict(read))["prob"]
+    threshold = scene_thresholds(scene, [1, 2])[0]
+    assert -20.0 < threshold < -8.0
+    dark = read["image"][:, 0] < threshold
+    np.testing.assert_array_equal(gated[dark], ungated[dark])
+    assert (gated[~dark] == 0).all() and (ungated[~dark] > 0.5).any()  # the gate removed some model water
+    ckpt.gate = "otsu:HH"
+    save_checkpoint(ckpt, str(tmp_path / "bad.pt"))
+    with pytest.raises(CheckpointError, match=r"bad\.pt: gate='otsu:HH'"):
+        load_checkpoint(str(tmp_path / "bad.pt"))
+
+
+def test_eval_applies_the_gate_of_the_checkpoint_or_the_config(tmp_path: Path, samples: Path) -> None:
+    """`rrsis eval` on a real chip: the gated model's IoU_water equals an independent recomputation (model
+    argmax AND VV below the chip's Otsu threshold, from the files); `data.gate=none` switches it off."""
+    import json
+
+    from rrsis.config.eval import EvalConfig
+    from rrsis.config.train import DataConfig
+    from rrsis.evaluate.run import run_eval
+    from rrsis.metrics.segmentation import ConfusionMeter
+
+    ckpt = load_checkpoint(tiny_checkpoint(tmp_path / "m.pt"))
+    ckpt.gate = "otsu:VV"
+    save_checkpoint(ckpt, str(tmp_path / "gated.pt"))
+    root = samples / "sen1floods11"
+
+    def run(gate: str) -> dict:
+        out = tmp_path / f"out_{gate or 'ckpt'}"
+        cfg = EvalConfig(
+            checkpoint=str(tmp_path / "gated.pt"),
+            data=DataConfig(root=str(root), val_events=["India"], gate=gate),
+            output=str(out),
+            panels=0,
+            device="cpu",
+        )
+        assert run_eval(cfg) == 0
+        return json.loads((out / "metrics.json").read_text())
+
+    import rasterio
+
+    with rasterio.open(root / "S1Hand" / "India_900498_S1Hand.tif") as src:
+        image = src.read().astype(np.float32)
+    with rasterio.open(root / "LabelHand" / "India_900498_LabelHand.tif") as src:
+        label = src.read(1).astype(np.int64)
+    valid = np.isfinite(image).all(axis=0)
+    model = build_from_checkpoint(ckpt)
+    x = normalize_image(ckpt, image, valid)
+    with torch.inference_mode():
+        pred = model(torch.from_numpy(x)[None]).argmax(dim=1)[0].numpy()
+    _, threshold = otsu_water(image[0], valid)
+    expected = {}
+    for name, p in (("gated", gate_water(pred, image[0], threshold)), ("plain", pred)):
+        meter = ConfusionMeter()
+        meter.update(p, label, valid)
+        expected[name] = meter.compute()["iou_water"]
+    removed = int((pred.astype(bool) & ~gate_water(pred, image[0], threshold).astype(bool) & valid).sum())
+    assert removed > 1000  # the gate takes real model water away on this chip
+    assert expected["gated"] != pytest.approx(expected["plain"], abs=1e-5)
+    gated, plain = run(""), run("none")
+    assert gated["gate"] == "otsu:VV" and plain["gate"] == ""
+    assert gated["model"]["pooled"]["iou_water"] == pytest.approx(expected["gated"], abs=1e-6)
+    assert plain["model"]["pooled"]["iou_water"] == pytest.approx(expected["plain"], abs=1e-6)

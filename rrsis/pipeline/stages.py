@@ -117,8 +117,9 @@ class InferStage:
             [self._forward(self._normalized(batch, range(s, min(s + step, n)))) for s in range(0, n, step)]
         )
         if self.gate is not None:
+            band = self.gate
             prob = np.stack(
-                [gate_water(prob[i], batch["image"][i][self.gate], self._gate_db(batch, i)) for i in range(n)]
+                [gate_water(prob[i], batch["image"][i][band], self._gate_db(batch, i, band)) for i in range(n)]
             )
         out = {k: v for k, v in batch.items() if k != "image"}
         out["prob"] = prob.astype(np.float32, copy=False)
@@ -151,15 +152,15 @@ class InferStage:
                 self.scene_norms[key] = split_norm(self.ckpt)
         return self.scene_norms[key]
 
-    def _gate_db(self, batch: Batch, i: int) -> float:
-        """Row i's scene's Otsu threshold (dB) of the gate band; +inf (no gating) if the scene has none."""
+    def _gate_db(self, batch: Batch, i: int, band: int) -> float:
+        """Row i's scene's Otsu threshold (dB) of gate band `band`; +inf (no gating) if the scene has none."""
         from rrsis.data.normalize import scene_thresholds
 
         key = str(batch["scene_uri"][i]), str(batch["bands"][i])
         if key not in self.gate_db:
             try:
                 bands = [int(b) for b in key[1].split(",")]
-                self.gate_db[key] = scene_thresholds(key[0], bands)[int(self.gate or 0)]
+                self.gate_db[key] = scene_thresholds(key[0], bands)[band]
             except InputError as exc:  # no valid pixel in the decimated read: its tiles are nodata anyway
                 log.warning("Otsu gate threshold unavailable (%s); the scene's tiles are not gated", exc)
                 self.gate_db[key] = float("inf")

@@ -12,6 +12,8 @@ Pure Python: no Ray import here, the caller passes `ray.cluster_resources()` in.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -130,7 +132,7 @@ def worker_resources(name: str, cluster: Mapping[str, float], *, num_cpus: float
     return {"use_gpu": "GPU" in per_worker, "resources_per_worker": per_worker}
 
 
-def release_freed_memory() -> None:
+def release_freed_memory(min_free_bytes: int = 0) -> None:
     """Give the heap pages freed by the previous batch back to the OS (glibc `malloc_trim`; a no-op elsewhere).
 
     glibc keeps freed memory for reuse and, once a big array has been freed, serves later ones from the heap
@@ -139,14 +141,48 @@ def release_freed_memory() -> None:
     512 px forward in the inference actor (measured alone), which it trims too, to keep ~100 MB less.
     """
     trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    if trim is None:
+        return
+    if min_free_bytes > 0:
+        free = heap_free_bytes()
+        if free is not None and free < min_free_bytes:
+            return
+    trim(0)
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's `struct mallinfo2` (glibc >= 2.33): byte counts summed over all arenas."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")
+    ]  # fmt: skip
+
+
+def heap_free_bytes() -> int | None:
+    """Bytes glibc holds free in its arenas (`mallinfo2().fordblks`): what a trim could give back; None
+    without glibc >= 2.33."""
+    info = _mallinfo2()
+    return None if info is None else int(info().fordblks)
+
+
+@functools.cache
+def _mallinfo2() -> Any:
+    libc = _libc()
+    fn = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if fn is not None:
+        fn.restype = _MallInfo2
+    return fn
+
+
+@functools.cache
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name else None
 
 
 @functools.cache
 def _malloc_trim() -> Any:
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    libc = _libc()
+    return getattr(libc, "malloc_trim", None) if libc is not None else None

@@ -43,6 +43,12 @@ class InferConfig:
     # reruns and retries are byte-identical (batched CPU convolutions differ in the last float bits).
     # Set false on GPUs for throughput.
     batch_invariant: bool = True
+    # The water-land inference actor gives freed heap back to the OS (malloc_trim) before a batch only when
+    # glibc holds at least this many MB free; 0 = before every batch. Every trim makes the next forwards
+    # fault their pages in again: on this CPU 512 px tiles hold ~150-200 MB free between batches, and
+    # trimming each one costs ~14 % of inference time (bench/map_overhead.py); 512 keeps that memory
+    # (~150 MB more per actor) and trims only when fragmentation grows past it.
+    trim_free_mb: int = bounded(0, 0, 1 << 20)
 
 
 @dataclass

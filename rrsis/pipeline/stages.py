@@ -90,7 +90,12 @@ class InferStage:
     """
 
     def __init__(
-        self, checkpoint: str, device: str = "auto", torch_threads: int = 0, batch_invariant: bool = True
+        self,
+        checkpoint: str,
+        device: str = "auto",
+        torch_threads: int = 0,
+        batch_invariant: bool = True,
+        trim_free_mb: int = 0,
     ) -> None:
         import torch
 
@@ -102,6 +107,7 @@ class InferStage:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.batch_invariant = batch_invariant
+        self.trim_free_bytes = int(trim_free_mb) << 20  # see `infer.trim_free_mb` (rrsis.config.map)
         self.ckpt = load_checkpoint(checkpoint)
         self.model = build_from_checkpoint(self.ckpt).to(self.device).eval()
         self.scene_norms: dict[tuple[str, str], Any] = {}
@@ -109,7 +115,7 @@ class InferStage:
         self.gate_db: dict[tuple[str, str], float] = {}
 
     def __call__(self, batch: Batch) -> Batch:
-        release_freed_memory()
+        release_freed_memory(self.trim_free_bytes)
         start = time.perf_counter()
         n = batch["image"].shape[0]
         step = 1 if self.batch_invariant else n

@@ -137,8 +137,10 @@ def release_freed_memory(min_free_bytes: int = 0) -> None:
 
     glibc keeps freed memory for reuse and, once a big array has been freed, serves later ones from the heap
     too, so a stage process holds its high-water mark of tile arrays. Trimming once per batch costs a heap
-    walk (well under a millisecond here) and the page faults of the next batch's first touch: 7-15 % of a
-    512 px forward in the inference actor (measured alone), which it trims too, to keep ~100 MB less.
+    walk (well under a millisecond here) and the page faults of the next batch's first touch. That is cheap
+    for the CPU stages but not for the inference actor, whose forwards refill 150-200 MB after each trim:
+    it passes `min_free_bytes` (`infer.trim_free_mb`) and trims only when glibc holds at least that much
+    free (`heap_free_bytes`; always trims where mallinfo2 is missing).
     """
     trim = _malloc_trim()
     if trim is None:

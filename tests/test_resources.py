@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from rrsis.resources import CPU_POOL_RESOURCE, CPU_POOL_SLICE, STAGES, ray_options, stage_options, worker_resources
+from rrsis.resources import (
+    CPU_POOL_RESOURCE,
+    CPU_POOL_SLICE,
+    STAGES,
+    heap_free_bytes,
+    ray_options,
+    release_freed_memory,
+    stage_options,
+    worker_resources,
+)
 
 LAPTOP = {"CPU": 4.0, "memory": 8e9}
 GPU_AND_CPU_NODES = {"CPU": 48.0, "GPU": 2.0, CPU_POOL_RESOURCE: 32.0, "memory": 2e11}
@@ -128,3 +139,50 @@ def test_products_tasks_take_the_configured_cpus(monkeypatch: pytest.MonkeyPatch
     assert build.products_task(plan, [], {}, None, 0.5) == "scene_products"  # type: ignore[arg-type]
     assert [a["num_cpus"] for a in asked] == [0.25, 0.5]
     assert build.background_task(plan) and asked[-1]["num_cpus"] == 1.0  # the stage table's default
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(heap_free_bytes() is None, reason="needs glibc >= 2.33 (mallinfo2)")
+def test_trim_only_when_enough_heap_is_free() -> None:
+    """`release_freed_memory(min_free_bytes)` (the inference actor's `infer.trim_free_mb`) leaves the freed
+    heap resident below the threshold and gives it back at or above it; measured on the process's RSS."""
+    import numpy as np
+
+    # 1600 arrays of 64 KB (below glibc's mmap threshold: they live in the heap); keep one in 16, so the
+    # freed ~94 MB are holes between live chunks that only malloc_trim returns to the OS
+    arrays = [np.ones(8192) for _ in range(1600)]
+    keep = arrays[::16]
+    del arrays
+    free = heap_free_bytes()
+    assert free is not None and free > 80 * 2**20
+    before = _rss_mb()
+    release_freed_memory(min_free_bytes=free + 2**30)  # less free than asked for: no trim
+    assert _rss_mb() > before - 10
+    release_freed_memory(min_free_bytes=free // 2)  # enough free: trims
+    assert _rss_mb() < before - 60
+    assert len(keep) == 100
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_map_dataset_gives_the_inference_actor_its_trim_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rrsis.config.load import load_config
+    from rrsis.config.map import MapConfig
+    from rrsis.pipeline import build
+    from rrsis.pipeline.stages import InferStage
+
+    calls: list[tuple[object, dict[str, object]]] = []
+    real = build._map
+
+    def spy(ds, fn, res, batch_size, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append((fn, kwargs))
+        return real(ds, fn, res, batch_size, **kwargs)
+
+    monkeypatch.setattr(build, "_map", spy)
+    cfg = load_config(MapConfig, None, ["infer.trim_free_mb=512", "infer.checkpoint=unused.pt"])
+    build.map_dataset([{"key": "t0", "bands": "1,2"}], cfg, build.resources_for(cfg, 0.0, cluster=LAPTOP), model="m")
+    (kwargs,) = [kw["fn_constructor_kwargs"] for fn, kw in calls if fn is InferStage]
+    assert kwargs["trim_free_mb"] == 512  # type: ignore[index]

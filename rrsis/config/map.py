@@ -45,10 +45,11 @@ class InferConfig:
     batch_invariant: bool = True
     # The water-land inference actor gives freed heap back to the OS (malloc_trim) before a batch only when
     # glibc holds at least this many MB free; 0 = before every batch. Every trim makes the next forwards
-    # fault their pages in again: on this CPU 512 px tiles hold ~150-200 MB free between batches, and
-    # trimming each one costs ~14 % of inference time (bench/map_overhead.py); 512 keeps that memory
-    # (~150 MB more per actor) and trims only when fragmentation grows past it.
-    trim_free_mb: int = bounded(0, 0, 1 << 20)
+    # fault their pages in again: the demo model's 512 px batches leave 150-200 MB free, and trimming it
+    # before each batch made a 4-scene map 11 % slower (bench/map_overhead.py: 350 s vs 312 s). With 512
+    # the heap is reused and trimmed only if fragmentation grows past 512 MB; bench/map_memory.py's peak
+    # stayed 2.42 GB either way (the actor peaks during its forward, trimmed or not).
+    trim_free_mb: int = bounded(512, 0, 1 << 20)
 
 
 @dataclass

@@ -120,9 +120,17 @@ def robust_stats(pixels: np.ndarray) -> tuple[list[float], list[float]]:
     return p50.tolist(), scale.tolist()
 
 
+def _valid_pixels(pixels: np.ndarray, uri: str) -> np.ndarray:
+    """`pixels` (C, N), or an InputError naming `uri` when N is 0 (nothing to take statistics of)."""
+    if pixels.shape[1] == 0:
+        raise InputError(f"{uri}: no valid pixel in the scene: cannot compute its statistics")
+    return pixels
+
+
 def decimated_pixels(uri: str, bands: Sequence[int], max_px: int = SCENE_STATS_MAX_PX) -> np.ndarray:
     """(C, N) float64 valid pixels of a GeoTIFF scene from one decimated read (overviews when the file has
-    them), never a full-resolution read of a large scene. Valid = finite, not the nodata tag, inside the mask."""
+    them), never a full-resolution read of a large scene. Valid = finite, not the nodata tag, inside the mask.
+    No valid pixel is an InputError naming the scene."""
     import rasterio
     from rasterio.enums import MaskFlags
 
@@ -144,15 +152,12 @@ def decimated_pixels(uri: str, bands: Sequence[int], max_px: int = SCENE_STATS_M
                 valid &= data[i] != np.asarray(nodata).astype(data.dtype)
     data = data.astype(np.float64)
     valid &= np.isfinite(data).all(axis=0)
-    return data[:, valid]  # type: ignore[no-any-return]
+    return _valid_pixels(data[:, valid], uri)
 
 
 def scene_stats(uri: str, bands: Sequence[int], max_px: int = SCENE_STATS_MAX_PX) -> tuple[list[float], list[float]]:
     """Robust per-band statistics (median, IQR/1.349) of a GeoTIFF scene (`decimated_pixels`)."""
-    try:
-        return robust_stats(decimated_pixels(uri, bands, max_px))
-    except InputError as exc:
-        raise InputError(f"{uri}: {exc}") from exc
+    return robust_stats(decimated_pixels(uri, bands, max_px))
 
 
 def otsu_thresholds(pixels: np.ndarray) -> list[float]:
@@ -164,10 +169,7 @@ def otsu_thresholds(pixels: np.ndarray) -> list[float]:
 
 def scene_thresholds(uri: str, bands: Sequence[int], max_px: int = SCENE_STATS_MAX_PX) -> list[float]:
     """Per-band Otsu thresholds of a GeoTIFF scene (`decimated_pixels`): the same for every tile."""
-    try:
-        return otsu_thresholds(decimated_pixels(uri, bands, max_px))
-    except InputError as exc:
-        raise InputError(f"{uri}: {exc}") from exc
+    return otsu_thresholds(decimated_pixels(uri, bands, max_px))
 
 
 def sample_pixels(ref: SampleRef, max_px: int = SCENE_STATS_MAX_PX) -> np.ndarray:
@@ -179,15 +181,12 @@ def sample_pixels(ref: SampleRef, max_px: int = SCENE_STATS_MAX_PX) -> np.ndarra
     arr = np.load(ref.image_uri, mmap_mode="r", allow_pickle=False)
     data = np.asarray(arr[::step, ::step][:, :, [b - 1 for b in ref.bands]], dtype=np.float64)
     pixels = np.moveaxis(data, -1, 0).reshape(len(ref.bands), -1)
-    return pixels[:, np.isfinite(pixels).all(axis=0)]  # type: ignore[no-any-return]
+    return _valid_pixels(pixels[:, np.isfinite(pixels).all(axis=0)], ref.image_uri)
 
 
 def sample_scene_stats(ref: SampleRef, max_px: int = SCENE_STATS_MAX_PX) -> tuple[list[float], list[float]]:
     """`scene_stats` of a training/evaluation sample."""
-    try:
-        return robust_stats(sample_pixels(ref, max_px))
-    except InputError as exc:
-        raise InputError(f"{ref.image_uri}: {exc}") from exc
+    return robust_stats(sample_pixels(ref, max_px))
 
 
 def sample_stats(stats: NormStats, ref: SampleRef) -> NormStats:
@@ -195,8 +194,5 @@ def sample_stats(stats: NormStats, ref: SampleRef) -> NormStats:
     if stats.norm == "scene":
         return stats.for_scene(*sample_scene_stats(ref))
     if stats.norm == "otsu":
-        try:
-            return stats.anchored(otsu_thresholds(sample_pixels(ref)))
-        except InputError as exc:
-            raise InputError(f"{ref.image_uri}: {exc}") from exc
+        return stats.anchored(otsu_thresholds(sample_pixels(ref)))
     return stats

@@ -25,7 +25,14 @@ from torch import nn
 
 from rrsis import __version__, storage
 from rrsis.checkpoint_header import FORMAT_VERSION, KIND
-from rrsis.data.normalize import SCENE_RULES, NormStats, apply_stats, scene_stats, scene_thresholds
+from rrsis.data.normalize import (
+    SCENE_RULES,
+    NormStats,
+    SceneMeasures,
+    apply_stats,
+    measure_scene,
+    scene_measures_needed,
+)
 from rrsis.data.otsu import NO_GATE, gate_band
 from rrsis.errors import CheckpointError, ConfigError, InputError, RrsisError
 from rrsis.models.config import ModelConfig
@@ -210,13 +217,23 @@ def normalize_image(stats: NormSource, image: np.ndarray, valid: np.ndarray) -> 
 def scene_norm(ckpt: Checkpoint, uri: str, bands: list[int]) -> NormStats:
     """The statistics to normalise scene `uri` (1-based `bands`) with: the checkpoint's own for a "split"
     model, the scene's robust statistics (one decimated read, the same for every tile) for a "scene" one,
-    the checkpoint's own anchored on the scene's Otsu thresholds (one decimated read) for an "otsu" one."""
-    if ckpt.norm == "otsu":
-        return split_norm(ckpt).anchored(scene_thresholds(uri, bands))
-    if ckpt.norm != "scene":
-        return split_norm(ckpt)
-    mean, std = scene_stats(uri, bands)
-    return NormStats(list(ckpt.bands), mean, std, float(ckpt.nodata_fill))
+    the checkpoint's own anchored on the scene's Otsu thresholds (one decimated read) for an "otsu" one.
+    A scene without statistics is an InputError naming it."""
+    stats, thresholds = scene_measures_needed(ckpt.norm, "")
+    measures = measure_scene(uri, bands, stats=stats, thresholds=thresholds)
+    if measures.error:
+        raise InputError(measures.error)
+    return norm_for_scene(ckpt, measures)
+
+
+def norm_for_scene(ckpt: Checkpoint, measures: SceneMeasures) -> NormStats:
+    """`scene_norm` from the scene's `measure_scene`; the training split's statistics when the scene has
+    none (no valid pixel), or the checkpoint normalises by its split."""
+    if ckpt.norm == "otsu" and measures.thresholds is not None:
+        return split_norm(ckpt).anchored(measures.thresholds)
+    if ckpt.norm == "scene" and measures.stats is not None:
+        return NormStats(list(ckpt.bands), *measures.stats, float(ckpt.nodata_fill))
+    return split_norm(ckpt)
 
 
 def split_norm(ckpt: Checkpoint) -> NormStats:

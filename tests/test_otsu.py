@@ -103,7 +103,7 @@ def test_otsu_checkpoint_needs_the_scene_and_feeds_the_map_infer_stage(tmp_path:
     read = read_stage(batch)
     infer = InferStage(uri, device="cpu", torch_threads=1)
     out = infer(dict(read))
-    assert len(infer.scene_norms) == 2  # one decimated read per scene, not per tile
+    assert len(infer.scenes) == 2 and len(infer.measurer.futures) == 2  # one decimated read per scene
     model = build_from_checkpoint(ckpt)
     for i, row in enumerate(rows):
         stats = scene_norm(ckpt, str(row["scene_uri"]), [1, 2])
@@ -114,7 +114,7 @@ def test_otsu_checkpoint_needs_the_scene_and_feeds_the_map_infer_stage(tmp_path:
         with torch.inference_mode():
             expected = torch.softmax(model(torch.from_numpy(x)[None]), dim=1)[0, 1].numpy()
         np.testing.assert_allclose(out["prob"][i], expected, atol=1e-5)
-    a0, a1 = (infer.scene_norms[k].anchor for k in sorted(infer.scene_norms))
+    a0, a1 = (infer.scenes[k][0].anchor for k in sorted(infer.scenes))
     assert a1[0] - a0[0] == pytest.approx(5.0, abs=0.2)  # the threshold follows the scene's level
 
 

@@ -93,7 +93,7 @@ def test_map_dataset_caps_its_own_object_store_use_in_blocks_of_several_tiles() 
     from rrsis.pipeline.build import BLOCKS_IN_FLIGHT, MIN_BLOCK_TILES, map_dataset, resources_for
 
     cfg = load_config(MapConfig, None, ["tiling.tile_px=2048", "infer.batch_size=1", "infer.checkpoint=unused.pt"])
-    rows = [{"key": f"t{i}", "bands": "1,2,3,4"} for i in range(10)]
+    rows = [{"key": f"t{i}", "scene_uri": "s.tif", "bands": "1,2,3,4"} for i in range(10)]
     before = ray.data.DataContext.get_current().execution_options.resource_limits.object_store_memory
     ds = map_dataset(rows, cfg, resources_for(cfg, 0.0, cluster=LAPTOP), model="m")
     block = MIN_BLOCK_TILES * 2048 * 2048 * (4 * 4 + 1 + 4 + 1)  # image f32 x4, valid, prob f32, mask
@@ -183,6 +183,10 @@ def test_map_dataset_gives_the_inference_actor_its_trim_threshold(monkeypatch: p
 
     monkeypatch.setattr(build, "_map", spy)
     cfg = load_config(MapConfig, None, ["infer.trim_free_mb=512", "infer.checkpoint=unused.pt"])
-    build.map_dataset([{"key": "t0", "bands": "1,2"}], cfg, build.resources_for(cfg, 0.0, cluster=LAPTOP), model="m")
+    rows = [
+        {"key": f"t{i}", "scene_uri": uri, "bands": "1,2"} for i, uri in enumerate(["a.tif", "a.tif", "b.tif", "a.tif"])
+    ]
+    build.map_dataset(rows, cfg, build.resources_for(cfg, 0.0, cluster=LAPTOP), model="m")
     (kwargs,) = [kw["fn_constructor_kwargs"] for fn, kw in calls if fn is InferStage]
     assert kwargs["trim_free_mb"] == 512  # type: ignore[index]
+    assert kwargs["scenes"] == [("a.tif", "1,2"), ("b.tif", "1,2")]  # type: ignore[index]  # the measurer's order

@@ -144,7 +144,7 @@ def test_map_infer_stage_uses_scene_stats_for_every_tile(tmp_path: Path) -> None
     read = read_stage(batch)
     infer = InferStage(str(tmp_path / "scene.pt"), device="cpu", torch_threads=1)
     out = infer(dict(read))
-    assert sorted(uri for uri, _ in infer.scene_norms) == sorted(str(r["scene_uri"]) for r in rows[::4])
+    assert sorted(uri for uri, _ in infer.scenes) == sorted(str(r["scene_uri"]) for r in rows[::4])
     model = build_from_checkpoint(ckpt)
     for i, row in enumerate(rows):
         stats = scene_norm(ckpt, str(row["scene_uri"]), [1, 2])
@@ -153,7 +153,7 @@ def test_map_infer_stage_uses_scene_stats_for_every_tile(tmp_path: Path) -> None
         with torch.inference_mode():
             expected = torch.softmax(model(torch.from_numpy(x)[None]), dim=1)[0, 1].numpy()
         np.testing.assert_allclose(out["prob"][i], expected, atol=1e-5)
-    s0, s1 = (infer.scene_norms[k] for k in sorted(infer.scene_norms))
+    s0, s1 = (infer.scenes[k][0] for k in sorted(infer.scenes))
     assert s1.norm_mean[0] - s0.norm_mean[0] == pytest.approx(6.0, abs=0.2)  # each scene its own level
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rrsis.data.otsu import otsu_threshold
+from rrsis.data.otsu import NO_GATE, otsu_threshold
 from rrsis.data.pairs import SampleRef, iter_blocks, read_sample
 from rrsis.errors import InputError
 
@@ -170,6 +170,37 @@ def otsu_thresholds(pixels: np.ndarray) -> list[float]:
 def scene_thresholds(uri: str, bands: Sequence[int], max_px: int = SCENE_STATS_MAX_PX) -> list[float]:
     """Per-band Otsu thresholds of a GeoTIFF scene (`decimated_pixels`): the same for every tile."""
     return otsu_thresholds(decimated_pixels(uri, bands, max_px))
+
+
+@dataclass(frozen=True)
+class SceneMeasures:
+    """What the per-scene rules use of one scene, from one decimated read (`measure_scene`): the robust
+    statistics (`norm=scene`) and the per-band Otsu thresholds (`norm=otsu`, the Otsu gate), each `None` when
+    not asked for or when the scene has no valid pixel (`error` then says why)."""
+
+    stats: tuple[list[float], list[float]] | None = None
+    thresholds: list[float] | None = None
+    error: str = ""
+
+
+def scene_measures_needed(norm: str, gate: str) -> tuple[bool, bool]:
+    """(robust statistics, Otsu thresholds): what a checkpoint with `norm` and `gate` needs of each scene."""
+    return norm == "scene", norm == "otsu" or gate not in NO_GATE
+
+
+def measure_scene(
+    uri: str, bands: Sequence[int], *, stats: bool, thresholds: bool, max_px: int = SCENE_STATS_MAX_PX
+) -> SceneMeasures:
+    """`SceneMeasures` of a GeoTIFF scene: one `decimated_pixels` read serves both, and none is made when
+    neither is asked for. A scene without a valid pixel, or whose decimated read fails, gives an empty
+    result with its `error` (the caller decides the fallback; such a scene's tiles fail or are nodata)."""
+    if not (stats or thresholds):
+        return SceneMeasures()
+    try:
+        pixels = decimated_pixels(uri, bands, max_px)
+    except InputError as exc:
+        return SceneMeasures(error=str(exc))
+    return SceneMeasures(robust_stats(pixels) if stats else None, otsu_thresholds(pixels) if thresholds else None)
 
 
 def sample_pixels(ref: SampleRef, max_px: int = SCENE_STATS_MAX_PX) -> np.ndarray:

@@ -173,7 +173,8 @@ def map_dataset(
     `infer` = (stage class, extra constructor kwargs) replaces `InferStage` (e.g. DANet for task referring);
     it takes the same checkpoint/device/threads/batch_invariant kwargs and must add `prob` (B, T, T).
     """
-    infer_stage, infer_kwargs = infer or (InferStage, {"trim_free_mb": cfg.infer.trim_free_mb})
+    scenes = list(dict.fromkeys((str(r["scene_uri"]), str(r["bands"])) for r in rows))  # in plan order
+    infer_stage, infer_kwargs = infer or (InferStage, {"trim_free_mb": cfg.infer.trim_free_mb, "scenes": scenes})
     options = {
         "threshold": cfg.infer.threshold,
         "enabled": cfg.refine.enabled,

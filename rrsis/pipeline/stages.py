@@ -12,11 +12,14 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from rrsis import storage
+from rrsis.checkpoint_header import read_header
+from rrsis.data.normalize import SCENE_RULES, scene_measures_needed
 from rrsis.data.otsu import gate_band, gate_water
 from rrsis.errors import InputError, RrsisError, StorageError
 from rrsis.geo.raster import encode_geotiff, open_raster, read_window
@@ -24,6 +27,7 @@ from rrsis.geo.tiling import Tile
 from rrsis.pipeline.area import row_pixel_areas_m2
 from rrsis.pipeline.plan import sidecar_key
 from rrsis.pipeline.refiners import NODATA, make_refiner
+from rrsis.pipeline.scene_inputs import SceneKey, SceneMeasurer
 from rrsis.resources import release_freed_memory
 
 log = logging.getLogger("rrsis.map")
@@ -82,11 +86,12 @@ def read_stage(batch: Batch) -> Batch:
 class InferStage:
     """Holds the model (loaded once per actor) and turns `image` into `prob` = P(class 1) (B,T,T) float32.
 
-    Normalisation uses the statistics stored in the checkpoint, or (a `norm=scene` checkpoint) the scene's
-    own, computed once per scene and actor; never the tile's own, so tiles agree at their borders. A
+    Normalisation uses the statistics stored in the checkpoint, or (a `norm=scene`/`otsu` checkpoint) the
+    scene's own, measured once per scene and actor; never the tile's own, so tiles agree at their borders. A
     checkpoint with an Otsu gate (`rrsis.data.otsu`) gets P = 0 wherever the gate band is not below the
-    scene's Otsu threshold (one decimated read per scene and actor). The `image` column is dropped: only
-    probabilities travel on.
+    scene's Otsu threshold. Both come from one decimated read per scene, taken a scene ahead of the model in a
+    background thread (`rrsis.pipeline.scene_inputs`; `scenes` is the run's scene order). The `image` column
+    is dropped: only probabilities travel on.
     """
 
     def __init__(
@@ -96,7 +101,15 @@ class InferStage:
         torch_threads: int = 0,
         batch_invariant: bool = True,
         trim_free_mb: int = 0,
+        scenes: Sequence[SceneKey] = (),
     ) -> None:
+        # A local checkpoint's header names its per-scene needs without torch: the first scene's read then
+        # runs beside the torch import and model load.
+        header = None if storage.is_remote(checkpoint) else read_header(checkpoint)
+        if header is not None:
+            self.measurer = SceneMeasurer(
+                *scene_measures_needed(header.get("norm", "split"), header.get("gate", "")), scenes
+            )
         import torch
 
         from rrsis.checkpoints import build_from_checkpoint, load_checkpoint
@@ -110,9 +123,11 @@ class InferStage:
         self.trim_free_bytes = int(trim_free_mb) << 20  # see `infer.trim_free_mb` (rrsis.config.map)
         self.ckpt = load_checkpoint(checkpoint)
         self.model = build_from_checkpoint(self.ckpt).to(self.device).eval()
-        self.scene_norms: dict[tuple[str, str], Any] = {}
+        needs = scene_measures_needed(self.ckpt.norm, self.ckpt.gate)
+        if header is None or (self.measurer.stats, self.measurer.thresholds) != needs:
+            self.measurer = SceneMeasurer(*needs, scenes)
         self.gate = gate_band(self.ckpt.gate, self.ckpt.bands, key=f"{checkpoint}: gate")
-        self.gate_db: dict[tuple[str, str], float] = {}
+        self.scenes: dict[SceneKey, tuple[Any, float]] = {}  # scene -> (its statistics, its gate threshold dB)
 
     def __call__(self, batch: Batch) -> Batch:
         release_freed_memory(self.trim_free_bytes)
@@ -124,9 +139,7 @@ class InferStage:
         )
         if self.gate is not None:
             band = self.gate
-            prob = np.stack(
-                [gate_water(prob[i], batch["image"][i][band], self._gate_db(batch, i, band)) for i in range(n)]
-            )
+            prob = np.stack([gate_water(prob[i], batch["image"][i][band], self._scene(batch, i)[1]) for i in range(n)])
         out = {k: v for k, v in batch.items() if k != "image"}
         out["prob"] = prob.astype(np.float32, copy=False)
         out["infer_s"] = np.full(n, (time.perf_counter() - start) / n)
@@ -136,41 +149,29 @@ class InferStage:
         from rrsis.checkpoints import normalize_image
 
         image, valid = batch["image"], batch["valid"]
-        return np.stack([normalize_image(self._norm(batch, i), image[i], valid[i]) for i in rows])
+        return np.stack([normalize_image(self._scene(batch, i)[0], image[i], valid[i]) for i in rows])
 
-    def _norm(self, batch: Batch, i: int) -> Any:
-        """Row i's statistics: the checkpoint's, or its scene's (norm=scene, otsu; see `scene_norm`)."""
-        from rrsis.data.normalize import SCENE_RULES
+    def _scene(self, batch: Batch, i: int) -> tuple[Any, float]:
+        """Row i's scene's (normalisation statistics, gate threshold in dB), from its `SceneMeasures`.
 
-        if self.ckpt.norm not in SCENE_RULES:
-            return self.ckpt
-        from rrsis.checkpoints import scene_norm, split_norm
-
+        A scene without measurements (no valid pixel in the decimated read: an all-nodata scene, whose tiles
+        then come out as nodata and the scene as "all nodata" in failures.parquet; or a valid area too small
+        for the decimation) gets the checkpoint's training-split statistics and no gate, so no tile is lost.
+        """
         key = str(batch["scene_uri"][i]), str(batch["bands"][i])
-        if key not in self.scene_norms:
-            try:
-                self.scene_norms[key] = scene_norm(self.ckpt, key[0], [int(b) for b in key[1].split(",")])
-            except InputError as exc:
-                # No valid pixel in the decimated read (an all-nodata scene, whose tiles then come out as
-                # nodata and the scene as "all nodata" in failures.parquet; or a valid area too small for the
-                # decimation): the checkpoint's training-split statistics stand in, so no tile is lost.
-                log.warning("scene statistics unavailable (%s); using the checkpoint's training statistics", exc)
-                self.scene_norms[key] = split_norm(self.ckpt)
-        return self.scene_norms[key]
+        if key not in self.scenes:
+            from rrsis.checkpoints import norm_for_scene
 
-    def _gate_db(self, batch: Batch, i: int, band: int) -> float:
-        """Row i's scene's Otsu threshold (dB) of gate band `band`; +inf (no gating) if the scene has none."""
-        from rrsis.data.normalize import scene_thresholds
-
-        key = str(batch["scene_uri"][i]), str(batch["bands"][i])
-        if key not in self.gate_db:
-            try:
-                bands = [int(b) for b in key[1].split(",")]
-                self.gate_db[key] = scene_thresholds(key[0], bands)[band]
-            except InputError as exc:  # no valid pixel in the decimated read: its tiles are nodata anyway
-                log.warning("Otsu gate threshold unavailable (%s); the scene's tiles are not gated", exc)
-                self.gate_db[key] = float("inf")
-        return self.gate_db[key]
+            measures = self.measurer.get(key)
+            if measures.error:
+                log.warning("scene measurements unavailable (%s); using the checkpoint's training statistics "
+                            "and no Otsu gate for it", measures.error)  # fmt: skip
+            norm = norm_for_scene(self.ckpt, measures) if self.ckpt.norm in SCENE_RULES else self.ckpt
+            gate_db = float("inf")
+            if self.gate is not None and measures.thresholds is not None:
+                gate_db = measures.thresholds[self.gate]
+            self.scenes[key] = norm, gate_db
+        return self.scenes[key]
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         import torch

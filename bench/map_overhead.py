@@ -41,7 +41,7 @@ from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.procs import CpuSampler
+from bench.procs import CpuSampler, infer_timeline
 from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, normalize_image, scene_norm
 from rrsis.geo.raster import open_raster, read_window
 from rrsis.geo.tiling import plan_tiles
@@ -132,9 +132,10 @@ def main() -> None:
     sampler = CpuSampler(os.getpid())
     sampler.start()
     driver_cpu = time.process_time()
-    start = time.perf_counter()
+    start, wall_start = time.perf_counter(), time.time()
     code = run_map(cfg)
     map_s = time.perf_counter() - start
+    timeline = infer_timeline(ray.timeline(), wall_start, wall_start + map_s)
     driver_cpu = time.process_time() - driver_cpu
     sampler.stop.set()
     sampler.join()
@@ -158,6 +159,7 @@ def main() -> None:
         f"(overlap {args.overlap}), "
         f"checkpoint {Path(ckpt).name} ({args.checkpoint}), torch threads 1 on both sides, exit {code}"
     )
+    print("inference actor during the map (s):", {k: round(v, 2) for k, v in timeline.items()})
     cpu = {"driver (rrsis map)": driver_cpu, **sampler.by_role()}
     print("CPU seconds during the map, by process role:", {k: round(v, 1) for k, v in cpu.items()})
     print(

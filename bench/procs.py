@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -96,3 +97,28 @@ class CpuSampler(threading.Thread):
         for name, first, last in self.seen.values():
             out[role(name)] = out.get(role(name), 0.0) + last - first
         return out
+
+
+def infer_timeline(events: list[dict], start_s: float, end_s: float) -> dict[str, float]:
+    """Where the inference actor's time went during one `run_map`, from `ray.timeline()` events (µs stamps).
+
+    head: run_map's start -> the actor's first batch (Ray Data start-up, actor start, first read); busy: the
+    actor's batches; idle: its gaps between batches (it waited for input); tail: its last batch -> the run's
+    return (last refine/write and the last scene's products). head + busy + idle + tail = the run.
+    """
+    t0, t1 = start_s * 1e6, end_s * 1e6
+    spans = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if "InferStage" in str(e.get("cat", "")) and str(e.get("cat", "")).endswith(".submit") and "dur" in e
+    )
+    if not spans:
+        return {}
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(spans)]
+    return {
+        "head_s": (spans[0][0] - t0) / 1e6,
+        "busy_s": sum(b - a for a, b in spans) / 1e6,
+        "idle_s": sum(max(0.0, g) for g in gaps) / 1e6,
+        "idle_gaps_over_0.1s": float(sum(1 for g in gaps if g > 1e5)),
+        "tail_s": (t1 - spans[-1][1]) / 1e6,
+    }

@@ -14,12 +14,16 @@ Both sides forward one tile at a time on one torch thread (the pipeline's batch-
 `run_map` from call to return on an already running local Ray (Ray start-up is reported apart): planning,
 reads, inference, refinement, writes, manifest and every per-scene product (COG mosaic, GeoJSON vectors,
 quicklook, stats). The plain loop runs before and after the map and the ratio is taken against the mean of
-the two: on this VM the same 4-scene loop took 221-272 s in different runs of this bench, so a single loop
-measured before the map mixes the machine's drift into the ratio (both loops are printed). Goal: ratio <= 1.10.
-Run time about 3 x 4 x 361 x 0.19 s + 2 min ~ 15 min on an idle machine.
+the two: on this VM the same 4-scene loop took 221-304 s in different runs, even 240 s before a map and
+280 s after it, so a single loop measured before the map mixes the machine's drift into the ratio.
+`--repeats N` runs loop, map, loop, ..., map, loop (N maps, each between two loops) and reports the sum of
+the maps over the sum of their bracketing loop means: more phases average more of the drift out.
+Goal: ratio <= 1.10. Run time about (2N + 1) x 4 x 361 x 0.19 s + N x 2 min ~ 15 min for N = 1 on an
+idle machine, 25 min for N = 2. Also printed: where the inference actor's time went (head: Ray Data and
+actor start-up to its first batch; busy; idle between batches; tail: last batch to return).
 
     .venv/bin/python bench/map_overhead.py [--scenes 4] [--size 8192] [--tile 512] [--checkpoint ...model.pt]
-        [--set key=value ...]   # extra `rrsis map` config overrides, e.g. --set ray.num_cpus=2 read_num_cpus=0.25
+        [--repeats 1] [--set key=value ...]   # extra `rrsis map` overrides, e.g. --set ray.num_cpus=2
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -103,29 +108,53 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=str(ROOT / "models/waterland_demo/model.pt"))
     parser.add_argument("--family", default="senet", help="with --checkpoint random")
     parser.add_argument("--width", default="full", help="with --checkpoint random")
+    parser.add_argument("--repeats", type=int, default=1, help="maps, each between two plain loops")
     parser.add_argument("--set", nargs="*", default=[], help="extra map config overrides, key=value")
     args = parser.parse_args()
-    import ray
-
-    from rrsis.pipeline.run import connect_ray, run_map
-
     bench_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="rrsis-bench-"))
     scenes = [write_sar_scene(tmp / f"scene_{i}.tif", args.size, seed=5 + i) for i in range(args.scenes)]
     ckpt = args.checkpoint
     if ckpt == "random":
         ckpt = tiny_checkpoint(tmp / "model.pt", family=args.family, width=args.width)
-    loop_before_s, n_tiles = plain_loop(ckpt, scenes, args.size, args.tile, args.overlap)
-    cfg = map_config(
-        f"input=[{','.join(scenes)}]",
-        f"output={tmp / 'out'}",
-        f"infer.checkpoint={ckpt}",
-        f"tiling.tile_px={args.tile}",
-        f"tiling.overlap_px={args.overlap}",
-        "refine.min_mapping_unit_px=16",  # as the demo config
-        "ray.num_cpus=4",
-        *args.set,
+    loops = [plain_loop(ckpt, scenes, args.size, args.tile, args.overlap)[0]]
+    maps = []
+    for repeat in range(args.repeats):  # loop, map, loop[, map, loop ...]: each map between two loops
+        cfg = map_config(
+            f"input=[{','.join(scenes)}]",
+            f"output={tmp / f'out{repeat}'}",
+            f"infer.checkpoint={ckpt}",
+            f"tiling.tile_px={args.tile}",
+            f"tiling.overlap_px={args.overlap}",
+            "refine.min_mapping_unit_px=16",  # as the demo config
+            "ray.num_cpus=4",
+            *args.set,
+        )
+        maps.append(map_once(cfg, tmp / f"out{repeat}", args, ckpt))
+        loops.append(plain_loop(ckpt, scenes, args.size, args.tile, args.overlap)[0])
+    print(f"plain loops (forward only, tiles in memory), in order (s): {[round(v, 1) for v in loops]}")
+    bracket = [(loops[i] + loops[i + 1]) / 2 for i in range(len(maps))]
+    for i, map_s in enumerate(maps):
+        print(
+            f"map {i + 1}: {map_s:.1f} s; mean of the loops either side {bracket[i]:.1f} s; "
+            f"ratio {map_s / bracket[i]:.3f}"
+        )
+    print(
+        f"ratio map / loop: {sum(maps) / sum(bracket):.3f}   (goal <= 1.10; {len(maps)} map(s), each against the "
+        "mean of the loops before and after it)"
     )
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+        f"benchmark run time {time.perf_counter() - bench_start:.0f} s"
+    )
+
+
+def map_once(cfg: Any, out: Path, args: argparse.Namespace, ckpt: str) -> float:
+    """One `run_map` on a freshly started embedded Ray; prints where its time went; returns its wall time."""
+    import ray
+
+    from rrsis.pipeline.run import connect_ray, run_map
+
     start = time.perf_counter()
     connect_ray(cfg)  # the embedded Ray exactly as `rrsis map` starts it (its environment included)
     ray_start_s = time.perf_counter() - start
@@ -139,11 +168,9 @@ def main() -> None:
     driver_cpu = time.process_time() - driver_cpu
     sampler.stop.set()
     sampler.join()
-    (run,) = [p for p in (tmp / "out").iterdir() if p.is_dir()]
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
     summary = json.loads((run / "summary.json").read_text())
     ray.shutdown()
-    loop_after_s, _ = plain_loop(ckpt, scenes, args.size, args.tile, args.overlap)
-    loop_s = (loop_before_s + loop_after_s) / 2
     manifest = pq.read_table(run / "manifest.parquet")
     stages = {k: sum(manifest.column(f"{k}_s").to_pylist()) for k in ("read", "infer", "refine", "write")}
     products = summary["products"][-1]  # the last scene's: the tail
@@ -155,7 +182,7 @@ def main() -> None:
         f"polygons {products.get('polygons')}",
     )
     print(
-        f"{args.scenes} scene(s) {args.size}x{args.size}x2, {n_tiles} tiles of {args.tile} px "
+        f"{args.scenes} scene(s) {args.size}x{args.size}x2, {summary['tiles']} tiles of {args.tile} px "
         f"(overlap {args.overlap}), "
         f"checkpoint {Path(ckpt).name} ({args.checkpoint}), torch threads 1 on both sides, exit {code}"
     )
@@ -163,15 +190,10 @@ def main() -> None:
     cpu = {"driver (rrsis map)": driver_cpu, **sampler.by_role()}
     print("CPU seconds during the map, by process role:", {k: round(v, 1) for k, v in cpu.items()})
     print(
-        f"plain loop (forward only, tiles in memory): {loop_s:.1f} s   "
-        f"(mean of {loop_before_s:.1f} s before and {loop_after_s:.1f} s after the map)"
+        f"rrsis map (run_map, Ray already up): {map_s:.1f} s   (Ray start-up {ray_start_s:.1f} s apart); "
+        f"tiles/s {summary['tiles_per_s']:.2f}"
     )
-    print(f"rrsis map (run_map, Ray already up):        {map_s:.1f} s   (Ray start-up {ray_start_s:.1f} s apart)")
-    print(f"ratio map / loop: {map_s / loop_s:.3f}   (goal <= 1.10); tiles/s {summary['tiles_per_s']:.2f}")
-    print(
-        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
-        f"benchmark run time {time.perf_counter() - bench_start:.0f} s"
-    )
+    return map_s
 
 
 if __name__ == "__main__":

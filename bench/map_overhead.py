@@ -189,6 +189,8 @@ def map_once(cfg: Any, out: Path, args: argparse.Namespace, ckpt: str) -> float:
     print("inference actor during the map (s):", {k: round(v, 2) for k, v in timeline.items()})
     cpu = {"driver (rrsis map)": driver_cpu, **sampler.by_role()}
     print("CPU seconds during the map, by process role:", {k: round(v, 1) for k, v in cpu.items()})
+    on_cpu, waiting = sampler.actor_cpu_wait()
+    print(f"inference actor's model thread: {on_cpu:.1f} s on a CPU, {waiting:.1f} s runnable but waiting for one")
     print(
         f"rrsis map (run_map, Ray already up): {map_s:.1f} s   (Ray start-up {ray_start_s:.1f} s apart); "
         f"tiles/s {summary['tiles_per_s']:.2f}"

@@ -60,6 +60,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_schedstats(pid: int) -> dict[int, tuple[float, float]]:
+    """tid -> (seconds on a CPU, seconds runnable but waiting for one) of each thread of a process
+    (`/proc/<pid>/task/<tid>/schedstat`; the model runs on a worker thread of a Ray actor, not its main one)."""
+    out: dict[int, tuple[float, float]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # the process is gone
+        return out
+    for tid in tids:
+        try:
+            run_ns, wait_ns, _ = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue
+        out[int(tid)] = (int(run_ns) / 1e9, int(wait_ns) / 1e9)
+    return out
+
+
 def role(name: str) -> str:
     """Which part of a map run a Ray process belongs to, from its name."""
     if "InferStage" in name or "SamStage" in name or "Danet" in name:
@@ -81,6 +98,7 @@ class CpuSampler(threading.Thread):
         super().__init__(daemon=True)
         self.root = root
         self.seen: dict[int, tuple[str, float, float]] = {}  # pid -> (name, first, last CPU seconds)
+        self.threads: dict[int, tuple[float, float]] = {}  # inference actor thread -> (on CPU s, runnable s)
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -90,7 +108,14 @@ class CpuSampler(threading.Thread):
                 name, cpu = process_name(pid), cpu_seconds(pid)
                 old_name, first, _ = self.seen.get(pid, (name, cpu if pid in before else 0.0, cpu))
                 self.seen[pid] = (old_name if name == "ray::IDLE" else name, first, cpu)
+                if role(name) == "inference actor":
+                    self.threads.update(thread_schedstats(pid))
             time.sleep(0.5)
+
+    def actor_cpu_wait(self) -> tuple[float, float]:
+        """(on-CPU s, runnable-but-waiting s) of the inference actor's busiest thread (the one running the
+        model): the waiting is CPU the actor wanted while other processes had both cores."""
+        return max(self.threads.values(), default=(0.0, 0.0))
 
     def by_role(self) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -19,7 +19,7 @@ import numpy as np
 
 from rrsis import storage
 from rrsis.checkpoint_header import read_header
-from rrsis.data.normalize import SCENE_RULES, scene_measures_needed
+from rrsis.data.normalize import scene_measures_needed
 from rrsis.data.otsu import gate_band, gate_water
 from rrsis.errors import InputError, RrsisError, StorageError
 from rrsis.geo.raster import encode_geotiff, open_raster, read_window
@@ -123,9 +123,8 @@ class InferStage:
         self.trim_free_bytes = int(trim_free_mb) << 20  # see `infer.trim_free_mb` (rrsis.config.map)
         self.ckpt = load_checkpoint(checkpoint)
         self.model = build_from_checkpoint(self.ckpt).to(self.device).eval()
-        needs = scene_measures_needed(self.ckpt.norm, self.ckpt.gate)
-        if header is None or (self.measurer.stats, self.measurer.thresholds) != needs:
-            self.measurer = SceneMeasurer(*needs, scenes)
+        if header is None:  # a remote or legacy checkpoint: its needs are known only now
+            self.measurer = SceneMeasurer(*scene_measures_needed(self.ckpt.norm, self.ckpt.gate), scenes)
         self.gate = gate_band(self.ckpt.gate, self.ckpt.bands, key=f"{checkpoint}: gate")
         self.scenes: dict[SceneKey, tuple[Any, float]] = {}  # scene -> (its statistics, its gate threshold dB)
 
@@ -166,7 +165,7 @@ class InferStage:
             if measures.error:
                 log.warning("scene measurements unavailable (%s); using the checkpoint's training statistics "
                             "and no Otsu gate for it", measures.error)  # fmt: skip
-            norm = norm_for_scene(self.ckpt, measures) if self.ckpt.norm in SCENE_RULES else self.ckpt
+            norm = norm_for_scene(self.ckpt, measures)  # the split's own statistics for a split model
             gate_db = float("inf")
             if self.gate is not None and measures.thresholds is not None:
                 gate_db = measures.thresholds[self.gate]

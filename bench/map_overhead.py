@@ -10,7 +10,8 @@ salt-and-pepper mask whose millions of polygons would make the benchmark time Ge
 (`--checkpoint random --family senet --width full` measures that case anyway).
 
 Both sides forward one tile at a time on one torch thread (the pipeline's batch-invariant mode and its
-1-CPU inference actor); the loop's tiles are read and normalised before its clock starts. The map side is
+1-CPU inference actor; the loop runs on the lowest CPU, the one `infer.dedicated_cores` gives the actor);
+the loop's tiles are read and normalised before its clock starts. The map side is
 `run_map` from call to return on an already running local Ray (Ray start-up is reported apart): planning,
 reads, inference, refinement, writes, manifest and every per-scene product (COG mosaic, GeoJSON vectors,
 quicklook, stats). The plain loop runs before and after the map and the ratio is taken against the mean of
@@ -24,6 +25,7 @@ actor start-up to its first batch; busy; idle between batches; tail: last batch 
 
     .venv/bin/python bench/map_overhead.py [--scenes 4] [--size 8192] [--tile 512] [--checkpoint ...model.pt]
         [--repeats 1] [--set key=value ...]   # extra `rrsis map` overrides, e.g. --set ray.num_cpus=2
+        [--ab key=value ...]   # A/B: alternate maps without (A) and with (B) these overrides, loops between
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from tests.pipeline_data import map_config, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 STRIP = 1024
+ALL_CPUS = os.sched_getaffinity(0)
 
 
 def write_sar_scene(path: Path, size: int, seed: int = 5) -> str:
@@ -83,6 +86,8 @@ def plain_loop(ckpt_uri: str, scenes: list[str], size: int, tile: int, overlap: 
     model = build_from_checkpoint(ckpt).eval()
     tiles = plan_tiles(size, size, tile, overlap)
     torch.set_num_threads(1)
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(ALL_CPUS)})  # every loop on the core a reserved inference actor gets
     elapsed = 0.0
     for scene in scenes:  # one scene in memory at a time
         with open_raster(scene) as src:
@@ -96,6 +101,7 @@ def plain_loop(ckpt_uri: str, scenes: list[str], size: int, tile: int, overlap: 
                     logits = logits[0]
                 torch.softmax(logits.float(), dim=1)[:, 1].numpy()
         elapsed += time.perf_counter() - start
+    os.sched_setaffinity(0, before)
     return elapsed, len(tiles) * len(scenes)
 
 
@@ -110,6 +116,10 @@ def main() -> None:
     parser.add_argument("--width", default="full", help="with --checkpoint random")
     parser.add_argument("--repeats", type=int, default=1, help="maps, each between two plain loops")
     parser.add_argument("--set", nargs="*", default=[], help="extra map config overrides, key=value")
+    parser.add_argument(
+        "--ab", nargs="*", default=[],
+        help="A/B: each repeat runs a map as configured (A) and one with these overrides too (B), alternating",
+    )  # fmt: skip
     args = parser.parse_args()
     bench_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="rrsis-bench-"))
@@ -118,31 +128,39 @@ def main() -> None:
     if ckpt == "random":
         ckpt = tiny_checkpoint(tmp / "model.pt", family=args.family, width=args.width)
     loops = [plain_loop(ckpt, scenes, args.size, args.tile, args.overlap)[0]]
-    maps = []
+    maps: list[tuple[str, float]] = []
+    arms = {"A": args.set, "B": [*args.set, *args.ab]} if args.ab else {"": args.set}
     for repeat in range(args.repeats):  # loop, map, loop[, map, loop ...]: each map between two loops
-        cfg = map_config(
-            f"input=[{','.join(scenes)}]",
-            f"output={tmp / f'out{repeat}'}",
-            f"infer.checkpoint={ckpt}",
-            f"tiling.tile_px={args.tile}",
-            f"tiling.overlap_px={args.overlap}",
-            "refine.min_mapping_unit_px=16",  # as the demo config
-            "ray.num_cpus=4",
-            *args.set,
-        )
-        maps.append(map_once(cfg, tmp / f"out{repeat}", args, ckpt))
-        loops.append(plain_loop(ckpt, scenes, args.size, args.tile, args.overlap)[0])
+        for arm, overrides in arms.items():
+            out = tmp / f"out{repeat}{arm}"
+            cfg = map_config(
+                f"input=[{','.join(scenes)}]",
+                f"output={out}",
+                f"infer.checkpoint={ckpt}",
+                f"tiling.tile_px={args.tile}",
+                f"tiling.overlap_px={args.overlap}",
+                "refine.min_mapping_unit_px=16",  # as the demo config
+                "ray.num_cpus=4",
+                *overrides,
+            )
+            print(f"map {len(maps) + 1} {arm} {' '.join(overrides)}".rstrip(), flush=True)
+            maps.append((arm, map_once(cfg, out, args, ckpt)))
+            loops.append(plain_loop(ckpt, scenes, args.size, args.tile, args.overlap)[0])
     print(f"plain loops (forward only, tiles in memory), in order (s): {[round(v, 1) for v in loops]}")
     bracket = [(loops[i] + loops[i + 1]) / 2 for i in range(len(maps))]
-    for i, map_s in enumerate(maps):
+    for i, (arm, map_s) in enumerate(maps):
         print(
-            f"map {i + 1}: {map_s:.1f} s; mean of the loops either side {bracket[i]:.1f} s; "
-            f"ratio {map_s / bracket[i]:.3f}"
+            f"map {i + 1}{' ' + arm if arm else ''}: {map_s:.1f} s; mean of the loops either side "
+            f"{bracket[i]:.1f} s; ratio {map_s / bracket[i]:.3f}"
         )
-    print(
-        f"ratio map / loop: {sum(maps) / sum(bracket):.3f}   (goal <= 1.10; {len(maps)} map(s), each against the "
-        "mean of the loops before and after it)"
-    )
+    for arm, overrides in arms.items():
+        mine = [i for i, (a, _) in enumerate(maps) if a == arm]
+        ratio = sum(maps[i][1] for i in mine) / sum(bracket[i] for i in mine)
+        label = f" {arm} ({' '.join(overrides) or 'as configured'})" if arm else ""
+        print(
+            f"ratio map / loop{label}: {ratio:.3f}   (goal <= 1.10; {len(mine)} map(s), each against the mean "
+            "of the loops before and after it)"
+        )
     print(
         f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
         f"benchmark run time {time.perf_counter() - bench_start:.0f} s"
@@ -153,6 +171,7 @@ def map_once(cfg: Any, out: Path, args: argparse.Namespace, ckpt: str) -> float:
     """One `run_map` on a freshly started embedded Ray; prints where its time went; returns its wall time."""
     import ray
 
+    from rrsis.pipeline import cores
     from rrsis.pipeline.run import connect_ray, run_map
 
     start = time.perf_counter()
@@ -189,8 +208,12 @@ def map_once(cfg: Any, out: Path, args: argparse.Namespace, ckpt: str) -> float:
     print("inference actor during the map (s):", {k: round(v, 2) for k, v in timeline.items()})
     cpu = {"driver (rrsis map)": driver_cpu, **sampler.by_role()}
     print("CPU seconds during the map, by process role:", {k: round(v, 1) for k, v in cpu.items()})
-    on_cpu, waiting = sampler.actor_cpu_wait()
-    print(f"inference actor's model thread: {on_cpu:.1f} s on a CPU, {waiting:.1f} s runnable but waiting for one")
+    on_cpu, waiting, cpus = sampler.actor_cpu_wait()
+    print(
+        f"inference actor's model thread: {on_cpu:.1f} s on a CPU, {waiting:.1f} s runnable but waiting for one; "
+        f"it may run on CPUs {cpus}, the raylet and its workers on {sampler.system_cpus} "
+        f"(infer.dedicated_cores: {cores.RESERVED})"
+    )
     print(
         f"rrsis map (run_map, Ray already up): {map_s:.1f} s   (Ray start-up {ray_start_s:.1f} s apart); "
         f"tiles/s {summary['tiles_per_s']:.2f}"

@@ -77,6 +77,16 @@ def thread_schedstats(pid: int) -> dict[int, tuple[float, float]]:
     return out
 
 
+def allowed_cpus(pid: int, tid: int | None = None) -> str:
+    """The CPUs a process (or one of its threads) may run on, as /proc prints them ("0-1", "1")."""
+    path = f"/proc/{pid}/task/{tid}/status" if tid else f"/proc/{pid}/status"
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return "?"
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Cpus_allowed_list:")), "?")
+
+
 def role(name: str) -> str:
     """Which part of a map run a Ray process belongs to, from its name."""
     if "InferStage" in name or "SamStage" in name or "Danet" in name:
@@ -99,6 +109,8 @@ class CpuSampler(threading.Thread):
         self.root = root
         self.seen: dict[int, tuple[str, float, float]] = {}  # pid -> (name, first, last CPU seconds)
         self.threads: dict[int, tuple[float, float]] = {}  # inference actor thread -> (on CPU s, runnable s)
+        self.cpus: dict[int, str] = {}  # inference actor thread -> the CPUs it may run on (last reading)
+        self.system_cpus = "?"  # the CPUs the raylet (and so every worker it starts) may run on
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -109,13 +121,20 @@ class CpuSampler(threading.Thread):
                 old_name, first, _ = self.seen.get(pid, (name, cpu if pid in before else 0.0, cpu))
                 self.seen[pid] = (old_name if name == "ray::IDLE" else name, first, cpu)
                 if role(name) == "inference actor":
-                    self.threads.update(thread_schedstats(pid))
+                    stats = thread_schedstats(pid)
+                    self.threads.update(stats)
+                    self.cpus.update({tid: allowed_cpus(pid, tid) for tid in stats})
+                elif "raylet" in name:
+                    self.system_cpus = allowed_cpus(pid)
             time.sleep(0.5)
 
-    def actor_cpu_wait(self) -> tuple[float, float]:
-        """(on-CPU s, runnable-but-waiting s) of the inference actor's busiest thread (the one running the
-        model): the waiting is CPU the actor wanted while other processes had both cores."""
-        return max(self.threads.values(), default=(0.0, 0.0))
+    def actor_cpu_wait(self) -> tuple[float, float, str]:
+        """(on-CPU s, runnable-but-waiting s, allowed CPUs) of the inference actor's busiest thread (the one
+        running the model): the waiting is CPU the actor wanted while other processes had its core(s)."""
+        if not self.threads:
+            return 0.0, 0.0, "?"
+        tid = max(self.threads, key=lambda t: self.threads[t][0])
+        return *self.threads[tid], self.cpus.get(tid, "?")
 
     def by_role(self) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -16,6 +16,7 @@ import ray.data
 
 from rrsis.config.map import MapConfig
 from rrsis.errors import ConfigError
+from rrsis.pipeline import cores
 from rrsis.pipeline.plan import ScenePlan
 from rrsis.pipeline.products import quicklook_background, scene_products, scene_record
 from rrsis.pipeline.stages import InferStage, RefineStage, read_stage, verify_stage, write_stage
@@ -174,7 +175,16 @@ def map_dataset(
     it takes the same checkpoint/device/threads/batch_invariant kwargs and must add `prob` (B, T, T).
     """
     scenes = list(dict.fromkeys((str(r["scene_uri"]), str(r["bands"])) for r in rows))  # in plan order
-    infer_stage, infer_kwargs = infer or (InferStage, {"trim_free_mb": cfg.infer.trim_free_mb, "scenes": scenes})
+    reserved = cores.RESERVED  # the inference actors' own cores on an embedded Ray (rrsis.pipeline.cores)
+    infer_stage, infer_kwargs = infer or (
+        InferStage,
+        {
+            "trim_free_mb": cfg.infer.trim_free_mb,
+            "scenes": scenes,
+            "cores": reserved.groups if reserved else (),
+            "core_lock_dir": reserved.lock_dir if reserved else "",
+        },
+    )
     options = {
         "threshold": cfg.infer.threshold,
         "enabled": cfg.refine.enabled,
@@ -224,9 +234,19 @@ def products_task(
     outputs: dict[str, bool],
     background: Any = None,
     num_cpus: float | None = None,
+    on_cores: tuple[int, ...] = (),
 ) -> Any:
     """Start the products of one scene (mosaic, vectors, quicklook, stats; streamed tile by tile) on a Ray
-    worker with the `map.products` resources; returns the ObjectRef of its stats dict."""
+    worker with the `map.products` resources; returns the ObjectRef of its stats dict. `on_cores`: run them
+    there (the last scene's products, after the last forward, may use the inference actors' cores too)."""
     options = ray_options("map.products", ray.cluster_resources(), num_cpus=num_cpus)
-    remote = ray.remote(max_retries=2, **options)(scene_products)
-    return remote.remote(scene_record(plan), tiles, outputs, background)
+    remote = ray.remote(max_retries=2, **options)(_products_on)
+    return remote.remote(on_cores, scene_record(plan), tiles, outputs, background)
+
+
+def _products_on(on_cores: tuple[int, ...], *args: Any) -> dict[str, Any]:
+    before = cores.run_on(on_cores)
+    try:
+        return scene_products(*args)
+    finally:
+        cores.run_on(before)  # the worker may run a later run's CPU stage: off the actors' cores again

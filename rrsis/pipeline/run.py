@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -19,6 +20,7 @@ from rrsis import storage
 from rrsis.checkpoint_header import read_header
 from rrsis.config.map import MapConfig
 from rrsis.errors import ConfigError
+from rrsis.pipeline import cores
 from rrsis.pipeline.inputs import SceneRef, resolve_inputs
 from rrsis.pipeline.manifest import conform_tiles
 from rrsis.pipeline.plan import Failure, ScenePlan, content_tag, derive_run_id, plan_run, sidecar_key
@@ -53,6 +55,7 @@ def connect_ray(cfg: MapConfig) -> None:
 
     if ray.is_initialized():
         return
+    cores.RESERVED = None
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         ray.init(address=address, configure_logging=False)
@@ -71,6 +74,9 @@ def connect_ray(cfg: MapConfig) -> None:
     }
     if cfg.ray.num_gpus:
         kwargs["num_gpus"] = cfg.ray.num_gpus
+    elif cfg.task == "waterland" and cfg.infer.dedicated_cores and not cores.machine_has_gpus():
+        # before Ray starts: its processes inherit the narrowed mask (see rrsis.pipeline.cores)
+        cores.RESERVED = cores.reserve(cfg.infer.pool_size, max(1, math.ceil(cfg.infer.num_cpus)))
     for attempt in range(1, 4):  # a loaded machine can miss Ray's 15 s agent start-up deadline: retry
         try:
             ray.init(**kwargs)
@@ -192,7 +198,10 @@ class SceneProducts:
             self.failures.append(Failure(plan.scene_id, plan.uri, "", "stats", f"scene {plan.uri} is all nodata"))
         else:
             background = self.backgrounds.pop(plan.scene_id, None)
-            task = products_task(plan, scene_tiles, self.outputs, background, self.num_cpus)
+            # the last scene: every forward is done, so its products (and the driver) may use every core
+            wide = cores.all_cores() if not self.plans else ()
+            cores.run_on(wide)
+            task = products_task(plan, scene_tiles, self.outputs, background, self.num_cpus, wide)
             self.pending[plan.scene_id] = (plan, task)
 
     def results(self, order: list[ScenePlan]) -> tuple[list[dict[str, Any]], list[Failure]]:
@@ -254,6 +263,7 @@ def run_map(cfg: MapConfig, infer: tuple[Any, dict[str, Any]] | None = None) -> 
         log.warning("scene %s skipped: %s", f.scene_uri, f.reason)
     timings = {"plan_s": time.perf_counter() - start}
     connect_ray(cfg)
+    cores.run_on(cores.RESERVED.others if cores.RESERVED else ())  # the driver's work off the actors' cores
     res = resources_for(cfg, cluster_gpus(), cluster_cpus())
     phase = time.perf_counter()
     todo, done = _split_done(rows, plans, cfg, res)

@@ -12,7 +12,7 @@ One read per scene and actor, whatever the tile order; a scene missing from the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from rrsis.data.normalize import SceneMeasures, measure_scene
@@ -24,12 +24,21 @@ class SceneMeasurer:
     """`get(key)` -> the scene's `SceneMeasures`; reads run in one background thread, the next scene of
     `order` ahead of the current one. Needs nothing (no thread) when the checkpoint has no per-scene rule."""
 
-    def __init__(self, stats: bool, thresholds: bool, order: Sequence[SceneKey] = ()) -> None:
+    def __init__(
+        self,
+        stats: bool,
+        thresholds: bool,
+        order: Sequence[SceneKey] = (),
+        thread_init: Callable[[], None] | None = None,
+    ) -> None:
+        """`thread_init` runs first in the read thread (an inference actor moves it off its model's cores)."""
         self.stats, self.thresholds = stats, thresholds
         self.order = [(str(uri), str(bands)) for uri, bands in order]
         self.next_of = {key: self.order[i + 1] for i, key in enumerate(self.order[:-1])}
         self.futures: dict[SceneKey, Future[SceneMeasures]] = {}
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rrsis-scene") if self.needed else None
+        self.pool = None
+        if self.needed:
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rrsis-scene", initializer=thread_init)
         if self.order and self.needed:
             self._start(self.order[0])
 

@@ -25,6 +25,7 @@ from rrsis.errors import InputError, RrsisError, StorageError
 from rrsis.geo.raster import encode_geotiff, open_raster, read_window
 from rrsis.geo.tiling import Tile
 from rrsis.pipeline.area import row_pixel_areas_m2
+from rrsis.pipeline.cores import CoreClaim
 from rrsis.pipeline.plan import sidecar_key
 from rrsis.pipeline.refiners import NODATA, make_refiner
 from rrsis.pipeline.scene_inputs import SceneKey, SceneMeasurer
@@ -91,7 +92,8 @@ class InferStage:
     checkpoint with an Otsu gate (`rrsis.data.otsu`) gets P = 0 wherever the gate band is not below the
     scene's Otsu threshold. Both come from one decimated read per scene, taken a scene ahead of the model in a
     background thread (`rrsis.pipeline.scene_inputs`; `scenes` is the run's scene order). The `image` column
-    is dropped: only probabilities travel on.
+    is dropped: only probabilities travel on. `cores`/`core_lock_dir`: the core groups an embedded Ray
+    reserved for inference actors; this actor claims one and runs its forwards there (`rrsis.pipeline.cores`).
     """
 
     def __init__(
@@ -102,14 +104,19 @@ class InferStage:
         batch_invariant: bool = True,
         trim_free_mb: int = 0,
         scenes: Sequence[SceneKey] = (),
+        cores: Sequence[Sequence[int]] = (),
+        core_lock_dir: str = "",
     ) -> None:
+        # This actor's own cores, if the run reserved some: the model's load and forwards run there, the
+        # scene reads on the other cores.
+        self.cores = CoreClaim(cores, core_lock_dir)
+        self.cores.pin()
         # A local checkpoint's header names its per-scene needs without torch: the first scene's read then
         # runs beside the torch import and model load.
         header = None if storage.is_remote(checkpoint) else read_header(checkpoint)
         if header is not None:
-            self.measurer = SceneMeasurer(
-                *scene_measures_needed(header.get("norm", "split"), header.get("gate", "")), scenes
-            )
+            needs = scene_measures_needed(header.get("norm", "split"), header.get("gate", ""))
+            self.measurer = SceneMeasurer(*needs, scenes, thread_init=self.cores.unpin)
         import torch
 
         from rrsis.checkpoints import build_from_checkpoint, load_checkpoint
@@ -124,11 +131,13 @@ class InferStage:
         self.ckpt = load_checkpoint(checkpoint)
         self.model = build_from_checkpoint(self.ckpt).to(self.device).eval()
         if header is None:  # a remote or legacy checkpoint: its needs are known only now
-            self.measurer = SceneMeasurer(*scene_measures_needed(self.ckpt.norm, self.ckpt.gate), scenes)
+            needs = scene_measures_needed(self.ckpt.norm, self.ckpt.gate)
+            self.measurer = SceneMeasurer(*needs, scenes, thread_init=self.cores.unpin)
         self.gate = gate_band(self.ckpt.gate, self.ckpt.bands, key=f"{checkpoint}: gate")
         self.scenes: dict[SceneKey, tuple[Any, float]] = {}  # scene -> (its statistics, its gate threshold dB)
 
     def __call__(self, batch: Batch) -> Batch:
+        self.cores.pin()  # Ray calls an actor from its own worker thread: pin that one
         release_freed_memory(self.trim_free_bytes)
         start = time.perf_counter()
         n = batch["image"].shape[0]

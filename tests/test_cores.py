@@ -58,7 +58,7 @@ def test_claim_takes_a_free_group_and_pins_only_the_calling_thread(tmp_path: Pat
             second.pin()
             second.unpin()
 
-        assert _affinity_in_thread(pin_then_unpin) == set(CORES)
+        assert _affinity_in_thread(pin_then_unpin) == set(CORES) - {CORES[1]}  # a helper: off the model's core
         first.release()
         fourth = CoreClaim(groups, str(tmp_path))
         assert fourth.cores == (CORES[0],)  # a released group is claimed again
@@ -128,7 +128,7 @@ def test_infer_stage_runs_its_model_on_the_claimed_core_and_reads_elsewhere(tmp_
     _affinity_in_thread(build_and_call)
     assert seen["constructor"] == {CORES[0]}  # the model's load
     assert seen["call"] == {CORES[0]}  # the forwards
-    assert seen["read thread"] == set(CORES)  # the scene's decimated read stays off the model's core
+    assert seen["read thread"] == set(CORES[1:])  # the scene's decimated read stays off the model's core
 
 
 def _called(stage, batch) -> set[int]:  # type: ignore[no-untyped-def]
@@ -139,15 +139,19 @@ def _called(stage, batch) -> set[int]:  # type: ignore[no-untyped-def]
 
 @needs_two_cores
 @pytest.mark.slow
-def test_embedded_ray_keeps_the_reserved_core_for_the_inference_actor(tmp_path: Path) -> None:
-    """`connect_ray` on a fresh driver: Ray's processes start on the other cores, an actor claims the group."""
+def test_embedded_ray_keeps_the_claimed_core_for_the_inference_actor(tmp_path: Path) -> None:
+    """`connect_ray` on a fresh driver reserves a core; once an actor claims it, the fence moves the driver,
+    raylet and every worker to the other cores; `lift` gives them all back."""
     script = f"""
-import json, os, ray
+import json, os, time, ray
 from rrsis.config.map import MapConfig
 from rrsis.pipeline import cores
 from rrsis.pipeline.run import connect_ray
 
 connect_ray(MapConfig(output={str(tmp_path)!r}))
+res = cores.RESERVED
+fence = cores.Fence(res, interval_s=0.1)
+fence.start()
 
 @ray.remote(num_cpus=1)
 class Claimer:
@@ -156,37 +160,37 @@ class Claimer:
 
     def claim(self):
         self.cores.pin()
-        return sorted(os.sched_getaffinity(0))
+        return [list(self.cores.cores), sorted(os.sched_getaffinity(0))]
 
 task = ray.remote(num_cpus=1)(lambda: sorted(os.sched_getaffinity(0)))
-first = Claimer.remote(cores.RESERVED.groups, cores.RESERVED.lock_dir)
-second = Claimer.remote(cores.RESERVED.groups, cores.RESERVED.lock_dir)
-print(json.dumps({{
-    "reserved": [list(g) for g in cores.RESERVED.groups], "others": list(cores.RESERVED.others),
-    "driver": sorted(os.sched_getaffinity(0)), "task": ray.get(task.remote()),
-    "first": ray.get(first.claim.remote()), "second": ray.get(second.claim.remote()),
-    "wide": list(cores.all_cores()),
-}}))
+seen = {{"reserved": [list(g) for g in res.groups], "others": list(res.others), "task before": ray.get(task.remote())}}
+first, second = Claimer.remote(res.groups, res.lock_dir), Claimer.remote(res.groups, res.lock_dir)
+seen["first"], seen["second"] = ray.get(first.claim.remote()), ray.get(second.claim.remote())
+time.sleep(1.0)  # a few fence rounds
+seen["driver"], seen["task"] = sorted(os.sched_getaffinity(0)), ray.get(task.remote())
+seen["first again"] = ray.get(first.claim.remote())
+fence.lift()
+seen["driver after"], seen["task after"] = sorted(os.sched_getaffinity(0)), ray.get(task.remote())
+print(json.dumps(seen))
 """
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["reserved"] == [[CORES[0]]] and seen["others"] == CORES[1:]
-    assert seen["driver"] == CORES[1:]  # the driver's own work stays off the model's core
-    assert seen["task"] == CORES[1:]  # workers inherit the raylet's mask
-    assert seen["first"] == [CORES[0]]
-    assert seen["second"] == CORES[1:]  # one group for one actor of the pool; a second one claims nothing
-    assert seen["wide"] == CORES  # what the last scene's products get
+    assert seen["task before"] == CORES  # Ray starts on every core
+    assert seen["first"] == seen["first again"] == [[CORES[0]], [CORES[0]]]  # the fence leaves the actor alone
+    assert seen["second"][0] == []  # one group for one actor of the pool: a second one claims nothing...
+    assert seen["driver"] == CORES[1:] and seen["task"] == CORES[1:]  # ...and the fence moved everyone else
+    assert seen["driver after"] == CORES and seen["task after"] == CORES
 
 
-@needs_two_cores
-def test_the_last_scenes_products_and_the_driver_get_every_core(
+def test_the_fence_is_lifted_just_before_the_last_scenes_products(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Products of a scene finished mid-run stay off the actors' cores; the last scene's run after the last
-    forward, on every core, and a products worker goes back to where it was afterwards."""
-    from rrsis.pipeline import build, cores
+    """Products of a scene finished mid-run start with the fence up; the last scene's start after the last
+    forward, so the fence (SceneProducts' `on_last`) comes down first, once."""
+    from rrsis.pipeline import build
     from rrsis.pipeline.inputs import resolve_inputs
     from rrsis.pipeline.plan import plan_run
     from rrsis.pipeline.run import SceneProducts
@@ -198,27 +202,20 @@ def test_the_last_scenes_products_and_the_driver_get_every_core(
         resolved, str(tmp_path / "run"), tile_px=32, overlap_px=0, requested_bands=[], model_bands=["VV", "VH"],
         in_bands=2,
     )  # fmt: skip
-    monkeypatch.setattr(cores, "RESERVED", cores.CoreReservation(((CORES[0],),), tuple(CORES[1:]), str(tmp_path)))
-    monkeypatch.setattr(cores, "_before", set(CORES))
-    started: list[tuple[str, tuple[int, ...], set[int]]] = []
-
-    def products_task(plan, tiles, outputs, background, num_cpus, on_cores):  # type: ignore[no-untyped-def]
-        started.append((plan.scene_id, on_cores, os.sched_getaffinity(0)))
-
-    monkeypatch.setattr(build, "products_task", products_task)
+    events: list[str] = []
+    monkeypatch.setattr(build, "products_task", lambda plan, *args: events.append(f"products {plan.scene_id}"))
     cfg = map_config(f"output={tmp_path}", "outputs.quicklook=false")
+    products = SceneProducts(plans, rows, cfg, on_last=lambda: events.append("lift"))
+    for row in rows:
+        products.add({**row, "status": "ok", "valid_px": 1})
+    assert events == [f"products {plans[0].scene_id}", "lift", f"products {plans[1].scene_id}"]
 
-    def drive() -> None:
-        cores.run_on(tuple(CORES[1:]))  # the driver during the run
-        products = SceneProducts(plans, rows, cfg)
-        for row in rows:
-            products.add({**row, "status": "ok", "valid_px": 1})
 
-    _affinity_in_thread(drive)
-    assert [(s, c) for s, c, _ in started] == [(plans[0].scene_id, ()), (plans[1].scene_id, tuple(CORES))]
-    assert started[0][2] == set(CORES[1:]) and started[1][2] == set(CORES)  # the driver, too
+def test_claimed_pids_names_live_holders_only(tmp_path: Path) -> None:
+    from rrsis.pipeline.cores import claimed_pids
 
-    monkeypatch.setattr(build, "scene_products", lambda *args: sorted(os.sched_getaffinity(0)))
-    during: list[list[int]] = []
-    after = _affinity_in_thread(lambda: during.append(build._products_on((CORES[0],), {}, [], {}, None)))
-    assert during == [[CORES[0]]] and after == set(CORES)
+    groups = ((0,), (1,))
+    claim = CoreClaim(groups, str(tmp_path))
+    assert claimed_pids(str(tmp_path)) == ({os.getpid()} if claim.cores else set())
+    claim.release()
+    assert claimed_pids(str(tmp_path)) == set()  # the file stays, its lock is gone

@@ -136,7 +136,7 @@ def test_products_tasks_take_the_configured_cpus(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(build, "scene_record", lambda plan: {})
     plan = SimpleNamespace(uri="s.tif", bands=[1], info=SimpleNamespace(width=8, height=8))
     assert build.background_task(plan, 0.25) == "quicklook_background"
-    assert build.products_task(plan, [], {}, None, 0.5) == "_products_on"  # type: ignore[arg-type]
+    assert build.products_task(plan, [], {}, None, 0.5) == "scene_products"  # type: ignore[arg-type]
     assert [a["num_cpus"] for a in asked] == [0.25, 0.5]
     assert build.background_task(plan) and asked[-1]["num_cpus"] == 1.0  # the stage table's default
 

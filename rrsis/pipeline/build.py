@@ -234,19 +234,9 @@ def products_task(
     outputs: dict[str, bool],
     background: Any = None,
     num_cpus: float | None = None,
-    on_cores: tuple[int, ...] = (),
 ) -> Any:
     """Start the products of one scene (mosaic, vectors, quicklook, stats; streamed tile by tile) on a Ray
-    worker with the `map.products` resources; returns the ObjectRef of its stats dict. `on_cores`: run them
-    there (the last scene's products, after the last forward, may use the inference actors' cores too)."""
+    worker with the `map.products` resources; returns the ObjectRef of its stats dict."""
     options = ray_options("map.products", ray.cluster_resources(), num_cpus=num_cpus)
-    remote = ray.remote(max_retries=2, **options)(_products_on)
-    return remote.remote(on_cores, scene_record(plan), tiles, outputs, background)
-
-
-def _products_on(on_cores: tuple[int, ...], *args: Any) -> dict[str, Any]:
-    before = cores.run_on(on_cores)
-    try:
-        return scene_products(*args)
-    finally:
-        cores.run_on(before)  # the worker may run a later run's CPU stage: off the actors' cores again
+    remote = ray.remote(max_retries=2, **options)(scene_products)
+    return remote.remote(scene_record(plan), tiles, outputs, background)

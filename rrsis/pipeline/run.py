@@ -13,6 +13,7 @@ import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -75,7 +76,7 @@ def connect_ray(cfg: MapConfig) -> None:
     if cfg.ray.num_gpus:
         kwargs["num_gpus"] = cfg.ray.num_gpus
     elif cfg.task == "waterland" and cfg.infer.dedicated_cores and not cores.machine_has_gpus():
-        # before Ray starts: its processes inherit the narrowed mask (see rrsis.pipeline.cores)
+        # cores for the inference actors, kept free by `run_map`'s fence (see rrsis.pipeline.cores)
         cores.RESERVED = cores.reserve(cfg.infer.pool_size, max(1, math.ceil(cfg.infer.num_cpus)))
     for attempt in range(1, 4):  # a loaded machine can miss Ray's 15 s agent start-up deadline: retry
         try:
@@ -159,7 +160,15 @@ class SceneProducts:
     after the last tile. A scene with failed or all-nodata tiles gets a failure instead of products.
     """
 
-    def __init__(self, plans: list[ScenePlan], rows: list[dict[str, Any]], cfg: MapConfig) -> None:
+    def __init__(
+        self,
+        plans: list[ScenePlan],
+        rows: list[dict[str, Any]],
+        cfg: MapConfig,
+        on_last: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`on_last` runs before the last scene's products start (the inference is over by then)."""
+        self.on_last = on_last
         self.plans = {p.scene_id: p for p in plans}
         self.expected: dict[str, set[str]] = defaultdict(set)
         for r in rows:
@@ -198,10 +207,9 @@ class SceneProducts:
             self.failures.append(Failure(plan.scene_id, plan.uri, "", "stats", f"scene {plan.uri} is all nodata"))
         else:
             background = self.backgrounds.pop(plan.scene_id, None)
-            # the last scene: every forward is done, so its products (and the driver) may use every core
-            wide = cores.all_cores() if not self.plans else ()
-            cores.run_on(wide)
-            task = products_task(plan, scene_tiles, self.outputs, background, self.num_cpus, wide)
+            if not self.plans:  # the last scene: every forward is done, its products may use every core
+                self.on_last()
+            task = products_task(plan, scene_tiles, self.outputs, background, self.num_cpus)
             self.pending[plan.scene_id] = (plan, task)
 
     def results(self, order: list[ScenePlan]) -> tuple[list[dict[str, Any]], list[Failure]]:
@@ -263,24 +271,31 @@ def run_map(cfg: MapConfig, infer: tuple[Any, dict[str, Any]] | None = None) -> 
         log.warning("scene %s skipped: %s", f.scene_uri, f.reason)
     timings = {"plan_s": time.perf_counter() - start}
     connect_ray(cfg)
-    cores.run_on(cores.RESERVED.others if cores.RESERVED else ())  # the driver's work off the actors' cores
+    # keeps the driver and Ray's processes off the inference actors' own cores (rrsis.pipeline.cores)
+    fence = cores.Fence(cores.RESERVED) if cores.RESERVED else None
     res = resources_for(cfg, cluster_gpus(), cluster_cpus())
     phase = time.perf_counter()
     todo, done = _split_done(rows, plans, cfg, res)
     timings["verify_s"] = time.perf_counter() - phase
     log.info("run %s: %d scenes, %d tiles (%d verified from before)", run_id, len(plans), len(rows), len(done))
     tiles: list[dict[str, Any]] = [{**r, "status": "skipped", "model": model} for r in done]
-    products = SceneProducts(plans, rows, cfg)
+    products = SceneProducts(plans, rows, cfg, on_last=fence.lift if fence else lambda: None)
     for tile in tiles:
         products.add(tile)
     compute_start = time.perf_counter()
     if todo:
-        dataset = map_dataset(todo, cfg, res, model=model, infer=infer)
-        for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
-            for i in range(len(batch["key"])):
-                tile = {k: v[i] for k, v in batch.items()} | {"model": model}
-                tiles.append(tile)
-                products.add(tile)  # a scene's products start once its last tile is out
+        if fence:
+            fence.start()
+        try:
+            dataset = map_dataset(todo, cfg, res, model=model, infer=infer)
+            for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
+                for i in range(len(batch["key"])):
+                    tile = {k: v[i] for k, v in batch.items()} | {"model": model}
+                    tiles.append(tile)
+                    products.add(tile)  # a scene's products start once its last tile is out
+        finally:
+            if fence:
+                fence.lift()
     compute_s = time.perf_counter() - compute_start
     timings["compute_s"] = compute_s
     phase = time.perf_counter()

@@ -9,7 +9,6 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from rrsis.pipeline.cores import CoreClaim, split_cores
@@ -94,22 +93,13 @@ def test_a_dead_actors_group_is_free_for_its_replacement(tmp_path: Path) -> None
 
 @needs_two_cores
 def test_infer_stage_runs_its_model_on_the_claimed_core_and_reads_elsewhere(tmp_path: Path) -> None:
-    from rrsis.checkpoints import load_checkpoint, save_checkpoint
-    from rrsis.pipeline.inputs import resolve_inputs
-    from rrsis.pipeline.plan import plan_run
-    from rrsis.pipeline.stages import InferStage, read_stage
-    from tests.pipeline_data import tiny_checkpoint, write_scene
+    from rrsis.pipeline.stages import InferStage
+    from tests.pipeline_data import gated_checkpoint, read_tiles, tiny_checkpoint, write_scene
 
     scene = write_scene(tmp_path / "scene.tif", 64, 96)
-    ckpt = load_checkpoint(tiny_checkpoint(tmp_path / "model.pt"))
-    ckpt.gate = "otsu:VV"  # a per-scene rule: the actor reads each scene in a background thread
-    save_checkpoint(ckpt, str(tmp_path / "gated.pt"))
-    resolved, _ = resolve_inputs([scene])
-    _, rows, _ = plan_run(
-        resolved, str(tmp_path / "run"), tile_px=64, overlap_px=0, requested_bands=[], model_bands=["VV", "VH"],
-        in_bands=2,
-    )  # fmt: skip
-    batch = read_stage({k: np.asarray([r[k] for r in rows]) for k in rows[0]})
+    # a per-scene rule (the gate): the actor reads each scene in a background thread
+    gated_checkpoint(tiny_checkpoint(tmp_path / "model.pt"), tmp_path / "gated.pt")
+    batch = read_tiles([scene], tmp_path / "run")
     seen: dict[str, set[int]] = {}
 
     def build_and_call() -> None:

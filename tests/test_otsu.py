@@ -31,7 +31,7 @@ from rrsis.errors import CheckpointError, ConfigError, InputError
 from rrsis.pipeline.inputs import resolve_inputs
 from rrsis.pipeline.plan import plan_run
 from rrsis.pipeline.stages import InferStage, read_stage
-from tests.pipeline_data import tiny_checkpoint
+from tests.pipeline_data import gated_checkpoint, read_tiles, tiny_checkpoint
 from tests.test_scene_norm import _write
 
 
@@ -164,15 +164,8 @@ def test_gated_checkpoint_in_the_map_infer_stage(tmp_path: Path) -> None:
     vv = np.where(water, -20.0, -8.0) + np.sin(yy / 5.0) * 3.0
     scene = _write(tmp_path / "s.tif", np.stack([vv, vv - 7.0]))
     plain = tiny_checkpoint(tmp_path / "plain.pt")
-    ckpt = load_checkpoint(plain)
-    ckpt.gate = "otsu:VV"
-    save_checkpoint(ckpt, str(tmp_path / "gated.pt"))
-    resolved, _ = resolve_inputs([scene])
-    _, rows, _ = plan_run(
-        resolved, str(tmp_path / "run"), tile_px=64, overlap_px=0, requested_bands=[], model_bands=["VV", "VH"],
-        in_bands=2,
-    )  # fmt: skip
-    read = read_stage({k: np.asarray([r[k] for r in rows]) for k in rows[0]})
+    gated_checkpoint(plain, tmp_path / "gated.pt")
+    read = read_tiles([scene], tmp_path / "run")
     ungated = InferStage(plain, device="cpu", torch_threads=1)(dict(read))["prob"]
     gated = InferStage(str(tmp_path / "gated.pt"), device="cpu", torch_threads=1)(dict(read))["prob"]
     threshold = scene_thresholds(scene, [1, 2])[0]
@@ -180,6 +173,7 @@ def test_gated_checkpoint_in_the_map_infer_stage(tmp_path: Path) -> None:
     dark = read["image"][:, 0] < threshold
     np.testing.assert_array_equal(gated[dark], ungated[dark])
     assert (gated[~dark] == 0).all() and (ungated[~dark] > 0.5).any()  # the gate removed some model water
+    ckpt = load_checkpoint(plain)
     ckpt.gate = "otsu:HH"
     save_checkpoint(ckpt, str(tmp_path / "bad.pt"))
     with pytest.raises(CheckpointError, match=r"bad\.pt: gate='otsu:HH'"):

@@ -75,15 +75,6 @@ def reserve(actors: int, per_actor: int) -> CoreReservation | None:
     return CoreReservation(*split, lock_dir, every)
 
 
-def run_on(cores: Sequence[int]) -> tuple[int, ...]:
-    """Move the calling thread onto `cores` (nothing when empty); returns the cores it ran on before."""
-    if not cores:
-        return ()
-    before = tuple(sorted(os.sched_getaffinity(0)))
-    os.sched_setaffinity(0, cores)
-    return before
-
-
 class CoreClaim:
     """One actor's group of reserved cores, claimed at construction (the first group no live actor holds;
     none when all are held or nothing was reserved); `pin()` moves the calling thread onto it."""

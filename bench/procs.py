@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+from rrsis.pipeline.cores import process_tree
+
 
 def mem_bytes(pid: int) -> tuple[int, int]:
     """(RSS, PSS) of one process. PSS splits shared pages (torch, GDAL libraries, plasma) among the processes
@@ -26,20 +28,8 @@ def mem_bytes(pid: int) -> tuple[int, int]:
 
 
 def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
+    """Every process descended from `root` (not `root` itself)."""
+    return process_tree(root)[1:]
 
 
 def process_name(pid: int) -> str:

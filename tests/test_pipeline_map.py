@@ -18,6 +18,7 @@ import pytest
 import rasterio
 
 from rrsis import storage
+from rrsis.pipeline.cores import process_tree
 from rrsis.pipeline.manifest import read_table
 from rrsis.pipeline.run import run_map
 from tests.pipeline_data import map_config, tiny_checkpoint, write_scene
@@ -145,26 +146,8 @@ def test_s3_multi_scene_with_bad_scenes(
     boto3.client("s3").head_object(Bucket=s3_bucket, Key="runs/s3run/summary.json")
 
 
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
 def _worker_pid(marker: str) -> int | None:
-    for pid in _descendants(os.getpid()):
+    for pid in process_tree(os.getpid())[1:]:
         try:
             if marker in Path(f"/proc/{pid}/cmdline").read_text():
                 return pid

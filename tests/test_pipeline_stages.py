@@ -200,3 +200,40 @@ def test_run_id_follows_the_checkpoint_bytes_not_its_path(tmp_path: Path) -> Non
     assert derive_run_id("map", "", {**decisive, "model": content_tag(str(path))}) != run_v1
     assert run_v1.startswith("map-") and len(run_v1) == len("map-") + 12
     assert derive_run_id("map", "mine", decisive) == "mine"
+
+
+def test_vectors_are_the_polygoniser_rings_in_wgs84_whatever_the_chunking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rasterio.features import shapes
+    from rasterio.transform import from_origin
+    from rasterio.warp import transform_geom
+
+    from rrsis.pipeline import products
+
+    mask = np.zeros((40, 50), dtype=np.uint8)
+    mask[5:25, 5:25] = 1
+    mask[10:15, 10:15] = 0  # a hole
+    mask[30:35, 30:48] = 1
+    mask[0:3, 40:50] = 255  # nodata: never a polygon
+    profile = {"driver": "GTiff", "width": 50, "height": 40, "count": 1, "dtype": "uint8", "nodata": 255,
+               "crs": "EPSG:32630", "transform": from_origin(500000, 4200000, 10, 10)}  # fmt: skip
+    with rasterio.open(tmp_path / "m.tif", "w", **profile) as dst:
+        dst.write(mask, 1)
+    scene = {"crs": "EPSG:32630", "transform": tuple(profile["transform"])[:6], "width": 50, "height": 40}
+    out = tmp_path / "water.geojson"
+    assert products.build_vectors(str(tmp_path / "m.tif"), str(out), scene) == 2
+    features = json.loads(out.read_text())["features"]
+    truth = [g for g, v in shapes(mask, mask=mask == 1, transform=profile["transform"]) if v == 1]
+    assert [f["properties"]["id"] for f in features] == [0, 1]
+    for feature, geometry in zip(features, truth, strict=True):
+        expected = transform_geom("EPSG:32630", "EPSG:4326", geometry)["coordinates"]
+        rings = feature["geometry"]["coordinates"]
+        assert [len(r) for r in rings] == [len(r) for r in expected]
+        assert np.allclose(np.concatenate(rings), np.concatenate(expected), rtol=0, atol=1e-9)
+    # UTM 10 m pixels: 400 - 25 and 90 pixels of ~100.08 m2 (scale 0.9996 near the central meridian)
+    areas = [f["properties"]["area_m2"] for f in features]
+    assert np.allclose(areas, [375 * 100.08, 90 * 100.08], rtol=2e-3)
+    monkeypatch.setattr(products, "VECTOR_CHUNK", 1)  # one projection call per polygon: the same bytes
+    products.build_vectors(str(tmp_path / "m.tif"), str(tmp_path / "one.geojson"), scene)
+    assert (tmp_path / "one.geojson").read_bytes() == out.read_bytes()

@@ -92,7 +92,7 @@ def project_rings(polygons: list[dict[str, Any]], crs: str, target: str) -> tupl
     if not rings:
         return np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
     xy = np.concatenate(rings)
-    tx, ty = warp_transform(CRS.from_user_input(crs), target, xy[:, 0].tolist(), xy[:, 1].tolist())
+    tx, ty = warp_transform(CRS.from_user_input(crs), target, xy[:, 0], xy[:, 1])
     return np.column_stack([tx, ty]), np.array([len(r) for r in rings], dtype=np.int64)
 
 

@@ -4,8 +4,9 @@
   time), band 1 class (0 land, 1 water, 255 nodata), band 2 round(P(water)*254) when probabilities are on.
 - `water.geojson`: water polygons of the whole mosaic, EPSG:4326 (RFC 7946), property `area_m2` computed in a
   local Lambert equal-area projection centred on the scene (see `rrsis.pipeline.area`). GDAL's polygoniser
-  runs on the mosaic band itself, scanline by scanline, so polygons are never split at tile or block borders
-  and the raster is never held in memory (memory grows with the polygons, not the pixels).
+  runs on the mosaic band itself (its uncompressed staging file, while the COG is compressed beside it),
+  scanline by scanline, so polygons are never split at tile or block borders and the raster is never held in
+  memory (memory grows with the polygons, not the pixels).
 - `quicklook.png`: at most `QUICKLOOK_PX` on the long side, read through the COG overviews: the scene's first
   band in grey (2-98 % stretch), water in blue, nodata black.
 - `stats.json`: water km², water fraction of valid pixels, nodata fraction (from the manifest's per-tile sums).
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import orjson
 import rasterio
 import rasterio.features
 from affine import Affine
@@ -29,7 +31,7 @@ from PIL import Image
 from rasterio.enums import Resampling
 
 from rrsis import storage
-from rrsis.geo.mosaic import build_cog
+from rrsis.geo.mosaic import build_cog, publish_cog, stage_parts
 from rrsis.geo.raster import open_raster, read_decimated
 from rrsis.geo.tiling import PixelWindow
 from rrsis.pipeline.area import WGS84, laea_for_window, polygon_areas, project_rings, ring_areas
@@ -40,30 +42,26 @@ VECTOR_CHUNK = 5000  # polygons projected per PROJ call
 WATER_RGB = np.array([30, 144, 255], dtype=np.float32)
 
 
+def _grid(scene: dict[str, Any]) -> tuple[int, int, Any, str, str]:
+    """(width, height, transform, crs, dtype) of a scene's mask mosaic."""
+    return int(scene["width"]), int(scene["height"]), scene["transform"], str(scene["crs"]), "uint8"
+
+
 def build_mosaic(out_uri: str, scene: dict[str, Any], parts: Sequence[tuple[PixelWindow, str]], *, count: int) -> str:
     """Stitch the scene's tiles (core window, key) into a COG at `out_uri`."""
-    return build_cog(
-        out_uri,
-        int(scene["width"]),
-        int(scene["height"]),
-        scene["transform"],
-        str(scene["crs"]),
-        "uint8",
-        parts,
-        count=count,
-        nodata=NODATA,
-    )
+    return build_cog(out_uri, *_grid(scene), parts, count=count, nodata=NODATA)
 
 
-def build_vectors(mosaic_uri: str, out_uri: str, scene: dict[str, Any]) -> int:
-    """Polygonise water (value 1) of the mosaic into GeoJSON with `area_m2`; returns the polygon count."""
+def build_vectors(raster_uri: str, out_uri: str, scene: dict[str, Any]) -> int:
+    """Polygonise water (value 1) of band 1 of a mask raster (the mosaic, or its staging file) into GeoJSON
+    with `area_m2`; returns the polygon count."""
     crs = str(scene["crs"])
     laea = laea_for_window(scene["transform"], crs, 0, 0, int(scene["width"]), int(scene["height"]))
     count = 0
     with tempfile.TemporaryDirectory(prefix="rrsis-vectors-") as tmp:
         path = os.path.join(tmp, "water.geojson")
-        with open(path, "w", encoding="utf-8") as out, open_raster(mosaic_uri) as src:
-            out.write('{"type": "FeatureCollection", "name": "water", "features": [\n')
+        with open(path, "wb") as out, open_raster(raster_uri) as src:
+            out.write(b'{"type": "FeatureCollection", "name": "water", "features": [\n')
             band = rasterio.band(src, 1)
             shapes = rasterio.features.shapes(band, mask=band, connectivity=4, transform=src.transform)
             chunk: list[dict[str, Any]] = []
@@ -74,32 +72,35 @@ def build_vectors(mosaic_uri: str, out_uri: str, scene: dict[str, Any]) -> int:
                     count = _write_features(out, chunk, crs, laea, count)
                     chunk = []
             count = _write_features(out, chunk, crs, laea, count)
-            out.write("\n]}\n")
+            out.write(b"\n]}\n")
         storage.put_file(path, out_uri)
     return count
 
 
 def _write_features(out: Any, polygons: list[dict[str, Any]], crs: str, laea: str, first_id: int) -> int:
-    """Append one GeoJSON feature per polygon (EPSG:4326, 9 decimals) with its equal-area `area_m2`."""
+    """Append one GeoJSON feature per polygon (EPSG:4326, 9 decimals) with its equal-area `area_m2`.
+
+    orjson writes each ring straight from its rows of the chunk's coordinate array (shortest round-trip
+    floats, as `json` writes them), without a Python list per point: that conversion and `json.dumps` were
+    a third of the vector time.
+    """
     if not polygons:
         return first_id
     xy_m, lengths = project_rings(polygons, crs, laea)
     areas = np.round(polygon_areas(polygons, ring_areas(xy_m, lengths)), 3).tolist()
     xy_deg, _ = project_rings(polygons, crs, WGS84)
-    points = np.round(xy_deg, 9).tolist()  # one rounding and one conversion for the whole chunk
-    ring, offset = 0, 0
+    points = np.ascontiguousarray(np.round(xy_deg, 9))  # one rounding for the whole chunk
+    ends = np.cumsum(lengths).tolist()
+    ring = 0
     for i, poly in enumerate(polygons):
-        rings = []
-        for n in lengths[ring : ring + len(poly["coordinates"])].tolist():
-            rings.append(points[offset : offset + n])
-            offset += n
+        rings = [points[(ends[r - 1] if r else 0) : ends[r]] for r in range(ring, ring + len(poly["coordinates"]))]
         ring += len(poly["coordinates"])
         feature = {
             "type": "Feature",
             "properties": {"id": first_id + i, "class": "water", "area_m2": areas[i]},
             "geometry": {"type": "Polygon", "coordinates": rings},
         }
-        out.write((",\n" if first_id + i else "") + json.dumps(feature, separators=(",", ":")))
+        out.write((b",\n" if first_id + i else b"") + orjson.dumps(feature, option=orjson.OPT_SERIALIZE_NUMPY))
     return first_id + len(polygons)
 
 
@@ -197,19 +198,24 @@ def scene_products(
         for t in tiles
     ]
     mosaic = storage.join(prefix, "mosaic.tif")
-    start = time.perf_counter()
-    build_mosaic(mosaic, scene, parts, count=2 if outputs.get("probability") else 1)
-    result["mosaic"], result["mosaic_s"] = mosaic, time.perf_counter() - start
-    # The quicklook (mostly GDAL reads, which release the GIL) runs in a thread beside the polygons: at the
-    # end of a run both cores are free, and the scene's tail is the longer of the two, not their sum.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    count = 2 if outputs.get("probability") else 1
+    # The COG (deflate, overviews) and then the quicklook (read through those overviews) run in a thread
+    # beside the polygons, which read the uncompressed staging file; GDAL releases the GIL in all three. At
+    # the end of a run both cores are free, so the last scene's tail is the longer of the two, not the sum.
+    with tempfile.TemporaryDirectory(prefix="rrsis-mosaic-") as tmp, ThreadPoolExecutor(max_workers=1) as pool:
+        start = time.perf_counter()
+        staging = stage_parts(os.path.join(tmp, "staging.tif"), *_grid(scene), parts, count=count, nodata=NODATA)
+        staged_s = time.perf_counter() - start
+        published = pool.submit(_timed, publish_cog, staging, mosaic)
         quicklook = None
         if outputs.get("quicklook"):
             args = (mosaic, str(scene["uri"]), int(scene["bands"][0]), storage.join(prefix, "quicklook.png"))
-            quicklook = pool.submit(_timed, build_quicklook, *args, background)
+            quicklook = pool.submit(_timed, build_quicklook, *args, background)  # after the COG: one worker
         if outputs.get("vectors"):
             result["vectors"] = storage.join(prefix, "water.geojson")
-            result["polygons"], result["vectors_s"] = _timed(build_vectors, mosaic, result["vectors"], scene)
+            result["polygons"], result["vectors_s"] = _timed(build_vectors, staging, result["vectors"], scene)
+        result["mosaic"], publish_s = published.result()
+        result["mosaic_s"] = staged_s + publish_s
         if quicklook is not None:
             result["quicklook"], result["quicklook_s"] = quicklook.result()
     return result

@@ -81,8 +81,8 @@ def _write_features(out: Any, polygons: list[dict[str, Any]], crs: str, laea: st
     """Append one GeoJSON feature per polygon (EPSG:4326, 9 decimals) with its equal-area `area_m2`.
 
     orjson writes each ring straight from its rows of the chunk's coordinate array (shortest round-trip
-    floats, as `json` writes them), without a Python list per point: that conversion and `json.dumps` were
-    a third of the vector time.
+    floats: the digits `json` wrote), without a Python list per point: that conversion and `json.dumps`
+    were a third of the vector time.
     """
     if not polygons:
         return first_id

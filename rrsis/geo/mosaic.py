@@ -80,35 +80,23 @@ def build_cog(
     Pixels no part covers are `nodata` (0 when nodata is None). Parts must lie inside the scene. Output goes
     to a local path or s3:// in one atomic write; identical inputs give identical bytes.
     """
+    if block_px <= 0 or block_px % 16:
+        raise InputError(f"block_px={block_px} must be a positive multiple of 16")
+    profile = staging_profile(width, height, transform, crs, dtype, count, nodata, block_px)
     with tempfile.TemporaryDirectory(prefix="rrsis-mosaic-") as tmp:
-        staging = os.path.join(tmp, "staging.tif")
-        stage_parts(staging, width, height, transform, crs, dtype, parts, count=count, nodata=nodata, block_px=block_px)
+        staging = stage_parts(os.path.join(tmp, "staging.tif"), profile, parts)
         publish_cog(staging, out_uri, block_px)
     return out_uri
 
 
-def stage_parts(
-    staging: str,
-    width: int,
-    height: int,
-    transform: Sequence[float],
-    crs: str,
-    dtype: str,
-    parts: Iterable[tuple[PixelWindow, str]],
-    *,
-    count: int = 1,
-    nodata: float | None = None,
-    block_px: int = 512,
-) -> str:
-    """Write `parts` into an uncompressed tiled GeoTIFF at the local path `staging` (see `build_cog`).
+def stage_parts(staging: str, profile: dict[str, Any], parts: Iterable[tuple[PixelWindow, str]]) -> str:
+    """Write `parts` into an uncompressed tiled GeoTIFF of `staging_profile` at the local path `staging`.
 
-    The staging file holds the whole mosaic already: a reader that needs no overviews (the polygoniser) can
+    The staging file already holds the whole mosaic: a reader that needs no overviews (the polygoniser) can
     start on it while `publish_cog` compresses it.
     """
-    if block_px <= 0 or block_px % 16:
-        raise InputError(f"block_px={block_px} must be a positive multiple of 16")
+    width, height = int(profile["width"]), int(profile["height"])
     scene = PixelWindow(0, 0, width, height)
-    profile = staging_profile(width, height, transform, crs, dtype, count, nodata, block_px)
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(staging, "w", **profile) as dst:
         for window, part_uri in parts:
             if not scene.contains(window):

@@ -31,7 +31,7 @@ from PIL import Image
 from rasterio.enums import Resampling
 
 from rrsis import storage
-from rrsis.geo.mosaic import build_cog, publish_cog, stage_parts
+from rrsis.geo.mosaic import build_cog, publish_cog, stage_parts, staging_profile
 from rrsis.geo.raster import open_raster, read_decimated
 from rrsis.geo.tiling import PixelWindow
 from rrsis.pipeline.area import WGS84, laea_for_window, polygon_areas, project_rings, ring_areas
@@ -39,6 +39,7 @@ from rrsis.pipeline.refiners import NODATA
 
 QUICKLOOK_PX = 1024
 VECTOR_CHUNK = 5000  # polygons projected per PROJ call
+MOSAIC_BLOCK_PX = 512  # the COG's (and its staging file's) block size
 WATER_RGB = np.array([30, 144, 255], dtype=np.float32)
 
 
@@ -49,7 +50,7 @@ def _grid(scene: dict[str, Any]) -> tuple[int, int, Any, str, str]:
 
 def build_mosaic(out_uri: str, scene: dict[str, Any], parts: Sequence[tuple[PixelWindow, str]], *, count: int) -> str:
     """Stitch the scene's tiles (core window, key) into a COG at `out_uri`."""
-    return build_cog(out_uri, *_grid(scene), parts, count=count, nodata=NODATA)
+    return build_cog(out_uri, *_grid(scene), parts, count=count, nodata=NODATA, block_px=MOSAIC_BLOCK_PX)
 
 
 def build_vectors(raster_uri: str, out_uri: str, scene: dict[str, Any]) -> int:
@@ -204,9 +205,10 @@ def scene_products(
     # the end of a run both cores are free, so the last scene's tail is the longer of the two, not the sum.
     with tempfile.TemporaryDirectory(prefix="rrsis-mosaic-") as tmp, ThreadPoolExecutor(max_workers=1) as pool:
         start = time.perf_counter()
-        staging = stage_parts(os.path.join(tmp, "staging.tif"), *_grid(scene), parts, count=count, nodata=NODATA)
+        profile = staging_profile(*_grid(scene), count, NODATA, MOSAIC_BLOCK_PX)
+        staging = stage_parts(os.path.join(tmp, "staging.tif"), profile, parts)
         staged_s = time.perf_counter() - start
-        published = pool.submit(_timed, publish_cog, staging, mosaic)
+        published = pool.submit(_timed, publish_cog, staging, mosaic, MOSAIC_BLOCK_PX)
         quicklook = None
         if outputs.get("quicklook"):
             args = (mosaic, str(scene["uri"]), int(scene["bands"][0]), storage.join(prefix, "quicklook.png"))

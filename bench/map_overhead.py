@@ -14,9 +14,10 @@ Both sides forward one tile at a time on one torch thread (the pipeline's batch-
 the loop's tiles are read and normalised before its clock starts. The map side is
 `run_map` from call to return on an already running local Ray (Ray start-up is reported apart): planning,
 reads, inference, refinement, writes, manifest and every per-scene product (COG mosaic, GeoJSON vectors,
-quicklook, stats). The plain loop runs before and after the map and the ratio is taken against the mean of
-the two: on this VM the same 4-scene loop took 221-304 s in different runs, even 240 s before a map and
-280 s after it, so a single loop measured before the map mixes the machine's drift into the ratio.
+quicklook, stats). The plain loop runs in a fresh process each time (`fresh_plain_loop`), before and after
+the map, and the ratio is taken against the mean of the two: on this VM the same 4-scene loop took 221-304 s
+in different runs, even 240 s before a map and 280 s after it, so a single loop measured before the map
+mixes the machine's drift into the ratio.
 `--repeats N` runs loop, map, loop, ..., map, loop (N maps, each between two loops) and reports the sum of
 the maps over the sum of their bracketing loop means: more phases average more of the drift out.
 Goal: ratio <= 1.10. Run time about (2N + 1) x 4 x 361 x 0.19 s + N x 2 min ~ 15 min for N = 1 on an
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -105,7 +107,20 @@ def plain_loop(ckpt_uri: str, scenes: list[str], size: int, tile: int, overlap: 
     return elapsed, len(tiles) * len(scenes)
 
 
+def fresh_plain_loop(ckpt_uri: str, scenes: list[str], size: int, tile: int, overlap: int) -> float:
+    """`plain_loop` in a new Python process. After a map, this process has hosted a Ray driver, and the same
+    loop ran slower in it than in a fresh process (4096^2 scene, alternating: 36.3 vs 28.7 s, 36.1 vs 33.0 s),
+    which would flatter the map; a fresh process per loop keeps the baseline clean."""
+    job = json.dumps({"ckpt": ckpt_uri, "scenes": scenes, "size": size, "tile": tile, "overlap": overlap})
+    done = subprocess.run([sys.executable, __file__, "--plain-loop", job], capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--plain-loop"]:  # one loop in this (fresh) process; prints its forward time
+        job = json.loads(sys.argv[2])
+        print(plain_loop(job["ckpt"], job["scenes"], job["size"], job["tile"], job["overlap"])[0])
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--size", type=int, default=8192)
@@ -127,7 +142,7 @@ def main() -> None:
     ckpt = args.checkpoint
     if ckpt == "random":
         ckpt = tiny_checkpoint(tmp / "model.pt", family=args.family, width=args.width)
-    loops = [plain_loop(ckpt, scenes, args.size, args.tile, args.overlap)[0]]
+    loops = [fresh_plain_loop(ckpt, scenes, args.size, args.tile, args.overlap)]
     maps: list[tuple[str, float]] = []
     arms = {"A": args.set, "B": [*args.set, *args.ab]} if args.ab else {"": args.set}
     for repeat in range(args.repeats):  # loop, map, loop[, map, loop ...]: each map between two loops
@@ -145,7 +160,7 @@ def main() -> None:
             )
             print(f"map {len(maps) + 1} {arm} {' '.join(overrides)}".rstrip(), flush=True)
             maps.append((arm, map_once(cfg, out, args, ckpt)))
-            loops.append(plain_loop(ckpt, scenes, args.size, args.tile, args.overlap)[0])
+            loops.append(fresh_plain_loop(ckpt, scenes, args.size, args.tile, args.overlap))
     print(f"plain loops (forward only, tiles in memory), in order (s): {[round(v, 1) for v in loops]}")
     bracket = [(loops[i] + loops[i + 1]) / 2 for i in range(len(maps))]
     for i, (arm, map_s) in enumerate(maps):

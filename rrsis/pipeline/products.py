@@ -91,10 +91,10 @@ def _write_features(out: Any, polygons: list[dict[str, Any]], crs: str, laea: st
     areas = np.round(polygon_areas(polygons, ring_areas(xy_m, lengths)), 3).tolist()
     xy_deg, _ = project_rings(polygons, crs, WGS84)
     points = np.ascontiguousarray(np.round(xy_deg, 9))  # one rounding for the whole chunk
-    ends = np.cumsum(lengths).tolist()
+    bounds = [0, *np.cumsum(lengths).tolist()]  # ring r is points[bounds[r] : bounds[r + 1]]
     ring = 0
     for i, poly in enumerate(polygons):
-        rings = [points[(ends[r - 1] if r else 0) : ends[r]] for r in range(ring, ring + len(poly["coordinates"]))]
+        rings = [points[bounds[r] : bounds[r + 1]] for r in range(ring, ring + len(poly["coordinates"]))]
         ring += len(poly["coordinates"])
         feature = {
             "type": "Feature",

@@ -3,7 +3,8 @@
 One parameterised builder serves the official registry shapes (vit_b/l/h, numbers taken from
 `segment_anything.build_sam`) and a `tiny` preset of the same classes for tests and benchmarks. Weights
 come only from a local file the caller provides: a URI must be fetched first (rrsis.storage), nothing is
-downloaded here.
+downloaded here. The image encoder is ours (`encoder.py`, memory-bounded attention) or segment-anything's
+(`encoder: reference`); both have the same parameter names and seeded init, so every checkpoint fits both.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from rrsis.errors import CheckpointError, ModelError
-from rrsis.models.sam.config import SamConfig
+from rrsis.models.sam.config import SAM_ENCODERS, SamConfig
+from rrsis.models.sam.encoder import EfficientImageEncoderViT
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # SAM's ImageNet statistics (0-255 RGB), part of the model
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -83,24 +85,32 @@ def sam_arch(model_type: str) -> SamArch:
     return SAM_ARCHS[model_type]
 
 
-def build_sam_model(arch: SamArch) -> Sam:
-    """A randomly initialised `segment_anything.Sam` with the given shape, in eval mode."""
+def build_image_encoder(arch: SamArch, encoder: str = "efficient") -> torch.nn.Module:
+    """SAM's ViT image encoder: ours (`efficient`) or segment-anything's (`reference`), same state dict keys."""
+    shape: dict[str, Any] = dict(
+        depth=arch.encoder_depth,
+        embed_dim=arch.encoder_embed_dim,
+        img_size=arch.img_size,
+        mlp_ratio=4,
+        num_heads=arch.encoder_num_heads,
+        patch_size=arch.patch_size,
+        qkv_bias=True,
+        global_attn_indexes=arch.encoder_global_attn_indexes,
+        window_size=arch.window_size,
+        out_chans=arch.prompt_embed_dim,
+    )
+    if encoder == "efficient":
+        return EfficientImageEncoderViT(**shape)
+    if encoder == "reference":
+        return ImageEncoderViT(**shape, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True)
+    raise ModelError(f"model.sam.encoder {encoder!r}; allowed: {', '.join(SAM_ENCODERS)}")
+
+
+def build_sam_model(arch: SamArch, encoder: str = "efficient") -> Sam:
+    """A randomly initialised `segment_anything.Sam` with the given shape and image encoder, in eval mode."""
     embed_hw = arch.img_size // arch.patch_size
     sam = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=arch.encoder_depth,
-            embed_dim=arch.encoder_embed_dim,
-            img_size=arch.img_size,
-            mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=arch.encoder_num_heads,
-            patch_size=arch.patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=arch.encoder_global_attn_indexes,
-            window_size=arch.window_size,
-            out_chans=arch.prompt_embed_dim,
-        ),
+        image_encoder=build_image_encoder(arch, encoder),
         prompt_encoder=PromptEncoder(
             embed_dim=arch.prompt_embed_dim,
             image_embedding_size=(embed_hw, embed_hw),
@@ -187,7 +197,7 @@ def build_sam(
             "(a path to the official SAM weights; nothing is downloaded)"
         )
     torch.manual_seed(cfg.seed)
-    sam = build_sam_model(arch)
+    sam = build_sam_model(arch, cfg.encoder)
     if ckpt:
         load_sam_weights(sam, ckpt, cfg.model_type)
     dec = decoder_checkpoint_path if decoder_checkpoint_path is not None else cfg.decoder_checkpoint

@@ -12,6 +12,7 @@ from rrsis.config.fields import bounded, choice
 from rrsis.refine.config import CfpgConfig, MboConfig
 
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny", "vit_b_256")
+SAM_ENCODERS = ("efficient", "reference")
 
 
 @dataclass
@@ -19,6 +20,9 @@ class SamConfig:
     model_type: str = choice("vit_b", *SAM_MODEL_TYPES)  # "tiny", "vit_b_256": random-init test/bench presets
     checkpoint: str = ""  # full SAM state dict (official .pth); empty only for "tiny" (seeded random init);
     # checked when the model is built, not at load, since every job config carries a default sam section
+    # image encoder implementation, same weights either way: "efficient" (rrsis.models.sam.encoder, attention
+    # in bounded chunks) or "reference" (segment_anything's ImageEncoderViT, kept for comparison)
+    encoder: str = choice("efficient", *SAM_ENCODERS)
     decoder_checkpoint: str = ""  # rrsis fine-tuned decoder checkpoint, replaces the mask decoder weights
     mode: str = choice("weak", "weak", "finetune")  # weak: decoder frozen; finetune: decoder trainable
     multimask: bool = False  # predict 3 masks per prompt and keep the best-scored one

@@ -2,7 +2,9 @@
 
 `set_image` runs the (frozen) image encoder once and caches the embedding; `predict` decodes any number
 of box / point prompts against it in batches of `prompt_batch`. Prompts arrive in tile pixel coordinates
-and are mapped into SAM's input frame by `SamFrame`; masks come back at tile resolution.
+and are mapped into SAM's input frame by `SamFrame`; masks come back at tile resolution. `precision`
+(fp32 | bf16 | fp16 | auto, see `rrsis.models.precision`) applies to the image encoder only, under autocast:
+the weights stay fp32, the embedding is returned in fp32 and the prompt encoder and mask decoder run in fp32.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from rrsis.errors import InputError
+from rrsis.models.precision import autocast_for, resolve_precision
 from rrsis.models.sam.build import build_sam
 from rrsis.models.sam.config import SamConfig
 from rrsis.models.sam.frame import SamFrame
@@ -25,8 +28,16 @@ NO_POINT_LABEL = -1  # SAM's "not a point" label: a prompt row without a point (
 class SamTilePredictor:
     """Embed-once / prompt-many SAM inference on one tile at a time."""
 
-    def __init__(self, sam: Sam, multimask: bool = False, mask_threshold: float = 0.0, prompt_batch: int = 64) -> None:
+    def __init__(
+        self,
+        sam: Sam,
+        multimask: bool = False,
+        mask_threshold: float = 0.0,
+        prompt_batch: int = 64,
+        precision: str | None = "fp32",
+    ) -> None:
         self.sam = sam
+        self.precision = resolve_precision(precision, self.device)  # None / "auto": bf16 where native
         self.multimask = multimask
         self.mask_threshold = mask_threshold
         self.prompt_batch = prompt_batch
@@ -44,9 +55,16 @@ class SamTilePredictor:
         checkpoint_path: str | None = None,
         decoder_checkpoint_path: str | None = None,
         device: str = "cpu",
+        precision: str | None = "fp32",
     ) -> SamTilePredictor:
         sam = build_sam(cfg, checkpoint_path, decoder_checkpoint_path).to(device)
-        return cls(sam, multimask=cfg.multimask, mask_threshold=cfg.mask_threshold, prompt_batch=cfg.prompt_batch)
+        return cls(
+            sam,
+            multimask=cfg.multimask,
+            mask_threshold=cfg.mask_threshold,
+            prompt_batch=cfg.prompt_batch,
+            precision=precision,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -76,9 +94,11 @@ class SamTilePredictor:
             raise InputError(f"SAM resize gave {resized.shape[:2]}, frame expects {frame.resized_hw}")
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
         with torch.no_grad():
-            embedding = self.sam.image_encoder(self.sam.preprocess(x)[None])
+            pixels = self.sam.preprocess(x)[None]
+            with autocast_for(self.precision, self.device):
+                embedding = self.sam.image_encoder(pixels)
         self.embed_count += 1
-        return embedding, frame
+        return embedding.float(), frame
 
     def set_image(self, image: np.ndarray, key: Hashable | None = None) -> None:
         """Embed a tile and cache it for `predict`; with a `key` equal to the cached one, reuse it."""

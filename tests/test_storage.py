@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import http.server
+import os
+import stat
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -38,6 +40,25 @@ def test_local_roundtrip_atomic_and_listing(tmp_path: Path) -> None:
     assert not [p for p in Path(base).rglob("*") if p.name.endswith(".tmp")]
     with pytest.raises(StorageError, match=r"missing\.bin"):
         storage.get_bytes(f"{base}/missing.bin")
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_local_writes_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """Atomic writes give the mode a plain write would (0666 & ~umask), not mkstemp's 0600."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"data")
+    old = os.umask(umask)
+    try:
+        storage.put_bytes(str(tmp_path / "out" / "a.bin"), b"a")
+        storage.put_file(src, f"file://{tmp_path}/out/b.bin")
+        storage.get_file(str(tmp_path / "out" / "b.bin"), tmp_path / "back" / "c.bin")
+        plain = tmp_path / "plain.bin"
+        plain.write_bytes(b"p")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(plain.stat().st_mode) == mode
+    for name in ("out/a.bin", "out/b.bin", "back/c.bin"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
 
 
 def test_join_and_remote() -> None:

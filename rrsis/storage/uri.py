@@ -7,8 +7,8 @@ never sees half an object and a rerun can overwrite safely.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
@@ -58,14 +58,31 @@ def put_bytes(uri: str, data: bytes) -> None:
 
 def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temp(path)
     try:
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _create_temp(path: Path) -> str:
+    """A new empty hidden temp file beside `path`, mode 0666 minus the umask, as a plain write would give.
+
+    `tempfile.mkstemp` creates 0600 files, and the rename would carry that mode to the output, so nobody else
+    (a teammate, a map server) could read it. Creating with 0666 lets the kernel apply the umask (and a
+    folder's default ACL) exactly as it does for `open(path, "w")`, without reading or changing the umask.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return str(tmp)
+    raise StorageError(f"cannot create a temp file beside {path}: 100 names taken")
 
 
 def get_bytes(uri: str) -> bytes:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import pickle
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +107,40 @@ def save_checkpoint(ckpt: Checkpoint, uri: str) -> None:
     storage.put_bytes(uri, buffer.getvalue())
 
 
+_REFUSED_PATTERNS = (
+    (re.compile(r"Unsupported global: GLOBAL (\S+) was not an allowed global"), "global {}"),
+    (re.compile(r"unsupported GLOBAL (\S+) whose module \S+ is blocked"), "global {}, from a blocked module"),
+    (re.compile(r"unrecognized function (.+?)(?: which belongs to|$)", re.MULTILINE), "call of {}"),
+    (re.compile(r"Can only (?:build|create new object for) .*?(?:got|but got) (.+)$", re.MULTILINE), "object {}"),
+)
+
+
+def weights_only_refusal(message: str) -> str | None:
+    """What torch's weights-only unpickler refused (e.g. `global posix.system`), from its error message.
+
+    torch wraps the refusal in several lines of advice (with ANSI codes) and puts the reason last; None when
+    the message is not a weights-only refusal (a damaged file).
+    """
+    if "Weights only load failed" not in message and "WeightsUnpickler" not in message:
+        return None
+    for pattern, template in _REFUSED_PATTERNS:
+        found = pattern.search(message)
+        if found:
+            return template.format(found.group(1).strip().rstrip("."))
+    reason = message.rsplit("WeightsUnpickler error:", 1)[-1].replace("Weights only load failed.", "")
+    lines = [line.strip() for line in _ANSI.sub("", reason).splitlines() if line.strip()]
+    return lines[0][:200] if lines else "an object outside the allowed tensors and containers"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, without ANSI codes, at most 200 characters of message."""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
 def load_checkpoint(uri: str) -> Checkpoint:
     """Read a checkpoint with `weights_only=True`; missing, truncated or foreign files -> one CheckpointError line."""
     try:
@@ -115,11 +151,17 @@ def load_checkpoint(uri: str) -> Checkpoint:
         raise CheckpointError(f"checkpoint {uri} is empty")
     try:
         data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged pickle/zip can raise almost any type; all mean "unreadable"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    except pickle.UnpicklingError as exc:
+        refused = weights_only_refusal(str(exc))
+        if refused is None:
+            raise CheckpointError(f"checkpoint {uri} is truncated or not a torch file ({_first_line(exc)})") from exc
         raise CheckpointError(
-            f"checkpoint {uri} is truncated or not a torch file ({type(exc).__name__}: {first[:200]})"
+            f"checkpoint {uri} holds objects that a weights-only load refuses ({refused}): loading it could run "
+            "code, so rrsis will not; use a checkpoint written by rrsis (rrsis train)"
         ) from exc
+    except Exception as exc:  # a damaged pickle/zip can raise almost any type; all mean "unreadable"
+        first = _first_line(exc)
+        raise CheckpointError(f"checkpoint {uri} is truncated or not a torch file ({first})") from exc
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise CheckpointError(f"checkpoint {uri} is not an rrsis checkpoint (no kind={KIND!r} entry)")
     if data.get("format") != FORMAT_VERSION:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from rrsis.checkpoints import (
     load_checkpoint,
     normalize_image,
     save_checkpoint,
+    weights_only_refusal,
 )
 from rrsis.data.normalize import NormStats
 from rrsis.errors import CheckpointError
@@ -72,6 +74,11 @@ class _Evil:
         return (print, ("code ran on load",))
 
 
+class _Shell:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("echo code ran on load",))
+
+
 def test_wrong_truncated_and_unsafe_files_fail_in_one_line(tmp_path: Path) -> None:
     _, _, ckpt = _tiny()
     good = tmp_path / "good.pt"
@@ -81,19 +88,34 @@ def test_wrong_truncated_and_unsafe_files_fail_in_one_line(tmp_path: Path) -> No
     buffer = io.BytesIO()
     torch.save({"kind": "rrsis-checkpoint", "x": _Evil()}, buffer)
     (tmp_path / "evil.pt").write_bytes(buffer.getvalue())
+    buffer = io.BytesIO()
+    torch.save({"kind": "rrsis-checkpoint", "state_dict": {"w": torch.zeros(2)}, "x": _Shell()}, buffer)
+    (tmp_path / "shell.pt").write_bytes(buffer.getvalue())
+    refused = "holds objects that a weights-only load refuses"
     cases = {
         "cut.pt": "truncated",
         "foreign.pt": "not an rrsis checkpoint",
-        "evil.pt": "truncated or not a torch",
+        "evil.pt": rf"{refused} \(global print\)",
+        "shell.pt": rf"{refused} \(global {os.system.__module__}\.system, from a blocked module\)",
         "missing.pt": "cannot be read",
     }
     for name, expected in cases.items():
         with pytest.raises(CheckpointError, match=expected) as info:
             load_checkpoint(str(tmp_path / name))
-        assert "\n" not in str(info.value) and name in str(info.value)
+        assert "\n" not in str(info.value) and "\x1b" not in str(info.value) and name in str(info.value)
+        assert ("truncated" in str(info.value).rsplit(name, 1)[1]) == (name == "cut.pt")
     ckpt.state_dict = {k: v for k, v in list(ckpt.state_dict.items())[1:]}
     with pytest.raises(CheckpointError, match="do not fit"):
         build_from_checkpoint(ckpt)
+
+
+def test_weights_only_refusal_names_what_torch_refused() -> None:
+    wrap = "Weights only load failed. In PyTorch 2.6 ... source.\nWeightsUnpickler error: \n\n{}\n\nCheck the docs."
+    blocked = "Trying to load unsupported GLOBAL subprocess.Popen whose module subprocess is blocked."
+    assert weights_only_refusal(wrap.format(blocked)) == "global subprocess.Popen, from a blocked module"
+    other = "Unsupported operand 149"
+    assert weights_only_refusal(wrap.format(other)) == other
+    assert weights_only_refusal("invalid load key, 'x'.") is None  # damage, not a refusal
 
 
 @pytest.mark.slow

@@ -1,18 +1,27 @@
 """Load a job config: schema defaults <- YAML file <- `key.sub=value` overrides, then validate.
 
-Every failure becomes one `ConfigError` line naming the key, the value and what is allowed.
+A scalar given for a list key is a one-item list (`input=scene.tif`). Every failure becomes one `ConfigError`
+line naming the key, the value and what is allowed, or a valid example; OmegaConf's own messages never reach
+the user as they are.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigKeyError,
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 
 from rrsis.config.fields import describe_range, in_range
+from rrsis.config.keys import example, key_spec, lists_from_scalars, mismatch
 from rrsis.errors import ConfigError
 
 T = TypeVar("T")
@@ -27,15 +36,61 @@ def _allowed_keys(schema: Any, full_key: str) -> list[str]:
 
 
 def _omegaconf_error(exc: OmegaConfBaseException, schema: Any, source: str) -> ConfigError:
-    key = str(getattr(exc, "full_key", "") or getattr(exc, "key", "") or "?")
-    msg = str(getattr(exc, "msg", "") or exc).strip().splitlines()[0]
+    """One line in our words: the key, what it expects, what it got (when known), a valid example."""
+    key = str(getattr(exc, "full_key", "") or getattr(exc, "key", "") or "")
+    msg = _first_line(str(getattr(exc, "msg", "") or exc))
     if isinstance(exc, ConfigKeyError) and "not in" in msg:
         allowed = _allowed_keys(schema, key)
         hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
         return ConfigError(f"config error ({source}): unknown key '{key}'{hint}")
-    if isinstance(exc, ValidationError):
-        return ConfigError(f"config error ({source}): key '{key}': {msg}")
-    return ConfigError(f"config error ({source}): key '{key}': {msg}")
+    spec = key_spec(schema, key) if key else None
+    if spec is None:
+        where = f"key '{key}'" if key else "a value"
+        return ConfigError(f"config error ({source}): {where} cannot be used: {msg}")
+    if isinstance(exc, MissingMandatoryValue):
+        return ConfigError(f"config error ({source}): key '{key}' has no value; set it, e.g. {example(spec)}")
+    if isinstance(exc, InterpolationResolutionError):
+        reason = re.sub(r"^\w+ raised while resolving interpolation: ", "", msg)
+        what = f"key '{key}': cannot resolve its ${{...}} ({reason})"
+        return ConfigError(f"config error ({source}): {what}; e.g. {example(spec)}")
+    found = _GOT.search(msg)
+    if found:
+        return mismatch(source, spec, found.group(1))
+    return mismatch(source, spec, shown=False)
+
+
+_GOT = re.compile(r"Value '(.*?)' (?:of type|is not)")
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
+
+
+def _override_layer(overrides: list[str], schema: Any) -> DictConfig:
+    """The overrides as one layer; an override that does not parse is named with a valid example."""
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"config error: override {bad[0]!r} must look like key.sub=value")
+    for override in overrides:
+        try:
+            OmegaConf.from_dotlist([override])
+        except Exception as exc:  # yaml and grammar errors come in many types
+            key = override.split("=", 1)[0]
+            spec = key_spec(schema, key)
+            eg = f"; e.g. {example(spec)}" if spec is not None else ""
+            reason = _first_line(str(exc) or type(exc).__name__)
+            raise ConfigError(f"config error: override {override!r} cannot be parsed ({reason}){eg}") from exc
+    return OmegaConf.from_dotlist(list(overrides))
+
+
+def _shaped(layer: DictConfig, schema: Any, source: str) -> DictConfig:
+    """`layer` with scalars for list keys wrapped as one-item lists (wrong shapes refused in one line)."""
+    container = OmegaConf.to_container(layer, resolve=False)
+    assert isinstance(container, dict)
+    data = {str(k): v for k, v in container.items()}
+    lists_from_scalars(data, schema, source)
+    return OmegaConf.create(data)
 
 
 def validate(obj: Any, prefix: str = "") -> None:
@@ -85,17 +140,11 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
             raise ConfigError(f"config error: {p} must hold a mapping at the top level")
         layers.append((str(p), data))
     if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"config error: override {bad[0]!r} must look like key.sub=value")
-        try:
-            layers.append(("overrides", OmegaConf.from_dotlist(list(overrides))))
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"config error: cannot parse overrides: {exc}") from exc
+        layers.append(("overrides", _override_layer(list(overrides), schema)))
     merged = base
     for source, layer in layers:
         try:
-            merged = OmegaConf.merge(merged, layer)  # type: ignore[assignment]
+            merged = OmegaConf.merge(merged, _shaped(layer, schema, source))  # type: ignore[assignment]
         except OmegaConfBaseException as exc:
             raise _omegaconf_error(exc, schema, source) from exc
     try:

@@ -117,7 +117,37 @@ def test_auth_token_header_from_env_and_file(monkeypatch: pytest.MonkeyPatch, tm
         auth_headers()
 
 
-def test_refused_token_names_the_variable_never_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_default_token_file_when_no_variable_is_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """As Ray's own clients: RAY_AUTH_TOKEN, else RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (if it exists)."""
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_JOB_HEADERS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert auth_headers() == {}  # no file: no header (a cluster without token auth)
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("tok-default\n")
+    assert auth_headers() == {"Authorization": "Bearer tok-default"}
+    other = tmp_path / "other_token"
+    other.write_text("tok-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(other))
+    assert auth_headers() == {"Authorization": "Bearer tok-path"}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "tok-env")
+    assert auth_headers() == {"Authorization": "Bearer tok-env"}
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    (tmp_path / ".ray" / "auth_token").write_text(SECRET)
+    seen, server = _refusing_server()
+    try:
+        with pytest.raises(JobError) as err:
+            check_reachable(f"http://127.0.0.1:{server.server_port}", auth_headers(), 5.0)
+    finally:
+        server.shutdown()
+    assert seen == [f"Bearer {SECRET}"]
+    message = str(err.value)
+    assert f"the token from {tmp_path}/.ray/auth_token was not accepted" in message and SECRET not in message
+
+
+def _refusing_server() -> tuple[list[str], http.server.HTTPServer]:
+    """A job server stand-in that records the Authorization header and answers 401."""
     seen: list[str] = []
 
     class Refuse(http.server.BaseHTTPRequestHandler):
@@ -131,6 +161,11 @@ def test_refused_token_names_the_variable_never_the_value(monkeypatch: pytest.Mo
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Refuse)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return seen, server
+
+
+def test_refused_token_names_the_variable_never_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen, server = _refusing_server()
     try:
         monkeypatch.setenv("RAY_AUTH_TOKEN", SECRET)
         address = f"http://127.0.0.1:{server.server_port}"

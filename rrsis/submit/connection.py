@@ -2,7 +2,8 @@
 
 Address order: `--address`, then the submit config's `address`, then `RAY_API_SERVER_ADDRESS`, then
 `RAY_ADDRESS`. Auth (Ray token authentication, Ray >= 2.52): `RAY_AUTH_TOKEN`, else the file named by
-`RAY_AUTH_TOKEN_PATH`, becomes an `Authorization: Bearer` header; `RAY_JOB_HEADERS` (a JSON object, the
+`RAY_AUTH_TOKEN_PATH`, else Ray's default token file `~/.ray/auth_token` (the order Ray's own clients use)
+becomes an `Authorization: Bearer` header; `RAY_JOB_HEADERS` (a JSON object, the
 Ray jobs CLI convention) adds headers, e.g. for a proxy in front of the dashboard. Header values are never
 logged or put in error messages.
 """
@@ -50,8 +51,50 @@ def resolve_address(cli_address: str | None, config_address: str = "") -> str:
     return address
 
 
+def default_token_path() -> Path:
+    """Ray's default token file, `~/.ray/auth_token` (what `ray get-auth-token --generate` writes)."""
+    return Path.home() / ".ray" / "auth_token"
+
+
+def _sent_token_source(headers: dict[str, str]) -> str:
+    """Where the Authorization header came from, for messages (never the token itself); "" when none was sent."""
+    if not any(k.lower() == "authorization" for k in headers):
+        return ""
+    if "authorization" in os.environ.get("RAY_JOB_HEADERS", "").lower():
+        return "RAY_JOB_HEADERS"
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH", ""):
+        return "RAY_AUTH_TOKEN_PATH"
+    return str(default_token_path())
+
+
+def auth_token() -> str:
+    """The cluster token, found as Ray finds it: RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH names (which
+    must be readable and non-empty), else `~/.ray/auth_token` if it exists; "" when there is none."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH", "")
+    if path:
+        try:
+            token = Path(path).expanduser().read_text().strip()
+        except OSError as exc:
+            raise JobError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the token file ({exc.strerror})") from exc
+        if not token:
+            raise JobError(f"RAY_AUTH_TOKEN_PATH={path}: the token file is empty")
+        return token
+    default = default_token_path()
+    try:
+        return default.read_text().strip()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise JobError(f"{default} (Ray's default token file): cannot read it ({exc.strerror})") from exc
+
+
 def auth_headers() -> dict[str, str]:
-    """HTTP headers for the job server from RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / RAY_JOB_HEADERS."""
+    """HTTP headers for the job server: the token of `auth_token` as a bearer header, plus RAY_JOB_HEADERS."""
     headers: dict[str, str] = {}
     raw = os.environ.get("RAY_JOB_HEADERS", "")
     if raw:
@@ -62,15 +105,7 @@ def auth_headers() -> dict[str, str]:
         if not isinstance(extra, dict):
             raise JobError("RAY_JOB_HEADERS is not a JSON object of header names to values")
         headers.update({str(k): str(v) for k, v in extra.items()})
-    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH", "")
-    if not token and path:
-        try:
-            token = Path(path).expanduser().read_text().strip()
-        except OSError as exc:
-            raise JobError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the token file ({exc.strerror})") from exc
-        if not token:
-            raise JobError(f"RAY_AUTH_TOKEN_PATH={path}: the token file is empty")
+    token = auth_token()
     if token and not any(k.lower() == "authorization" for k in headers):
         headers["Authorization"] = f"Bearer {token}"
     return headers
@@ -84,7 +119,9 @@ def check_reachable(address: str, headers: dict[str, str], timeout_s: float) -> 
             body: Any = json.loads(response.read().decode() or "{}")
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
-            hint = "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
+            source = _sent_token_source(headers)
+            sent = f"the token from {source} was not accepted; " if source else "no token was sent; "
+            hint = f"{sent}set RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or {default_token_path()} to the cluster's token"
             raise JobError(f"job server at {address} refused the request (HTTP {exc.code}): {hint}") from None
         raise JobError(f"job server at {address} answered HTTP {exc.code} on /api/version") from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:

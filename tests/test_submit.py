@@ -67,11 +67,48 @@ def _client(head: RayHead):  # type: ignore[no-untyped-def]
 
 def test_dead_address_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], secret_env: str) -> None:
     (port,) = free_ports(1)  # nothing listens there
-    code, out, err = _run(capsys, "submit", "map", "--address", f"http://127.0.0.1:{port}")
+    code, out, err = _run(capsys, "submit", "map", "--address", f"http://127.0.0.1:{port}", "output=s3://b/runs")
     assert code == 2
     assert err.strip().count("\n") == 0 and "cannot reach the Ray job server" in err
     assert secret_env not in out + err
     assert not (REPO / CONFIG_DIR).exists()  # nothing was staged
+
+
+@pytest.mark.parametrize(
+    ("job", "config", "output"),
+    [
+        ("map", "configs/map/waterland.yaml", None),  # the shipped `output: outputs`
+        ("train", "configs/train/waterland_tiny.yaml", None),  # `output: runs`
+        ("tune", "configs/tune/waterland_tiny.yaml", None),  # `output: runs/tune`
+        ("eval", "configs/eval/waterland.yaml", "./outputs/eval"),
+        ("map", None, "file://outputs"),
+    ],
+)
+def test_relative_output_is_refused_before_anything_is_sent(
+    capsys: pytest.CaptureFixture[str], job: str, config: str | None, output: str | None
+) -> None:
+    """Results under a relative path land in Ray's temporary working_dir on the cluster and are deleted with it.
+
+    Nothing listens at the address: the refusal comes before any request (a request would fail to connect).
+    """
+    (port,) = free_ports(1)
+    argv = ["submit", job, "--address", f"http://127.0.0.1:{port}"]
+    argv += ["--config", str(REPO / config)] if config else []
+    argv += [f"output={output}"] if output else []
+    code, out, err = _run(capsys, *argv)
+    assert out == ""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach" not in err, err
+    assert lines[0].startswith("rrsis: output=") and "is a relative local path" in lines[0]
+    assert "Ray's temporary working directory on the cluster, deleted when the job ends" in lines[0]
+    assert "an absolute path on storage every node shares (output=/shared/rrsis/" in lines[0]
+    assert "or an s3:// URI (output=s3://BUCKET/" in lines[0]
+    assert not (REPO / CONFIG_DIR).exists()  # nothing was staged
+    # an absolute path or an s3:// URI passes the check: then the dead address is what fails
+    for good in ("/shared/rrsis/runs", "s3://bucket/runs"):
+        code, _, err = _run(capsys, *argv, f"output={good}")
+        assert code == 2 and "cannot reach the Ray job server" in err, err
 
 
 def test_malformed_config_is_one_line_exit_2_and_nothing_sent(

@@ -1,22 +1,28 @@
 """`rrsis submit JOB` and `rrsis jobs …`: the CLI side of Ray Jobs.
 
 Order of `submit`, so nothing reaches a cluster unless it can run: load + validate the job config locally
-(`ConfigError`, exit 2) -> resolve the address and check the job server answers (`JobError`, exit 2) ->
-stage config + entrypoint -> `submit_job` -> print the id -> follow the logs to the end unless `--no-wait`.
+(`ConfigError`, exit 2) -> refuse outputs the job would lose (a relative local path; `JobError`, exit 2) ->
+resolve the address and check the job server answers (`JobError`, exit 2) -> stage config + entrypoint ->
+`submit_job` -> print the id -> follow the logs to the end unless `--no-wait`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
+import yaml
+
+from rrsis import storage
 from rrsis.config.submit import SubmitConfig
 from rrsis.errors import JobError
+from rrsis.storage.uri import local_path
 from rrsis.submit import control
 from rrsis.submit.connection import connect
-from rrsis.submit.package import job_package
+from rrsis.submit.package import job_package, script_for
 
 log = logging.getLogger("rrsis.submit")
 
@@ -35,6 +41,39 @@ def resolved_job_config(job: str, path: str | None, overrides: list[str]) -> str
     return to_yaml(load_config(schema_for(job), path, overrides))
 
 
+# The config keys each job writes its results under (dotted). A job runs in Ray's per-job working directory.
+OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
+    "map": ("output",),
+    "train": ("output",),
+    "tune": ("output",),
+    "eval": ("output",),
+}
+
+
+def refuse_lost_outputs(job: str, config_yaml: str, sub: SubmitConfig) -> None:
+    """One JobError line if the job would write its results to a relative local path.
+
+    On the cluster the job's current folder is Ray's temporary working_dir package
+    (`.../runtime_resources/working_dir_files/_ray_pkg_*`), deleted with the job, so results there are lost.
+    Only the job's own entrypoint (`jobs/<job>.py`) is checked: another `submit.script` decides what it writes.
+    """
+    if script_for(job, sub) != f"jobs/{job}.py":
+        return
+    config = yaml.safe_load(config_yaml) or {}
+    for key in OUTPUT_KEYS.get(job, ()):
+        value: Any = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not isinstance(value, str) or storage.is_remote(value) or os.path.isabs(local_path(value)):
+            continue
+        name = value.strip("./") or "runs"
+        raise JobError(
+            f"{key}={value!r} is a relative local path: a submitted {job} job runs in Ray's temporary working "
+            f"directory on the cluster, deleted when the job ends, so its results would be lost; give an absolute "
+            f"path on storage every node shares ({key}=/shared/rrsis/{name}) or an s3:// URI ({key}=s3://BUCKET/{name})"
+        )
+
+
 def submit(
     job: str,
     config_yaml: str,
@@ -44,6 +83,7 @@ def submit(
     client: Any = None,
 ) -> str:
     """Submit `jobs/<job>.py` with `config_yaml` to the cluster; returns the submission id."""
+    refuse_lost_outputs(job, config_yaml, sub)
     if client is None:
         client = connect(address, sub.address, timeout_s=sub.connect_timeout_s, verify=sub.verify_tls)
     with job_package(job, config_yaml, sub) as pkg:
@@ -72,6 +112,7 @@ def _was_created(client: Any, submission_id: str) -> bool:
 def submit_from_cli(args: argparse.Namespace) -> int:
     sub = load_submit_config(args.submit_config)
     config_yaml = resolved_job_config(args.job, args.config, list(args.overrides or []))
+    refuse_lost_outputs(args.job, config_yaml, sub)  # before anything reaches the head
     client = connect(args.address, sub.address, timeout_s=sub.connect_timeout_s, verify=sub.verify_tls)
     job_id = submit(args.job, config_yaml, sub, client=client)
     print(f"rrsis: submitted {args.job} job {job_id}", file=sys.stderr)

@@ -83,6 +83,11 @@ class MapConfig:
     bands: list[str] = field(default_factory=list)  # names or 1-based indexes; empty: the model's band list
     resume: bool = True
     overwrite: bool = False
+    # resume: "quick" skips every scene with a commit record (`<run>/_commits/`) without reading its tiles and
+    # verifies tiles only of scenes that were in flight; "full" re-verifies every tile of every scene
+    verify: str = choice("quick", "quick", "full")
+    # one driver per run folder: a lease (`<run>/_lease.json`) not refreshed for this long is taken over
+    lease_stale_s: float = bounded(120.0, 2.0, 86400.0)
     tiling: TilingConfig = field(default_factory=TilingConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)

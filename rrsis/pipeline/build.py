@@ -1,13 +1,14 @@
 """The one module that wires the map stages into Ray Data; stage resources come from `rrsis.resources`.
 
-read (CPU tasks) -> infer (actor pool; 1 GPU per actor when the cluster has GPUs) -> refine (CPU actor
-pool) -> write (CPU tasks). Rows entering are tile rows (metadata); rows leaving are manifest rows
-(metadata): pixels exist only between read and write, inside Ray's object store.
+scenes -> plan (each scene expands into tile rows on a worker) -> read (CPU tasks) -> infer (actor pool;
+1 GPU per actor when the cluster has GPUs) -> refine (CPU actor pool) -> write (CPU tasks). Rows entering
+are scene rows, rows leaving are manifest rows (metadata): pixels exist only between read and write, inside
+Ray's object store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +18,10 @@ import ray.data
 from rrsis.config.map import MapConfig
 from rrsis.errors import ConfigError
 from rrsis.pipeline import cores
-from rrsis.pipeline.plan import ScenePlan
-from rrsis.pipeline.products import quicklook_background, scene_products, scene_record
+from rrsis.pipeline.commit import product_checksums
+from rrsis.pipeline.plan import PlanArgs, expand_scene
+from rrsis.pipeline.products import quicklook_background, scene_products
+from rrsis.pipeline.scene_inputs import SceneKey
 from rrsis.pipeline.stages import InferStage, RefineStage, read_stage, verify_stage, write_stage
 from rrsis.resources import ray_options
 
@@ -99,7 +102,7 @@ def resources_for(
     )
 
 
-def _map(ds: ray.data.Dataset, fn: Any, res: StageRun, batch_size: int, **kwargs: Any) -> ray.data.Dataset:
+def map_stage(ds: ray.data.Dataset, fn: Any, res: StageRun, batch_size: int, **kwargs: Any) -> ray.data.Dataset:
     """One `map_batches` with the stage's options. Ray Data spreads its tasks over the nodes by itself.
 
     The read and infer stages differ in their `memory` reservation (and `cpu_pool` on a cluster), so Ray
@@ -128,10 +131,9 @@ MAX_BLOCK_TILES = 16
 MIN_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
 
-def tile_bytes(rows: list[dict[str, Any]], tile_px: int) -> int:
+def tile_bytes(bands: int, tile_px: int) -> int:
     """Pixel bytes of one tile on its way through the stages: image f32 per band, valid, prob f32, mask."""
-    bands = max((len(str(r.get("bands", "1")).split(",")) for r in rows), default=1)
-    return tile_px * tile_px * (4 * bands + 1 + 4 + 1)
+    return tile_px * tile_px * (4 * max(1, bands) + 1 + 4 + 1)
 
 
 def block_tiles_for(tile_nbytes: int, batch_size: int) -> int:
@@ -150,6 +152,9 @@ def bound_object_store(ds: ray.data.Dataset, block_nbytes: int) -> int:
     process-global `DataContext`, so other datasets of the same driver keep their settings.
     """
     limit = max(MIN_OBJECT_STORE_BYTES, BLOCKS_IN_FLIGHT * block_nbytes)
+    # A scene enters as one block of tile rows; each stage's batches must leave as blocks of their own, not
+    # be merged up to Ray Data's default 128 MB block, or a block would hold several batches of pixels.
+    ds.context.target_max_block_size = max(block_nbytes, 1 << 20)
     options = ds.context.execution_options
     options.resource_limits = options.resource_limits.copy(object_store_memory=limit)
     return limit
@@ -158,29 +163,33 @@ def bound_object_store(ds: ray.data.Dataset, block_nbytes: int) -> int:
 def verify_dataset(rows: list[dict[str, Any]], res: PipelineResources) -> ray.data.Dataset:
     """Tile rows -> rows with `done` (output exists and its checksum verifies): the resume check."""
     ds: ray.data.Dataset = ray.data.from_items(rows)
-    return _map(ds, verify_stage, res.read, max(res.batch_size, 16))
+    return map_stage(ds, verify_stage, res.read, max(res.batch_size, 16))
 
 
 def map_dataset(
-    rows: list[dict[str, Any]],
+    scene_rows: list[dict[str, Any]],
+    plan: PlanArgs,
     cfg: MapConfig,
     res: PipelineResources,
     *,
     model: str,
     infer: tuple[Any, dict[str, Any]] | None = None,
+    reserved: cores.CoreReservation | None = None,
+    scene_order: Sequence[SceneKey] = (),
 ) -> ray.data.Dataset:
-    """Tile rows -> manifest rows, through read -> infer -> refine -> write.
+    """Scene rows -> manifest rows: plan (each scene expands into its tile rows on a worker) -> read ->
+    infer -> refine -> write. The driver never holds a row per tile: only scenes enter.
 
     `infer` = (stage class, extra constructor kwargs) replaces `InferStage` (e.g. DANet for task referring);
     it takes the same checkpoint/device/threads/batch_invariant kwargs and must add `prob` (B, T, T).
+    `reserved`: the inference actors' own cores on an embedded Ray (`rrsis.pipeline.cores`). `scene_order`:
+    the scenes (URI, bands) in the order they enter, so an actor measures the next scene ahead of its tiles.
     """
-    scenes = list(dict.fromkeys((str(r["scene_uri"]), str(r["bands"])) for r in rows))  # in plan order
-    reserved = cores.RESERVED  # the inference actors' own cores on an embedded Ray (rrsis.pipeline.cores)
     infer_stage, infer_kwargs = infer or (
         InferStage,
         {
             "trim_free_mb": cfg.infer.trim_free_mb,
-            "scenes": scenes,
+            "scenes": list(scene_order),
             "cores": reserved.groups if reserved else (),
             "core_lock_dir": reserved.lock_dir if reserved else "",
         },
@@ -192,11 +201,12 @@ def map_dataset(
         "min_mapping_unit_px": cfg.refine.min_mapping_unit_px,
     }
     torch_threads = cfg.infer.torch_threads or max(1, int(res.infer.num_cpus))
-    tile_nbytes = tile_bytes(rows, cfg.tiling.tile_px)
+    tile_nbytes = tile_bytes(plan.in_bands, cfg.tiling.tile_px)
     block_tiles = block_tiles_for(tile_nbytes, res.batch_size)
-    ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // block_tiles)))
-    ds = _map(ds, read_stage, res.read, block_tiles)
-    ds = _map(
+    ds: ray.data.Dataset = ray.data.from_items(scene_rows, override_num_blocks=max(1, len(scene_rows)))
+    ds = ds.flat_map(expand_scene, fn_kwargs={"plan": plan}, **res.read.options)  # type: ignore[arg-type]
+    ds = map_stage(ds, read_stage, res.read, block_tiles)
+    ds = map_stage(
         ds,
         infer_stage,
         res.infer,
@@ -209,34 +219,52 @@ def map_dataset(
             **infer_kwargs,
         },
     )
-    ds = _map(
+    ds = map_stage(
         ds,
         RefineStage,
         res.refine,
         block_tiles,
         fn_constructor_kwargs={"task": cfg.task, "options": options, "keep_prob": cfg.outputs.probability},
     )
-    ds = _map(ds, write_stage, res.write, block_tiles, fn_kwargs={"model": model})
+    ds = map_stage(ds, write_stage, res.write, block_tiles, fn_kwargs={"model": model})
     bound_object_store(ds, block_tiles * tile_nbytes)
     return ds
 
 
-def background_task(plan: ScenePlan, num_cpus: float | None = None) -> Any:
+def background_task(scene: dict[str, Any], num_cpus: float | None = None) -> Any:
     """Start the scene's quicklook background read (`map.products` resources); returns its ObjectRef."""
     options = ray_options("map.products", ray.cluster_resources(), num_cpus=num_cpus)
     remote = ray.remote(max_retries=2, **options)(quicklook_background)
-    return remote.remote(plan.uri, int(plan.bands[0]), plan.info.width, plan.info.height)
+    return remote.remote(scene["uri"], int(scene["bands"][0]), int(scene["width"]), int(scene["height"]))
+
+
+def scene_products_committable(
+    scene: dict[str, Any],
+    tiles: list[dict[str, Any]],
+    outputs: dict[str, bool],
+    background: Any = None,
+    extra: tuple[Any, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A scene's products, then the task's own per-scene product (`extra` = (function, kwargs), called with
+    the scene record and the products' result), then the SHA-256 of every product file for the commit."""
+    result = scene_products(scene, tiles, outputs, background)
+    if extra is not None:
+        fn, kwargs = extra
+        result.update(fn(scene, result, **kwargs))
+    result["checksums"] = product_checksums(result)
+    return result
 
 
 def products_task(
-    plan: ScenePlan,
+    scene: dict[str, Any],
     tiles: list[dict[str, Any]],
     outputs: dict[str, bool],
     background: Any = None,
     num_cpus: float | None = None,
+    extra: tuple[Any, dict[str, Any]] | None = None,
 ) -> Any:
     """Start the products of one scene (mosaic, vectors, quicklook, stats; streamed tile by tile) on a Ray
     worker with the `map.products` resources; returns the ObjectRef of its stats dict."""
     options = ray_options("map.products", ray.cluster_resources(), num_cpus=num_cpus)
-    remote = ray.remote(max_retries=2, **options)(scene_products)
-    return remote.remote(scene_record(plan), tiles, outputs, background)
+    remote = ray.remote(max_retries=2, **options)(scene_products_committable)
+    return remote.remote(scene, tiles, outputs, background, extra)

@@ -1,7 +1,9 @@
 """manifest.parquet (one row per tile) and failures.parquet (one row per bad scene or tile).
 
-Both are written once, at the end of a run, with fixed column order and types so they read the same from
-pandas, DuckDB or Spark. A tile appears in the manifest exactly once whatever happened during the run
+The manifest is written per scene as it is committed (`rrsis.pipeline.commit`) and concatenated into the
+run's `manifest.parquet` at the end; failures.parquet is written at the end. Both have a fixed column order
+and types, so they read the same from pandas, DuckDB or Spark. A tile appears in the manifest exactly once
+whatever happened during the run
 (retried tasks, resumed runs): rows are de-duplicated by key, the last attempt winning.
 """
 
@@ -79,9 +81,14 @@ def dedupe_tiles(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return sorted(by_key.values(), key=lambda r: (str(r["scene_id"]), int(r["row"]), int(r["col"])))
 
 
+def conform_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Tile rows as the manifest stores them: deduplicated, ordered, with the manifest's schema."""
+    return _conform(dedupe_tiles(rows), MANIFEST_SCHEMA)
+
+
 def conform_tiles(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Tile rows as the manifest stores them (deduplicated, ordered, plain Python values)."""
-    return _conform(dedupe_tiles(rows), MANIFEST_SCHEMA).to_pylist()  # type: ignore[no-any-return]
+    return conform_table(rows).to_pylist()  # type: ignore[no-any-return]
 
 
 def table_bytes(table: pa.Table) -> bytes:

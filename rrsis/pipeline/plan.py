@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rrsis import storage
-from rrsis.errors import ConfigError, InputError
+from rrsis.errors import ConfigError, InputError, RrsisError
 from rrsis.geo.raster import RasterInfo, read_info, resolve_bands
 from rrsis.geo.tiling import plan_tiles
 from rrsis.pipeline.inputs import SceneRef
@@ -112,6 +112,14 @@ def choose_bands(info: RasterInfo, requested: Sequence[str], model_bands: Sequen
     return bands
 
 
+def scene_info(uri: str) -> RasterInfo:
+    """A scene's metadata with the checks every task needs (readable, georeferenced); InputError otherwise."""
+    info = read_info(uri)
+    if not info.crs:
+        raise InputError(f"scene {uri} has no CRS: outputs could not be georeferenced")
+    return info
+
+
 def plan_scene(
     scene: SceneRef,
     run_prefix: str,
@@ -123,9 +131,7 @@ def plan_scene(
     in_bands: int,
 ) -> tuple[ScenePlan, list[dict[str, Any]]]:
     """Metadata checks and tile rows of one scene; InputError (one line naming the file) when unusable."""
-    info = read_info(scene.uri)
-    if not info.crs:
-        raise InputError(f"scene {scene.uri} has no CRS: outputs could not be georeferenced")
+    info = scene_info(scene.uri)
     bands = choose_bands(info, requested_bands, model_bands, in_bands)
     prefix = storage.join(run_prefix, scene.scene_id)
     try:
@@ -152,6 +158,78 @@ def plan_scene(
     return plan, rows
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one plain line: its first line, the class named when it is not one of ours."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if isinstance(exc, RrsisError) else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+@dataclass(frozen=True)
+class PlanArgs:
+    """How every scene of a tile run becomes tile rows (plain data: it travels to the planning tasks)."""
+
+    run_prefix: str
+    tile_px: int
+    overlap_px: int
+    requested_bands: tuple[str, ...]
+    model_bands: tuple[str, ...]
+    in_bands: int
+
+
+def scene_row(scene: SceneRef, verify: bool) -> dict[str, Any]:
+    """What enters Ray Data for one scene: its id, URI, and whether its tiles may exist from before."""
+    return {"scene_id": scene.scene_id, "scene_uri": scene.uri, "verify": verify}
+
+
+def expand_scene(row: dict[str, Any], *, plan: PlanArgs) -> list[dict[str, Any]]:
+    """One scene row -> its tile rows, on a Ray worker: metadata checks, the tiling, and (`verify`) one
+    listing of the scene's tiles so that tiles with a sidecar from an earlier attempt are verified, not read.
+
+    Every row carries the scene's grid (`scene_width`, `scene_height`) and tile count (`scene_tiles`), so the
+    driver learns a scene from its first tile and knows when it has them all. An unusable scene becomes a
+    single row with an empty `tile_id`, `status` failed and the reason: the other scenes go on.
+    """
+    scene = SceneRef(str(row["scene_id"]), str(row["scene_uri"]))
+    try:
+        scene_plan, rows = plan_scene(
+            scene,
+            plan.run_prefix,
+            tile_px=plan.tile_px,
+            overlap_px=plan.overlap_px,
+            requested_bands=plan.requested_bands,
+            model_bands=plan.model_bands,
+            in_bands=plan.in_bands,
+        )
+        existing: set[str] = set()
+        if row.get("verify"):
+            existing = set(storage.list_prefix(storage.join(scene_plan.prefix, "tiles") + "/"))
+    except Exception as exc:  # any unusable scene is a failure row; the run goes on
+        return [failure_row(scene, one_line(exc), plan.tile_px)]
+    info = scene_plan.info
+    for r in rows:
+        r.update(
+            scene_tiles=len(rows),
+            scene_width=info.width,
+            scene_height=info.height,
+            status="ok",
+            reason="",
+            verify=sidecar_key(r["key"]) in existing,
+        )
+    return rows
+
+
+def failure_row(scene: SceneRef, reason: str, tile_px: int) -> dict[str, Any]:
+    """A scene that could not be planned, shaped like a tile row (empty `tile_id`) so it flows through the
+    stages untouched (status failed) to the driver, which records it in failures.parquet."""
+    row: dict[str, Any] = {"scene_id": scene.scene_id, "row": 0, "col": 0, "tile_id": ""}
+    for name in ("win", "core"):
+        row.update({f"{name}_col_off": 0, f"{name}_row_off": 0, f"{name}_width": tile_px, f"{name}_height": tile_px})
+    row.update({f"transform_{k}": v for k, v in zip("abcdef", (1.0, 0.0, 0.0, 0.0, -1.0, 0.0), strict=True)})
+    row.update(crs="", scene_uri=scene.uri, bands="1", key="", scene_tiles=0, scene_width=0, scene_height=0)
+    row.update(status="failed", reason=reason, verify=False)
+    return row
+
+
 def plan_run(
     scenes: Sequence[SceneRef],
     run_prefix: str,
@@ -162,7 +240,8 @@ def plan_run(
     model_bands: Sequence[str],
     in_bands: int,
 ) -> tuple[list[ScenePlan], list[dict[str, Any]], list[Failure]]:
-    """Plan every scene; bad scenes become `Failure`s (stage "plan") and the rest go on."""
+    """Plan every scene on the caller's side; bad scenes become `Failure`s (stage "plan") and the rest go on.
+    (The map driver plans inside Ray instead, `expand_scene`; this serves benchmarks and tests.)"""
     plans: list[ScenePlan] = []
     rows: list[dict[str, Any]] = []
     failures: list[Failure] = []

@@ -14,6 +14,7 @@ and sidecar verify (SHA-256) and were made from the same inputs; their boxes app
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -21,20 +22,33 @@ from dataclasses import asdict, replace
 from typing import Any
 
 import pyarrow as pa
+import ray.data
 from rasterio.warp import transform_geom
 
 from rrsis import storage
 from rrsis.config.boxes import BoxesConfig
-from rrsis.errors import ConfigError, RrsisError
-from rrsis.geo.raster import read_info, resolve_bands
+from rrsis.errors import ConfigError
+from rrsis.geo.raster import resolve_bands
 from rrsis.geo.tiling import PixelWindow, plan_tiles
 from rrsis.pipeline.box_inputs import read_boxes
 from rrsis.pipeline.box_plan import plan_box_groups
 from rrsis.pipeline.box_products import union_mosaic
-from rrsis.pipeline.inputs import resolve_inputs
+from rrsis.pipeline.build import cluster_gpus, map_stage, resources_for
+from rrsis.pipeline.context import RunContext, failure_groups
+from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.manifest import table_bytes, write_failures
-from rrsis.pipeline.plan import Failure, derive_run_id, sidecar_key
-from rrsis.pipeline.task_boxes import geojson_key, group_row, sam_options
+from rrsis.pipeline.plan import Failure, derive_run_id, one_line, scene_info, sidecar_key
+from rrsis.pipeline.task_boxes import (
+    SamBoxStage,
+    geojson_key,
+    group_row,
+    mbo_write_stage,
+    read_prompt_stage,
+    sam_options,
+    verify_boxes_stage,
+)
+from rrsis.pipeline.task_table import TaskRun
+from rrsis.session import EMBEDDED_MIN_CPUS, connect_ray
 
 # One window (box group) per block and batch: SAM embeds one window at a time anyway, and fine blocks let
 # the CPU stages work on neighbouring windows while SAM runs. Results do not depend on it.
@@ -72,7 +86,7 @@ def plan_scene_rows(
     cfg: Any, boxes_cfg: BoxesConfig, uri: str, scene_id: str, prefix: str
 ) -> tuple[list[dict[str, Any]], list[Failure]]:
     """Box-group rows of one scene and its per-box failures (bad box file -> one scene failure)."""
-    info = read_info(uri)
+    info = scene_info(uri)
     bands = resolve_bands(info, list(cfg.bands) or [1, 2, 3][: min(3, info.count)])
     source = boxes_cfg.path.replace("{scene_id}", scene_id)
     boxes = read_boxes(storage.get_bytes(source), source, info.transform, info.crs)
@@ -106,21 +120,16 @@ def boxes_dataset(rows: list[dict[str, Any]], cfg: Any, boxes: BoxesConfig, res:
     stage uses as many threads as the CPUs it holds (torch in SAM; OpenCV and OpenMP in CFPG/MBO), so the
     cores are never oversubscribed.
     """
-    import ray.data
-
-    from rrsis.pipeline.build import _map
-    from rrsis.pipeline.task_boxes import SamBoxStage, mbo_write_stage, read_prompt_stage
-
     sam = sam_options(boxes.sam)
     cpu = replace(res.refine, pool_size=0)  # the refine resources, as stateless tasks
     cpu_threads = max(1, int(cpu.num_cpus))
     ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     prompt = {"cfpg": sam["cfpg"], "value_max": boxes.value_max, "threads": cpu_threads}
-    ds = _map(ds, read_prompt_stage, cpu, WINDOWS_PER_BATCH, fn_kwargs=prompt)
+    ds = map_stage(ds, read_prompt_stage, cpu, WINDOWS_PER_BATCH, fn_kwargs=prompt)
     threads = cfg.infer.torch_threads or max(1, int(res.infer.num_cpus))
     kwargs = {"sam": sam, "device": cfg.infer.device, "torch_threads": threads}
-    ds = _map(ds, SamBoxStage, res.infer, WINDOWS_PER_BATCH, fn_constructor_kwargs=kwargs)
-    return _map(ds, mbo_write_stage, cpu, WINDOWS_PER_BATCH, fn_kwargs={"mbo": sam["mbo"], "threads": cpu_threads})
+    ds = map_stage(ds, SamBoxStage, res.infer, WINDOWS_PER_BATCH, fn_constructor_kwargs=kwargs)
+    return map_stage(ds, mbo_write_stage, cpu, WINDOWS_PER_BATCH, fn_kwargs={"mbo": sam["mbo"], "threads": cpu_threads})
 
 
 def box_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -171,11 +180,6 @@ def split_done(
 
     One listing per scene finds the groups with a sidecar; only those are verified, on Ray.
     """
-    import ray.data
-
-    from rrsis.pipeline.build import _map
-    from rrsis.pipeline.task_boxes import verify_boxes_stage
-
     if cfg.overwrite or not rows:
         return rows, []
     existing: set[str] = set()
@@ -184,16 +188,11 @@ def split_done(
     candidates = [r for r in rows if sidecar_key(r["key"]) in existing]
     if not candidates:
         return rows, []
-    if not cfg.resume:
-        raise ConfigError(
-            f"config error: key 'resume': run {prefix} already has box outputs; set resume=true to continue it "
-            "or overwrite=true to recompute every box"
-        )
     todo = [r for r in rows if sidecar_key(r["key"]) not in existing]
     done: list[dict[str, Any]] = []
     keep = set(rows[0])
     ds: ray.data.Dataset = ray.data.from_items(candidates)
-    for row in _map(ds, verify_boxes_stage, res.read, 16).iter_rows():
+    for row in map_stage(ds, verify_boxes_stage, res.read, 16).iter_rows():
         if row["done"]:
             meta = {k: v for k, v in row.items() if k in keep}
             done += box_rows({**meta, **json.loads(str(row["sidecar_meta"])), "status": "skipped", "reason": ""})
@@ -202,32 +201,30 @@ def split_done(
     return todo, done
 
 
-def run_boxes(cfg: Any, boxes: BoxesConfig) -> int:
-    """Map the boxes of every scene in `cfg.input` (a MapConfig); one summary line; 1 if anything failed."""
-    from rrsis.pipeline.build import cluster_gpus, resources_for
-    from rrsis.pipeline.run import _configure_storage, connect_ray
-
-    if not boxes.path:
+def prepare(cfg: Any, scenes: list[SceneRef]) -> TaskRun:
+    if not cfg.boxes.path:
         raise ConfigError("config error: key 'boxes.path' is required for task 'boxes' (a .csv or .geojson)")
+    run_id = boxes_run_id(cfg, cfg.boxes, [s.uri for s in scenes])
+    return TaskRun(run_id, functools.partial(run_boxes, boxes=cfg.boxes))
+
+
+def run_boxes(ctx: RunContext, boxes: BoxesConfig) -> int:
+    """Map the boxes of every scene of the run; one summary line; 1 if anything failed."""
+    cfg, prefix, run_id, failures = ctx.cfg, ctx.run_prefix, ctx.run_id, ctx.failures
     start = time.perf_counter()
-    _configure_storage(cfg)
-    scenes, problems = resolve_inputs(list(cfg.input))
-    failures = [Failure("", p.item, "", "input", p.reason) for p in problems]
-    run_id = boxes_run_id(cfg, boxes, [s.uri for s in scenes])
-    prefix = storage.join(cfg.output, run_id)
     rows: list[dict[str, Any]] = []
     info_of: dict[str, Any] = {}
-    for scene in scenes:
+    for scene in ctx.scenes:
         try:
             scene_rows, scene_failures = plan_scene_rows(cfg, boxes, scene.uri, scene.scene_id, prefix)
-        except RrsisError as exc:
-            failures.append(Failure(scene.scene_id, scene.uri, "", "plan", str(exc)))
+        except Exception as exc:  # any unusable scene (or box file) is a failure row; the others go on
+            failures.append(Failure(scene.scene_id, scene.uri, "", "plan", one_line(exc)))
             continue
         rows += scene_rows
         failures += scene_failures
-        info_of[scene.scene_id] = read_info(scene.uri)
+        info_of[scene.scene_id] = scene_info(scene.uri)
     timings = {"plan_s": time.perf_counter() - start}
-    connect_ray(cfg)
+    connect_ray(cfg.ray, min_cpus=EMBEDDED_MIN_CPUS)
     res = resources_for(cfg, cluster_gpus())
     phase = time.perf_counter()
     todo, manifest = split_done(rows, cfg, res, prefix, list(info_of))
@@ -269,14 +266,16 @@ def run_boxes(cfg: Any, boxes: BoxesConfig) -> int:
         "boxes_resumed": resumed,
         "windows": len(rows),
         "failures": len(failures),
-        "wall_s": time.perf_counter() - start,
-        "timings_s": timings,
+        "wall_s": time.perf_counter() - ctx.start,
+        "timings_s": {**ctx.timings, **timings},
     }
     storage.put_bytes(storage.join(prefix, "summary.json"), json.dumps(summary, indent=2).encode())
     phases = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timings.items())
+    for reason, group in failure_groups(failures):
+        print(f"  FAILED {len(group)} x {reason} ({', '.join(f.scene_id or f.scene_uri for f in group[:3])})")
     print(
         f"rrsis map boxes: run {run_id}: {len(manifest)} boxes in {len(rows)} windows ({computed} computed, "
-        f"{resumed} resumed), {len(failures)} failures, {time.perf_counter() - start:.1f} s "
+        f"{resumed} resumed), {len(failures)} failures, {time.perf_counter() - ctx.start:.1f} s "
         f"({phases}) -> {prefix}",
         flush=True,
     )

@@ -1,4 +1,4 @@
-"""`rrsis map` with `task: referring`: map a large scene with a sentence (issue 8 item 7).
+"""`rrsis map` with `task: referring`, `method: pslg_sam`: map a large scene with a sentence.
 
 Driver: query check (empty or longer than the grounding model reads -> one error line) -> tile rows of
 every scene -> Ray Data: read (CPU tasks) -> `GroundingStage` (actor pool, GPU when present: the tile's
@@ -7,29 +7,41 @@ per scene: keep boxes scoring >= `referring.min_score`, map them to scene pixels
 (`referring_boxes`) -> `<run>/<scene_id>/query_boxes.csv` -> the `boxes` task (SAM + CFPG + MBO, masks,
 mosaic, polygons) on those boxes in the same run folder -> every polygon of `boxes.geojson` gets the query
 and its grounding score as attributes. A scene where no box passes is a valid, empty result.
-`method: danet` maps a DANet mask per tile instead (`task_danet.py`).
+`method: danet` maps a DANet mask per tile instead (`task_danet.py`). A scene that cannot be read is a failure
+row (failures.parquet), like in every task; the other scenes go on.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
+import functools
 import io
 import json
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+import ray.data
+from transformers import AutoTokenizer
 
 from rrsis import storage
 from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, model_config_from_dict
-from rrsis.errors import ConfigError, RrsisError
-from rrsis.geo.raster import read_info, resolve_bands
+from rrsis.errors import ConfigError
+from rrsis.geo.raster import resolve_bands
 from rrsis.geo.tiling import PixelWindow, plan_tiles
-from rrsis.pipeline.inputs import resolve_inputs
-from rrsis.pipeline.plan import derive_run_id
+from rrsis.models.grounding.encoders import text_encoder_path
+from rrsis.pipeline.build import cluster_gpus, map_stage, resources_for
+from rrsis.pipeline.context import RunContext
+from rrsis.pipeline.inputs import SceneRef
+from rrsis.pipeline.plan import Failure, derive_run_id, one_line, scene_info
 from rrsis.pipeline.referring_boxes import check_query, nms_across_tiles, to_scene, touches_internal_edge
+from rrsis.pipeline.run_boxes import run_boxes
+from rrsis.pipeline.stages import read_stage
 from rrsis.pipeline.task_boxes import to_rgb
+from rrsis.pipeline.task_table import TaskRun
+from rrsis.session import EMBEDDED_MIN_CPUS, connect_ray
 
 Batch = dict[str, np.ndarray]
 
@@ -72,10 +84,6 @@ def referring_run_id(cfg: Any, scene_uris: list[str]) -> str:
 
 
 def checked_query(cfg: Any, model_config: dict[str, Any]) -> str:
-    from transformers import AutoTokenizer
-
-    from rrsis.models.grounding.encoders import text_encoder_path
-
     g = model_config_from_dict(model_config).grounding
     tok = AutoTokenizer.from_pretrained(text_encoder_path(g.text_encoder), local_files_only=True)
     return check_query(cfg.query, len(tok(cfg.query, truncation=False)["input_ids"]), g.max_query_tokens)
@@ -120,21 +128,13 @@ def tag_polygons(uri: str, query: str, scores: dict[str, float]) -> None:
     storage.put_bytes(uri, json.dumps(fc).encode())
 
 
-def run_referring(cfg: Any) -> int:
-    import ray.data
-
-    from rrsis.pipeline.build import _map, cluster_gpus, resources_for
-    from rrsis.pipeline.run import _configure_storage, connect_ray
-    from rrsis.pipeline.run_boxes import run_boxes
-    from rrsis.pipeline.stages import read_stage
-
-    if cfg.method == "danet":
-        from rrsis.pipeline.task_danet import run_danet
-
-        return run_danet(cfg)
+def prepare(cfg: Any, scenes: list[SceneRef]) -> TaskRun:
+    """Checks (a grounding checkpoint, the query's length in the model's own tokens) and the run id."""
     if not cfg.referring.checkpoint:
-        raise ConfigError("config error: key 'referring.checkpoint' is required for task 'referring'")
-    _configure_storage(cfg)
+        raise ConfigError(
+            "config error: key 'referring.checkpoint' is required for task 'referring' (a grounding checkpoint: "
+            "train one with `rrsis train --config configs/train/grounding.yaml`)"
+        )
     ckpt = load_checkpoint(cfg.referring.checkpoint)
     if ckpt.model_name != "grounding":
         hint = " (for DANet: method=danet referring.danet=<checkpoint>)" if ckpt.model_name == "danet" else ""
@@ -142,43 +142,52 @@ def run_referring(cfg: Any) -> int:
             f"config error: key 'referring.checkpoint': a grounding checkpoint, not {ckpt.model_name!r}{hint}"
         )
     query = checked_query(cfg, ckpt.model_config)
-    scenes, problems = resolve_inputs(list(cfg.input))
-    if problems:
-        raise RrsisError(f"input: {problems[0].item}: {problems[0].reason}")
     run_id = referring_run_id(cfg, [s.uri for s in scenes])
-    prefix = storage.join(cfg.output, run_id)
+    return TaskRun(run_id, functools.partial(run_referring, query=query))
+
+
+def run_referring(ctx: RunContext, query: str) -> int:
+    """Ground the query on every tile, keep one box per object per scene, then run the boxes task on them in
+    the same run folder; see the module docstring."""
+    cfg, prefix = ctx.cfg, ctx.run_prefix
     rows: list[dict[str, Any]] = []
     size_of: dict[str, tuple[int, int]] = {}
-    for scene in scenes:
-        info = read_info(scene.uri)
+    for scene in ctx.scenes:
+        try:
+            info = scene_info(scene.uri)
+            bands = ",".join(str(b) for b in resolve_bands(info, list(cfg.bands) or [1, 2, 3][: min(3, info.count)]))
+            tiles = plan_tiles(
+                info.width,
+                info.height,
+                cfg.tiling.tile_px,
+                cfg.tiling.overlap_px,
+                scene_id=scene.scene_id,
+                scene_transform=info.transform,
+                crs=info.crs,
+            )
+        except Exception as exc:  # any unusable scene is a failure row; the others go on
+            ctx.failures.append(Failure(scene.scene_id, scene.uri, "", "plan", one_line(exc)))
+            continue
         size_of[scene.scene_id] = (info.width, info.height)
-        bands = ",".join(str(b) for b in resolve_bands(info, list(cfg.bands) or [1, 2, 3][: min(3, info.count)]))
-        for tile in plan_tiles(
-            info.width,
-            info.height,
-            cfg.tiling.tile_px,
-            cfg.tiling.overlap_px,
-            scene_id=scene.scene_id,
-            scene_transform=info.transform,
-            crs=info.crs,
-        ):
-            rows.append({**tile.to_row(), "scene_uri": scene.uri, "bands": bands})
-    connect_ray(cfg)
-    res = resources_for(cfg, cluster_gpus())
-    ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // res.batch_size)))
-    ds = _map(ds, read_stage, res.read, res.batch_size)
-    kwargs = {
-        "checkpoint": cfg.referring.checkpoint,
-        "query": query,
-        "value_max": cfg.boxes.value_max,
-        "device": cfg.infer.device,
-        "threads": cfg.infer.torch_threads or max(1, int(res.infer.num_cpus)),
-    }
-    ds = _map(ds, GroundingStage, res.infer, res.batch_size, fn_constructor_kwargs=kwargs)
-    per_scene: dict[str, list[dict[str, Any]]] = {s.scene_id: [] for s in scenes}
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-        for i in range(len(batch["tile_id"])):
-            per_scene[str(batch["scene_id"][i])].append({k: batch[k][i] for k in batch})
+        rows.extend({**tile.to_row(), "scene_uri": scene.uri, "bands": bands} for tile in tiles)
+    per_scene: dict[str, list[dict[str, Any]]] = {scene_id: [] for scene_id in size_of}
+    if rows:
+        connect_ray(cfg.ray, min_cpus=EMBEDDED_MIN_CPUS)
+        res = resources_for(cfg, cluster_gpus())
+        ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // res.batch_size)))
+        ds = map_stage(ds, read_stage, res.read, res.batch_size)
+        kwargs = {
+            "checkpoint": cfg.referring.checkpoint,
+            "query": query,
+            "value_max": cfg.boxes.value_max,
+            "device": cfg.infer.device,
+            "threads": cfg.infer.torch_threads or max(1, int(res.infer.num_cpus)),
+        }
+        ds = map_stage(ds, GroundingStage, res.infer, res.batch_size, fn_constructor_kwargs=kwargs)
+        for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+            ctx.lease.check()
+            for i in range(len(batch["tile_id"])):
+                per_scene[str(batch["scene_id"][i])].append({k: batch[k][i] for k in batch})
     scores_of: dict[str, dict[str, float]] = {}
     for scene_id, scene_rows in per_scene.items():
         w, h = size_of[scene_id]
@@ -186,13 +195,13 @@ def run_referring(cfg: Any) -> int:
         storage.put_bytes(storage.join(prefix, scene_id, "query_boxes.csv"), boxes_csv(selected).encode())
         scores_of[scene_id] = {f"q{k:04d}": s for k, (_, s) in enumerate(selected)}
     boxes_cfg = copy.deepcopy(cfg)
-    boxes_cfg.run_id = run_id
     boxes_cfg.boxes.path = storage.join(prefix, "{scene_id}", "query_boxes.csv")
-    rc = run_boxes(boxes_cfg, boxes_cfg.boxes)
+    planned = [s for s in ctx.scenes if s.scene_id in size_of]
+    rc = run_boxes(dataclasses.replace(ctx, cfg=boxes_cfg, scenes=planned), boxes_cfg.boxes)
     for scene_id, scores in scores_of.items():
         uri = storage.join(prefix, scene_id, "boxes.geojson")
         if storage.exists(uri):
             tag_polygons(uri, query, scores)
     n = sum(len(s) for s in scores_of.values())
-    print(f"rrsis map referring: {query!r}: {n} objects in {len(scenes)} scenes -> {prefix}", flush=True)
+    print(f"rrsis map referring: {query!r}: {n} objects in {len(scores_of)} scenes -> {prefix}", flush=True)
     return rc

@@ -52,22 +52,34 @@ def _status(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     return status, reason
 
 
+RECORD_FIELDS = ("checksum", "bytes", "attempt", "valid_px", "water_px", "valid_m2", "water_m2")
+
+
 def read_stage(batch: Batch) -> Batch:
     """Read each row's window (boundless, selected bands) -> `image` (B,C,T,T) float32, `valid` (B,T,T).
 
-    Rows of one scene share one open dataset per batch. A read error fails that tile only.
+    A row marked `verify` (its tile has a sidecar from an earlier attempt of the run) is first checked
+    (`verify_tile`): when the stored tile matches its sidecar it becomes `skipped`, carries the recorded
+    statistics and is not read. Rows of one scene share one open dataset per batch. A read error fails that
+    tile only.
     """
     release_freed_memory()  # the previous batch's arrays (see rrsis.resources)
     start = time.perf_counter()
     n = _rows(batch)
     status, reason = _status(batch)
+    records = [dict(EMPTY_RECORD) for _ in range(n)]
+    if "verify" in batch:
+        for k in np.flatnonzero(np.asarray(batch["verify"], dtype=bool) & (status == "ok")):
+            record = verify_tile(str(batch["key"][k]))
+            if record is not None:
+                status[k], records[k] = "skipped", record
     tiles = [_tile(batch, i) for i in range(n)]
     bands = [[int(b) for b in str(text).split(",")] for text in batch["bands"]]
     size = tiles[0].window.height, tiles[0].window.width
     image = np.zeros((n, len(bands[0]), *size), dtype=np.float32)
     valid = np.zeros((n, *size), dtype=bool)
-    for uri in dict.fromkeys(str(u) for u in batch["scene_uri"]):
-        members = [i for i in range(n) if str(batch["scene_uri"][i]) == uri]
+    for uri in dict.fromkeys(str(batch["scene_uri"][i]) for i in range(n) if status[i] == "ok"):
+        members = [i for i in range(n) if str(batch["scene_uri"][i]) == uri and status[i] == "ok"]
         try:
             with open_raster(uri) as src:
                 for i in members:
@@ -80,6 +92,8 @@ def read_stage(batch: Batch) -> Batch:
                 status[i], reason[i] = "failed", f"read: {exc}"
     out = dict(batch)
     out.update(image=image, valid=valid, status=status, reason=reason)
+    for name in RECORD_FIELDS:
+        out[name] = np.asarray([r[name] for r in records])
     out["read_s"] = np.full(n, (time.perf_counter() - start) / n)
     return out
 
@@ -141,19 +155,23 @@ class InferStage:
         release_freed_memory(self.trim_free_bytes)
         start = time.perf_counter()
         n = batch["image"].shape[0]
-        step = 1 if self.batch_invariant else n
-        prob = np.concatenate(  # normalised one forward at a time: no second copy of the whole block
-            [self._forward(self._normalized(batch, range(s, min(s + step, n)))) for s in range(0, n, step)]
-        )
+        status, _ = _status(batch)
+        ok = [int(i) for i in np.flatnonzero(status == "ok")]  # failed or resumed rows need no forward
+        step = 1 if self.batch_invariant else max(1, len(ok))
+        prob = np.zeros(batch["valid"].shape, dtype=np.float32)
+        for s in range(0, len(ok), step):  # normalised one forward at a time: no second copy of the block
+            rows = ok[s : s + step]
+            prob[rows] = self._forward(self._normalized(batch, rows))
         if self.gate is not None:
             band = self.gate
-            prob = np.stack([gate_water(prob[i], batch["image"][i][band], self._scene(batch, i)[1]) for i in range(n)])
+            for i in ok:
+                prob[i] = gate_water(prob[i], batch["image"][i][band], self._scene(batch, i)[1])
         out = {k: v for k, v in batch.items() if k != "image"}
-        out["prob"] = prob.astype(np.float32, copy=False)
+        out["prob"] = prob
         out["infer_s"] = np.full(n, (time.perf_counter() - start) / n)
         return out
 
-    def _normalized(self, batch: Batch, rows: range) -> np.ndarray:
+    def _normalized(self, batch: Batch, rows: Sequence[int]) -> np.ndarray:
         from rrsis.checkpoints import normalize_image
 
         image, valid = batch["image"], batch["valid"]
@@ -234,13 +252,11 @@ def write_stage(batch: Batch, *, model: str = "") -> Batch:
     release_freed_memory()
     n = _rows(batch)
     status, reason = _status(batch)
-    out: dict[str, list[Any]] = {
-        name: [] for name in ("checksum", "bytes", "attempt", "valid_px", "water_px", "valid_m2", "water_m2", "write_s")
-    }
+    out: dict[str, list[Any]] = {name: [] for name in (*RECORD_FIELDS, "write_s")}
     for i in range(n):
         start = time.perf_counter()
-        record: dict[str, Any] = dict.fromkeys(out, 0)
-        record["checksum"] = ""
+        # a resumed (verified) tile keeps the statistics its read stage took from the sidecar
+        record = {name: batch[name][i] if name in batch else EMPTY_RECORD[name] for name in RECORD_FIELDS}
         if status[i] == "ok":
             tile = _tile(batch, i)
             try:
@@ -280,26 +296,31 @@ def _write_one(batch: Batch, i: int, tile: Tile, model: str) -> dict[str, Any]:
     return record
 
 
+EMPTY_RECORD: dict[str, Any] = {"checksum": "", "bytes": 0, "attempt": 0, "valid_px": 0, "water_px": 0,
+                                "valid_m2": 0.0, "water_m2": 0.0}  # fmt: skip
+
+
+def verify_tile(key: str) -> dict[str, Any] | None:
+    """The tile's recorded statistics when its sidecar exists and the stored tile's SHA-256 matches it,
+    else None (missing, damaged or unreadable: the tile is computed again)."""
+    try:
+        record = json.loads(storage.get_bytes(sidecar_key(key)))
+        if hashlib.sha256(storage.get_bytes(key)).hexdigest() != record.get("checksum"):
+            return None
+    except (StorageError, ValueError):
+        return None
+    return {name: type(EMPTY_RECORD[name])(record.get(name, EMPTY_RECORD[name])) for name in RECORD_FIELDS}
+
+
 def verify_stage(batch: Batch) -> Batch:
     """Resume check: `done` when the tile's sidecar exists and the tile's SHA-256 matches it.
 
     A verified tile carries its recorded statistics, so the manifest of a resumed run is complete.
     """
     n = _rows(batch)
-    done = np.zeros(n, dtype=bool)
-    fields = ("checksum", "bytes", "attempt", "valid_px", "water_px", "valid_m2", "water_m2")
-    values: dict[str, list[Any]] = {name: [] for name in fields}
-    for i in range(n):
-        key = str(batch["key"][i])
-        record: dict[str, Any] = {"checksum": "", "bytes": 0, "attempt": 0}
-        try:
-            record = json.loads(storage.get_bytes(sidecar_key(key)))
-            done[i] = hashlib.sha256(storage.get_bytes(key)).hexdigest() == record.get("checksum")
-        except (StorageError, ValueError):
-            done[i] = False
-        for name in fields:
-            values[name].append(record.get(name, 0) if done[i] else ("" if name == "checksum" else 0))
+    records = [verify_tile(str(batch["key"][i])) for i in range(n)]
     out = dict(batch)
-    out["done"] = done
-    out.update({name: np.asarray(v) for name, v in values.items()})
+    out["done"] = np.array([r is not None for r in records], dtype=bool)
+    for name in RECORD_FIELDS:
+        out[name] = np.asarray([(r or EMPTY_RECORD)[name] for r in records])
     return out

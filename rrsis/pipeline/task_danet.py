@@ -5,20 +5,21 @@ to reconcile across tiles: the water-land pipeline already does everything a tex
 reads, an accelerator actor pool, core-cropped mask tiles with checksummed sidecars, resume, manifest,
 failures, COG mosaic, polygons). This module only adds what differs:
 
-- `DanetInferStage`, the infer callable plugged into `run_map` / `build.map_dataset`: per actor it loads the
+- `DanetInferStage`, the infer callable plugged into `build.map_dataset`: per actor it loads the
   checkpoint and embeds the query once; per batch it scales tiles with one scene-wide `referring.value_max`
   and the model's RGB statistics, forwards them at the model's input size and resizes P back to the tile.
-- `run_danet`: checks (checkpoint kind, query length in the model's own tokens), a run config derived from
+- `prepare`: checks (checkpoint kind, query length in the model's own tokens), a run config derived from
   the user's (`infer.checkpoint` = `referring.danet`; band 2 of tiles and mosaic = P, needed for scores;
-  a run id from the query and everything else that decides the outputs), `run_map`, then per mapped scene
-  `referring.geojson` from the mosaic (the map's own polygoniser) whose polygons carry `query`, `method` and
-  `score` (mean P over the polygon's pixels, read from the mosaic in the polygon's window only). No pixel
-  passes: an empty result (a FeatureCollection without features).
+  a run id from the query and everything else that decides the outputs), run by the shared tile executor;
+  in each scene's products task, `referring.geojson` from the mosaic (the map's own polygoniser) whose
+  polygons carry `query`, `method` and `score` (mean P over the polygon's pixels, read from the mosaic in
+  the polygon's window only). No pixel passes: an empty result (a FeatureCollection without features).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import time
@@ -26,13 +27,23 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+from rasterio.features import bounds, geometry_mask
+from rasterio.warp import transform_geom
+from rasterio.windows import Window
 
 from rrsis import storage
 from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, model_config_from_dict
-from rrsis.errors import ConfigError, RrsisError
+from rrsis.errors import ConfigError
+from rrsis.geo.raster import open_raster
 from rrsis.models.danet.predictor import DanetPredictor, scale_to_input
+from rrsis.models.danet.text import load_tokenizer
+from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.plan import content_tag, derive_run_id
+from rrsis.pipeline.products import build_vectors
 from rrsis.pipeline.referring_boxes import check_query
+from rrsis.pipeline.task_table import TaskRun
+from rrsis.pipeline.task_waterland import model_info, plan_args
+from rrsis.pipeline.tile_run import TileSpec, run_tiles
 
 Batch = dict[str, np.ndarray]
 VECTORS = "referring.geojson"
@@ -88,8 +99,6 @@ class DanetInferStage:
 
 def danet_query(cfg: Any, model_config: dict[str, Any]) -> str:
     """The stripped query; empty or longer than DANet reads (`danet.max_tokens`) is one error line."""
-    from rrsis.models.danet.text import load_tokenizer
-
     d = model_config_from_dict(model_config).danet
     n_tokens = len(load_tokenizer(d.text_encoder)(cfg.query, truncation=False)["input_ids"])
     return check_query(cfg.query, n_tokens, d.max_tokens, model="DANet", key="model.danet.max_tokens")
@@ -118,10 +127,6 @@ def polygon_score(src: Any, geometry: dict[str, Any], block_px: int = SCORE_BLOC
     Reads only the polygon's bounding window, in blocks of at most `block_px` square, so a polygon as large
     as the scene never brings the scene into memory.
     """
-    from rasterio.features import bounds, geometry_mask
-    from rasterio.warp import transform_geom
-    from rasterio.windows import Window
-
     geom = transform_geom("EPSG:4326", src.crs, geometry)
     left, bottom, right, top = bounds(geom)
     inv = ~src.transform
@@ -149,9 +154,6 @@ def polygon_score(src: Any, geometry: dict[str, Any], block_px: int = SCORE_BLOC
 
 def referring_vectors(mosaic_uri: str, out_uri: str, query: str) -> dict[str, Any]:
     """Polygons of the referred pixels (the map's own polygoniser) with query, method and score each."""
-    from rrsis.geo.raster import open_raster
-    from rrsis.pipeline.products import build_vectors
-
     with open_raster(mosaic_uri) as src:
         scene = {"crs": str(src.crs), "transform": tuple(src.transform)[:6], "width": src.width, "height": src.height}
     build_vectors(mosaic_uri, out_uri, scene)
@@ -168,40 +170,39 @@ def referring_vectors(mosaic_uri: str, out_uri: str, query: str) -> dict[str, An
     return {"vectors": out_uri, "polygons": len(fc["features"]), "area_km2": area_m2 / 1e6}
 
 
-def run_danet(cfg: Any) -> int:
-    """Map `cfg.query` over every scene with the DANet checkpoint `referring.danet`; see the module docstring."""
-    import ray
+def scene_referring_vectors(scene: dict[str, Any], result: dict[str, Any], *, query: str) -> dict[str, Any]:
+    """The per-scene product DANet adds (runs in the scene's products task): `referring.geojson`."""
+    if "mosaic" not in result:
+        return {}
+    out = referring_vectors(result["mosaic"], storage.join(str(scene["prefix"]), VECTORS), query)
+    return {"referring_vectors": out["vectors"], "polygons": out["polygons"], "referred_km2": out["area_km2"]}
 
-    from rrsis.pipeline.inputs import resolve_inputs
-    from rrsis.pipeline.run import _configure_storage, run_map
 
+def prepare(cfg: Any, scenes: list[SceneRef]) -> TaskRun:
+    """Checks (checkpoint kind, query), the run config derived from the user's, the run id; see the module
+    docstring."""
     if not cfg.referring.danet:
         raise ConfigError("config error: key 'referring.danet': a DANet checkpoint is required for method 'danet'")
-    _configure_storage(cfg)
     ckpt = load_checkpoint(cfg.referring.danet)
     if ckpt.model_name != "danet":
         raise ConfigError(f"config error: key 'referring.danet': a DANet checkpoint, not {ckpt.model_name!r}")
     query = danet_query(cfg, ckpt.model_config)
-    scenes, _ = resolve_inputs(list(cfg.input))  # run_map records the unusable inputs as failures
     run_cfg = copy.deepcopy(cfg)
     run_cfg.run_id = danet_run_id(cfg, [s.uri for s in scenes])
     run_cfg.infer.checkpoint = cfg.referring.danet
     run_cfg.outputs.probability = True  # band 2 = P: the polygon scores are read from it
     run_cfg.outputs.vectors = False  # polygons come from `referring_vectors`, with the query on them
     run_cfg.query = query
-    rc = run_map(run_cfg, infer=(DanetInferStage, {"query": query, "value_max": cfg.referring.value_max}))
-    prefix = storage.join(cfg.output, run_cfg.run_id)
-    summary = json.loads(storage.get_bytes(storage.join(prefix, "summary.json")))
-    vectors = ray.remote(num_cpus=1, max_retries=2)(referring_vectors)
-    pending = [
-        vectors.remote(p["mosaic"], storage.join(prefix, str(p["scene_id"]), VECTORS), query)
-        for p in summary["products"]
-        if "mosaic" in p and cfg.outputs.vectors
-    ]
-    try:
-        tagged = ray.get(pending)
-    except ray.exceptions.RayTaskError as exc:
-        raise RrsisError(f"referring polygons: {exc.cause if exc.cause else exc}") from exc
-    n, km2 = sum(t["polygons"] for t in tagged), sum(t["area_km2"] for t in tagged)
-    print(f"rrsis map referring (danet): {query!r}: {n} polygons, {km2:.3f} km² in {len(tagged)} scenes -> {prefix}")
-    return rc
+    model, model_bands, in_bands = model_info(run_cfg.infer.checkpoint)
+    plan = plan_args(run_cfg, storage.join(cfg.output, run_cfg.run_id), model_bands, in_bands)
+    extra = (scene_referring_vectors, {"query": query}) if cfg.outputs.vectors else None
+    spec = TileSpec(
+        run_cfg,
+        model,
+        plan,
+        target="referred",
+        infer=(DanetInferStage, {"query": query, "value_max": cfg.referring.value_max}),
+        extra_products=extra,
+        dedicated_cores=False,
+    )
+    return TaskRun(run_cfg.run_id, functools.partial(run_tiles, spec=spec))

@@ -1,0 +1,150 @@
+"""Per-scene commits: what makes a run restartable at the scale of a continent.
+
+When a scene's tiles and products are done the driver writes, in this order:
+1. its part of the manifest, `<run>/manifest/<scene_id>.parquet` (one row per tile; the folder is one
+   dataset for `pyarrow.dataset`, DuckDB or Spark);
+2. last, a small commit record `<run>/_commits/<scene_id>.json`: the counts, the products' URIs and stats,
+   and the SHA-256 of everything the scene wrote (the manifest part, the tiles as a digest of their
+   checksums, each product file).
+
+A rerun lists `_commits/` once and skips every committed scene without reading any of its tiles; only the
+scenes that were in flight are verified tile by tile. The run-level `manifest.parquet` and `summary.json` are
+rebuilt from the parts and records, streaming one scene at a time, so a driver killed in hour 20 loses at
+most the scenes in flight and the driver's memory never holds a row per tile of the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Set
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+from pyarrow.fs import S3FileSystem
+
+from rrsis import storage
+from rrsis.errors import StorageError
+from rrsis.pipeline.manifest import MANIFEST_SCHEMA, conform_table, table_bytes
+from rrsis.storage import s3
+from rrsis.storage.uri import local_path
+
+COMMITS = "_commits"
+PARTS = "manifest"
+PRODUCT_KEYS = ("mosaic", "vectors", "quicklook", "stats", "referring_vectors")
+
+
+def commit_key(run_prefix: str, scene_id: str) -> str:
+    return storage.join(run_prefix, COMMITS, f"{scene_id}.json")
+
+
+def part_key(run_prefix: str, scene_id: str) -> str:
+    return storage.join(run_prefix, PARTS, f"{scene_id}.parquet")
+
+
+def sha256_of(uri: str, chunk_bytes: int = 1 << 24) -> str:
+    """SHA-256 of an object (local files streamed)."""
+    digest = hashlib.sha256()
+    if storage.is_remote(uri):
+        digest.update(storage.get_bytes(uri))
+    else:
+        with open(local_path(uri), "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def product_checksums(result: Mapping[str, Any]) -> dict[str, str]:
+    """SHA-256 of every product file a scene's products task reported (runs where the files were written)."""
+    return {k: sha256_of(str(result[k])) for k in PRODUCT_KEYS if result.get(k)}
+
+
+def committed_scenes(run_prefix: str) -> dict[str, str]:
+    """scene_id -> commit record URI, from one listing of `_commits/`."""
+    prefix = storage.join(run_prefix, COMMITS) + "/"
+    out = {}
+    for uri in storage.list_prefix(prefix):
+        name = uri.rsplit("/", 1)[-1]
+        if name.endswith(".json"):
+            out[name[: -len(".json")]] = uri
+    return out
+
+
+def read_record(uri: str) -> dict[str, Any]:
+    return json.loads(storage.get_bytes(uri))  # type: ignore[no-any-return]
+
+
+def commit_scene(
+    run_prefix: str, scene: Mapping[str, Any], tiles: list[dict[str, Any]], products: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Write the scene's manifest part, then its commit record (the record last: it is the commit)."""
+    scene_id = str(scene["scene_id"])
+    table = conform_table(tiles)
+    data = table_bytes(table)
+    part = part_key(run_prefix, scene_id)
+    storage.put_bytes(part, data)
+    status = table.column("status").to_pylist()
+    record = {
+        "scene_id": scene_id,
+        "scene_uri": str(scene["uri"]),
+        "tiles": len(status),
+        "tiles_computed": status.count("written"),
+        "tiles_skipped": status.count("skipped"),
+        "manifest_part": part,
+        "manifest_sha256": hashlib.sha256(data).hexdigest(),
+        "tiles_sha256": hashlib.sha256("".join(table.column("checksum").to_pylist()).encode()).hexdigest(),
+        "products": dict(products),
+        "checksums": dict(products.get("checksums", {})),
+    }
+    storage.put_bytes(commit_key(run_prefix, scene_id), json.dumps(record, indent=1, sort_keys=True).encode())
+    return record
+
+
+def write_run_manifest(
+    run_prefix: str, scene_ids: Iterable[str], out_uri: str, before: Set[str] = frozenset()
+) -> dict[str, int]:
+    """Concatenate the scenes' manifest parts (in the given order) into one parquet file, one part at a time:
+    memory holds one scene's rows, never the run's. Returns the tile counts: `tiles`, `tiles_computed`
+    (written by this run), `tiles_skipped` (verified from an earlier attempt, or in a scene of `before`, the
+    scenes committed before this run) and `tiles_failed`."""
+    counts = {"tiles": 0, "tiles_computed": 0, "tiles_skipped": 0, "tiles_failed": 0}
+    with tempfile.TemporaryDirectory(prefix="rrsis-manifest-") as tmp:
+        path = os.path.join(tmp, "manifest.parquet")
+        with pq.ParquetWriter(path, MANIFEST_SCHEMA, compression="zstd") as writer:
+            for scene_id in scene_ids:
+                try:
+                    table = pq.read_table(io.BytesIO(storage.get_bytes(part_key(run_prefix, scene_id))))
+                except StorageError:
+                    continue
+                writer.write_table(table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA))
+                status = table.column("status").to_pylist()
+                counts["tiles"] += len(status)
+                if scene_id in before:
+                    counts["tiles_skipped"] += len(status)
+                    continue
+                counts["tiles_computed"] += status.count("written")
+                counts["tiles_skipped"] += status.count("skipped")
+                counts["tiles_failed"] += status.count("failed")
+        storage.put_file(path, out_uri)
+    return counts
+
+
+def manifest_dataset(run_prefix: str) -> pads.Dataset:
+    """The run's manifest parts as one dataset (local or s3://)."""
+    base = storage.join(run_prefix, PARTS)
+    if storage.is_remote(base):
+        bucket, key = s3.split(base)
+        endpoint = s3.endpoint_url()
+        scheme = "http" if endpoint.startswith("http:") else "https"
+        fs = S3FileSystem(endpoint_override=endpoint or None, scheme=scheme)
+        return pads.dataset(f"{bucket}/{key}", filesystem=fs, format="parquet", schema=MANIFEST_SCHEMA)
+    return pads.dataset(local_path(base), format="parquet", schema=MANIFEST_SCHEMA)
+
+
+def empty_manifest() -> pa.Table:
+    return MANIFEST_SCHEMA.empty_table()

@@ -1,0 +1,96 @@
+"""What every map task shares at the end of a run: the run's context, failures.parquet, summary.json and
+the console summary (per-scene lines, failures grouped by reason, one closing line)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from rrsis import storage
+from rrsis.config.map import MapConfig
+from rrsis.pipeline.inputs import SceneRef
+from rrsis.pipeline.lease import RunLease
+from rrsis.pipeline.manifest import write_failures
+from rrsis.pipeline.plan import Failure
+
+#: Scenes listed one per line in the console summary (the rest are counted); items shown per failure reason.
+SCENE_LINES = 20
+ITEMS_PER_REASON = 3
+
+
+@dataclass
+class RunContext:
+    """One run of `rrsis map` as the driver set it up for a task."""
+
+    cfg: MapConfig
+    scenes: list[SceneRef]  # usable inputs, in input order
+    failures: list[Failure]  # so far: inputs that resolved to no scene
+    run_id: str
+    run_prefix: str
+    lease: RunLease
+    start: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def failure_groups(failures: list[Failure]) -> list[tuple[str, list[Failure]]]:
+    """Scene-level failures grouped by reason (the file name taken out, so equal causes group), largest first."""
+    groups: dict[str, list[Failure]] = defaultdict(list)
+    for f in failures:
+        if f.tile_id and f.stage == "tile":
+            continue  # counted in its scene's "N of M tiles failed"
+        reason = f.reason.replace(f.scene_uri, "<scene>") if f.scene_uri else f.reason
+        groups[f"{f.stage}: {reason}"].append(f)
+    return sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+
+
+def finish_run(
+    ctx: RunContext, records: list[dict[str, Any]], counts: dict[str, int], compute_s: float, target: str
+) -> int:
+    """Write failures.parquet and summary.json from the committed scenes' records, print the summary;
+    0 when every scene was mapped, 1 otherwise."""
+    failures = ctx.failures
+    write_failures(storage.join(ctx.run_prefix, "failures.parquet"), [f.to_row() for f in failures])
+    products = [r["products"] for r in records]
+    failed_scenes = {f.scene_uri for f in failures if not f.tile_id}
+    summary = {
+        "run_id": ctx.run_id,
+        "output": ctx.run_prefix,
+        "target": target,  # what class 1 of the masks is
+        "scenes": len(ctx.scenes) + sum(1 for f in failures if f.stage == "input"),
+        "scenes_ok": len(records),
+        "scenes_failed": len(failed_scenes),
+        **counts,
+        "water_km2": sum(float(p.get("water_km2", 0.0)) for p in products),
+        "tiles_per_s": counts.get("tiles_computed", 0) / compute_s if compute_s > 0 else 0.0,
+        "wall_s": time.perf_counter() - ctx.start,
+        "timings_s": ctx.timings,
+        "products": products,
+    }
+    storage.put_bytes(storage.join(ctx.run_prefix, "summary.json"), json.dumps(summary, indent=2, default=str).encode())
+    for p in products[:SCENE_LINES]:
+        where = ", ".join(f"{k} {p[k]}" for k in ("mosaic", "vectors", "quicklook", "stats") if k in p)
+        share = f"{p['water_km2']:.3f} km² ({100 * p['water_fraction']:.1f} %)"
+        print(f"  {p['scene_id']}: {target} {share}; {where}")
+    if len(products) > SCENE_LINES:
+        print(f"  ... and {len(products) - SCENE_LINES} more scenes (summary.json lists them all)")
+    for reason, group in failure_groups(failures):
+        items = ", ".join(f.scene_id or f.scene_uri for f in group[:ITEMS_PER_REASON])
+        more = f" and {len(group) - ITEMS_PER_REASON} more" if len(group) > ITEMS_PER_REASON else ""
+        print(f"  FAILED {len(group)} x {reason} ({items}{more})")
+    print(summary_line(summary), flush=True)
+    return 1 if failures else 0
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    status = "ok" if not s["scenes_failed"] else f"{s['scenes_failed']} FAILED (reasons above, failures.parquet)"
+    resumed = f", {s['scenes_resumed']} scenes committed before" if s.get("scenes_resumed") else ""
+    return (
+        f"rrsis map {s['run_id']}: {status}; scenes {s['scenes_ok']}/{s['scenes']} mapped{resumed}, "
+        f"tiles {s['tiles']} ({s['tiles_computed']} computed, {s['tiles_skipped']} resumed, "
+        f"{s['tiles_failed']} failed), {s.get('target', 'water')} {s['water_km2']:.3f} km², "
+        f"{s['tiles_per_s']:.1f} tiles/s, "
+        f"{s['wall_s']:.1f} s; outputs: {s['output']}"
+    )

@@ -1,0 +1,83 @@
+"""`rrsis map` task waterland: a water-land U-Net on every tile, through the shared tile executor.
+
+What is specific to it: the checkpoint's header (model tag, band names, input bands; read without torch),
+the run id, and that its CPU inference actors may get cores of their own (`rrsis.pipeline.cores`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict
+from typing import Any
+
+from rrsis import storage
+from rrsis.checkpoint_header import read_header
+from rrsis.config.map import MapConfig
+from rrsis.pipeline.inputs import SceneRef
+from rrsis.pipeline.plan import PlanArgs, content_tag, derive_run_id
+from rrsis.pipeline.task_table import TaskRun
+from rrsis.pipeline.tile_run import TileSpec, run_tiles
+
+
+def model_info(checkpoint: str) -> tuple[str, list[str], int]:
+    """(model tag, band names, input bands) from the checkpoint's header, read on the driver without torch
+    (`rrsis.checkpoint_header`: ~400 MB less driver memory); a file it cannot read goes through the full
+    loader, whose error names the problem."""
+    header = read_header(checkpoint)
+    if header is None:
+        # imported here on purpose: it imports torch, which the driver otherwise never needs
+        from rrsis.checkpoints import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint)  # raises the one-line CheckpointError, or reads a legacy format
+        header = {"model_name": ckpt.model_name, "bands": ckpt.bands, "model_config": ckpt.model_config}
+    bands = [str(b) for b in (header.get("bands") or [])]
+    model_config = header.get("model_config") or {}
+    family = model_config.get(header["model_name"], {}) if isinstance(model_config, dict) else {}
+    in_bands = len(bands) or int(family.get("in_bands", 0) if isinstance(family, dict) else 0)
+    return f"{header['model_name']}@{content_tag(checkpoint)}", bands, in_bands
+
+
+def decisive_refine(cfg: MapConfig) -> dict[str, Any]:
+    """The refinement settings that change masks (pool sizes and CPUs only change how fast they come)."""
+    r = cfg.refine
+    return {"enabled": r.enabled, "open_px": r.open_px, "min_mapping_unit_px": r.min_mapping_unit_px}
+
+
+def decisive_infer(cfg: MapConfig) -> dict[str, Any]:
+    """The inference settings that change masks: the threshold, and the batch only when batches change the
+    last float bits (`infer.batch_invariant=false`)."""
+    i = cfg.infer
+    out: dict[str, Any] = {"checkpoint": i.checkpoint, "threshold": i.threshold}
+    if not i.batch_invariant:
+        out["batch_size"] = i.batch_size
+    return out
+
+
+def run_id_for(cfg: MapConfig, scenes: list[SceneRef], model: str = "") -> str:
+    """`cfg.run_id`, or a deterministic id from what decides the outputs (so a rerun resumes): never from
+    resource settings (pool sizes, CPUs, device). `model` is the checkpoint's content tag: a checkpoint
+    retrained in place gets a new run id instead of resuming the old model's tiles."""
+    decisive = {
+        "task": cfg.task,
+        "scenes": [s.uri for s in scenes],
+        "bands": list(cfg.bands),
+        "tiling": asdict(cfg.tiling),
+        "infer": decisive_infer(cfg),
+        "model": model,
+        "refine": decisive_refine(cfg),
+        "probability": cfg.outputs.probability,
+    }
+    return derive_run_id("map", cfg.run_id, decisive)
+
+
+def plan_args(cfg: MapConfig, run_prefix: str, model_bands: list[str], in_bands: int) -> PlanArgs:
+    t = cfg.tiling
+    return PlanArgs(run_prefix, t.tile_px, t.overlap_px, tuple(cfg.bands), tuple(model_bands), in_bands)
+
+
+def prepare(cfg: MapConfig, scenes: list[SceneRef]) -> TaskRun:
+    model, model_bands, in_bands = model_info(cfg.infer.checkpoint)
+    run_id = run_id_for(cfg, scenes, model)
+    plan = plan_args(cfg, storage.join(cfg.output, run_id), model_bands, in_bands)
+    spec = TileSpec(cfg, model, plan, target="water")
+    return TaskRun(run_id, functools.partial(run_tiles, spec=spec))

@@ -1,0 +1,65 @@
+"""The connection every job shares: object-storage settings and the Ray session.
+
+`configure_storage` applies a job's `storage:` section in this process (and, through the environment, in
+GDAL and in the Ray workers started afterwards). `connect_ray` reuses a running Ray, joins RAY_ADDRESS /
+`address`, or starts an embedded Ray on 127.0.0.1, and says which of the three it did, so a caller can
+decide what only an embedded Ray allows (e.g. reserving cores). No module-level state is set here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from rrsis.config.common import RayConfig, StorageConfig
+from rrsis.resources import RAY_PROCESS_ENV
+from rrsis.storage import s3
+
+log = logging.getLogger("rrsis")
+
+#: Logical CPUs of an embedded Ray when the config leaves it open: the map's two actor pools plus one read
+#: and one write task must fit even on a 2-core laptop.
+EMBEDDED_MIN_CPUS = 4
+
+
+def configure_storage(cfg: StorageConfig) -> None:
+    """Endpoint, region and retries of S3-compatible storage for this process and its Ray workers."""
+    s3.configure(cfg.endpoint_url, cfg.region, cfg.max_attempts, cfg.backoff_s)
+    if cfg.endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = cfg.endpoint_url  # GDAL's /vsis3/ and Ray workers read it
+
+
+def connect_ray(cfg: RayConfig, *, min_cpus: int = 0) -> str:
+    """Connect and return how: "running" (this process already had Ray), "cluster" (RAY_ADDRESS or
+    `cfg.address`) or "embedded" (a new local Ray on 127.0.0.1 with `cfg.num_cpus`, else at least
+    `min_cpus` logical CPUs)."""
+    import ray
+
+    if ray.is_initialized():
+        return "running"
+    address = cfg.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, configure_logging=False)
+        return "cluster"
+    # Ray's processes inherit this environment (why each setting: `rrsis.resources.RAY_PROCESS_ENV`); a
+    # user's own values win. Cluster images set the same in cluster/Dockerfile.
+    for name, value in RAY_PROCESS_ENV.items():
+        os.environ.setdefault(name, value)
+    # address="local": always a new instance, even when /tmp/ray/ray_current_cluster names another Ray.
+    kwargs: dict[str, Any] = {"address": "local", "_node_ip_address": "127.0.0.1", "include_dashboard": False}
+    num_cpus = cfg.num_cpus or (max(min_cpus, os.cpu_count() or 1) if min_cpus else 0)
+    if num_cpus:
+        kwargs["num_cpus"] = num_cpus
+    if cfg.num_gpus:
+        kwargs["num_gpus"] = cfg.num_gpus
+    for attempt in range(1, 4):  # a loaded machine can miss Ray's 15 s agent start-up deadline: retry
+        try:
+            ray.init(**kwargs)
+            return "embedded"
+        except Exception as exc:
+            if attempt == 3 or "timed out during startup" not in str(exc):
+                raise
+            log.warning("embedded Ray did not start (attempt %d of 3): %s; retrying", attempt, exc)
+            ray.shutdown()
+    raise AssertionError("unreachable")

@@ -130,16 +130,16 @@ def _called(stage, batch) -> set[int]:  # type: ignore[no-untyped-def]
 @needs_two_cores
 @pytest.mark.slow
 def test_embedded_ray_keeps_the_claimed_core_for_the_inference_actor(tmp_path: Path) -> None:
-    """`connect_ray` on a fresh driver reserves a core; once an actor claims it, the fence moves the driver,
+    """An embedded Ray started on every core; a reservation of one core; once an actor claims it, the fence moves the driver,
     raylet and every worker to the other cores; `lift` gives them all back."""
     script = f"""
 import json, os, time, ray
-from rrsis.config.map import MapConfig
+from rrsis.config.common import RayConfig
 from rrsis.pipeline import cores
-from rrsis.pipeline.run import connect_ray
+from rrsis.session import EMBEDDED_MIN_CPUS, connect_ray
 
-connect_ray(MapConfig(output={str(tmp_path)!r}))
-res = cores.RESERVED
+assert connect_ray(RayConfig(), min_cpus=EMBEDDED_MIN_CPUS) == "embedded"
+res = cores.reserve(1, 1)
 fence = cores.Fence(res, interval_s=0.1)
 fence.start()
 
@@ -179,26 +179,26 @@ def test_the_fence_is_lifted_just_before_the_last_scenes_products(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Products of a scene finished mid-run start with the fence up; the last scene's start after the last
-    forward, so the fence (SceneProducts' `on_last`) comes down first, once."""
-    from rrsis.pipeline import build
+    forward, so the fence (SceneTracker's `on_last`) comes down first, once."""
+    from rrsis.pipeline import tile_run
     from rrsis.pipeline.inputs import resolve_inputs
-    from rrsis.pipeline.plan import plan_run
-    from rrsis.pipeline.run import SceneProducts
+    from rrsis.pipeline.plan import PlanArgs, expand_scene, scene_row
     from tests.pipeline_data import map_config, write_scene
 
     scenes = [write_scene(tmp_path / f"s{i}.tif", 32, 32, seed=i) for i in range(2)]
     resolved, _ = resolve_inputs(scenes)
-    plans, rows, _ = plan_run(
-        resolved, str(tmp_path / "run"), tile_px=32, overlap_px=0, requested_bands=[], model_bands=["VV", "VH"],
-        in_bands=2,
-    )  # fmt: skip
+    plan = PlanArgs(str(tmp_path / "run"), 32, 0, (), ("VV", "VH"), 2)
+    rows = [row for scene in resolved for row in expand_scene(scene_row(scene, False), plan=plan)]
     events: list[str] = []
-    monkeypatch.setattr(build, "products_task", lambda plan, *args: events.append(f"products {plan.scene_id}"))
+    monkeypatch.setattr(tile_run, "products_task", lambda scene, *args: events.append(f"products {scene['scene_id']}"))
     cfg = map_config(f"output={tmp_path}", "outputs.quicklook=false")
-    products = SceneProducts(plans, rows, cfg, on_last=lambda: events.append("lift"))
+    spec = tile_run.TileSpec(cfg, "m", plan, "water")
+    tracker = tile_run.SceneTracker(plan.run_prefix, spec, [s.scene_id for s in resolved])
+    tracker.on_last = lambda: events.append("lift")
     for row in rows:
-        products.add({**row, "status": "ok", "valid_px": 1})
-    assert events == [f"products {plans[0].scene_id}", "lift", f"products {plans[1].scene_id}"]
+        tracker.add({**row, "status": "written", "valid_px": 1})
+    ids = [s.scene_id for s in resolved]
+    assert events == [f"products {ids[0]}", "lift", f"products {ids[1]}"]
 
 
 def test_claimed_pids_names_live_holders_only(tmp_path: Path) -> None:

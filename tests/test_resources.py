@@ -91,14 +91,19 @@ def test_map_dataset_caps_its_own_object_store_use_in_blocks_of_several_tiles() 
     from rrsis.config.load import load_config
     from rrsis.config.map import MapConfig
     from rrsis.pipeline.build import BLOCKS_IN_FLIGHT, MIN_BLOCK_TILES, map_dataset, resources_for
+    from rrsis.pipeline.plan import PlanArgs
 
     cfg = load_config(MapConfig, None, ["tiling.tile_px=2048", "infer.batch_size=1", "infer.checkpoint=unused.pt"])
-    rows = [{"key": f"t{i}", "scene_uri": "s.tif", "bands": "1,2,3,4"} for i in range(10)]
-    before = ray.data.DataContext.get_current().execution_options.resource_limits.object_store_memory
-    ds = map_dataset(rows, cfg, resources_for(cfg, 0.0, cluster=LAPTOP), model="m")
+    rows = [{"scene_id": "s", "scene_uri": "s.tif", "verify": False}]
+    plan = PlanArgs("run", 2048, 0, (), (), 4)
+    context = ray.data.DataContext.get_current()
+    before = context.execution_options.resource_limits.object_store_memory, context.target_max_block_size
+    ds = map_dataset(rows, plan, cfg, resources_for(cfg, 0.0, cluster=LAPTOP), model="m")
     block = MIN_BLOCK_TILES * 2048 * 2048 * (4 * 4 + 1 + 4 + 1)  # image f32 x4, valid, prob f32, mask
     assert ds.context.execution_options.resource_limits.object_store_memory == BLOCKS_IN_FLIGHT * block
-    assert ray.data.DataContext.get_current().execution_options.resource_limits.object_store_memory == before
+    assert ds.context.target_max_block_size == block  # a block is one batch of pixels, never several merged
+    context = ray.data.DataContext.get_current()
+    assert (context.execution_options.resource_limits.object_store_memory, context.target_max_block_size) == before
 
 
 def test_blocks_aim_at_a_pixel_budget_within_bounds() -> None:
@@ -107,8 +112,7 @@ def test_blocks_aim_at_a_pixel_budget_within_bounds() -> None:
     from rrsis.pipeline.build import MAX_BLOCK_TILES, MIN_BLOCK_TILES, TARGET_BLOCK_BYTES, block_tiles_for, tile_bytes
 
     assert (TARGET_BLOCK_BYTES, MIN_BLOCK_TILES, MAX_BLOCK_TILES) == (32 * 2**20, 4, 16)
-    two_bands = [{"bands": "1,2"}]
-    four_bands = [{"bands": "1,2,3,4"}, {"bands": "1"}]  # the widest row decides
+    two_bands, four_bands = 2, 4
     assert tile_bytes(two_bands, 512) == 512 * 512 * 14 == 3_670_016
     assert tile_bytes(four_bands, 512) == 512 * 512 * 22 == 5_767_168
     assert block_tiles_for(tile_bytes(four_bands, 512), 1) == 5  # 33_554_432 // 5_767_168 = 5
@@ -133,12 +137,11 @@ def test_products_tasks_take_the_configured_cpus(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(ray, "remote", remote)
     monkeypatch.setattr(ray, "cluster_resources", lambda: LAPTOP)
-    monkeypatch.setattr(build, "scene_record", lambda plan: {})
-    plan = SimpleNamespace(uri="s.tif", bands=[1], info=SimpleNamespace(width=8, height=8))
-    assert build.background_task(plan, 0.25) == "quicklook_background"
-    assert build.products_task(plan, [], {}, None, 0.5) == "scene_products"  # type: ignore[arg-type]
+    scene = {"uri": "s.tif", "bands": [1], "width": 8, "height": 8}
+    assert build.background_task(scene, 0.25) == "quicklook_background"
+    assert build.products_task(scene, [], {}, None, 0.5) == "scene_products_committable"
     assert [a["num_cpus"] for a in asked] == [0.25, 0.5]
-    assert build.background_task(plan) and asked[-1]["num_cpus"] == 1.0  # the stage table's default
+    assert build.background_task(scene) and asked[-1]["num_cpus"] == 1.0  # the stage table's default
 
 
 def _rss_mb() -> float:
@@ -172,21 +175,23 @@ def test_map_dataset_gives_the_inference_actor_its_trim_threshold(monkeypatch: p
     from rrsis.config.load import load_config
     from rrsis.config.map import MapConfig
     from rrsis.pipeline import build
+    from rrsis.pipeline.plan import PlanArgs
     from rrsis.pipeline.stages import InferStage
 
     calls: list[tuple[object, dict[str, object]]] = []
-    real = build._map
+    real = build.map_stage
 
     def spy(ds, fn, res, batch_size, **kwargs):  # type: ignore[no-untyped-def]
         calls.append((fn, kwargs))
         return real(ds, fn, res, batch_size, **kwargs)
 
-    monkeypatch.setattr(build, "_map", spy)
+    monkeypatch.setattr(build, "map_stage", spy)
     cfg = load_config(MapConfig, None, ["infer.trim_free_mb=512", "infer.checkpoint=unused.pt"])
-    rows = [
-        {"key": f"t{i}", "scene_uri": uri, "bands": "1,2"} for i, uri in enumerate(["a.tif", "a.tif", "b.tif", "a.tif"])
-    ]
-    build.map_dataset(rows, cfg, build.resources_for(cfg, 0.0, cluster=LAPTOP), model="m")
+    rows = [{"scene_id": s, "scene_uri": f"{s}.tif", "verify": False} for s in ("a", "b")]
+    plan = PlanArgs("run", 64, 0, (), ("VV", "VH"), 2)
+    order = [("a.tif", "1,2"), ("b.tif", "1,2")]
+    res = build.resources_for(cfg, 0.0, cluster=LAPTOP)
+    build.map_dataset(rows, plan, cfg, res, model="m", scene_order=order)
     (kwargs,) = [kw["fn_constructor_kwargs"] for fn, kw in calls if fn is InferStage]
     assert kwargs["trim_free_mb"] == 512  # type: ignore[index]
-    assert kwargs["scenes"] == [("a.tif", "1,2"), ("b.tif", "1,2")]  # type: ignore[index]  # the measurer's order
+    assert kwargs["scenes"] == order  # type: ignore[index]  # the measurer's order

@@ -33,6 +33,7 @@ class RunContext:
     lease: RunLease
     start: float
     timings: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)  # more for summary.json (e.g. the inference cores)
 
 
 def failure_groups(failures: list[Failure]) -> list[tuple[str, list[Failure]]]:
@@ -67,6 +68,7 @@ def finish_run(
         "tiles_per_s": counts.get("tiles_computed", 0) / compute_s if compute_s > 0 else 0.0,
         "wall_s": time.perf_counter() - ctx.start,
         "timings_s": ctx.timings,
+        **ctx.notes,
         "products": products,
     }
     storage.put_bytes(storage.join(ctx.run_prefix, "summary.json"), json.dumps(summary, indent=2, default=str).encode())

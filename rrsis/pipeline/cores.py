@@ -41,10 +41,6 @@ class CoreReservation:
     every: tuple[int, ...] = ()  # all the driver's cores: what `Fence.lift` gives back
 
 
-#: The reservation of the embedded Ray this process started (None: no Ray of ours, a cluster, or no cores).
-RESERVED: CoreReservation | None = None
-
-
 def split_cores(usable: Sequence[int], actors: int, per_actor: int) -> tuple[CoreGroups, tuple[int, ...]] | None:
     """(one group of `per_actor` cores per actor, the rest), or None when that would leave no core over."""
     cores = sorted(usable)

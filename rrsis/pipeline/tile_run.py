@@ -218,13 +218,16 @@ def run_tiles(ctx: RunContext, spec: TileSpec) -> int:
     todo = [s for s in ctx.scenes if s.scene_id not in before]
     ctx.timings["list_s"] = time.perf_counter() - ctx.start
     tracker = SceneTracker(ctx.run_prefix, spec, [s.scene_id for s in todo])
-    compute_start = time.perf_counter()
     if todo:
+        phase = time.perf_counter()
         how = connect_ray(cfg.ray, min_cpus=EMBEDDED_MIN_CPUS)
+        ctx.timings["ray_start_s"] = time.perf_counter() - phase
         reserved = reserve_cores(cfg, spec, how)
+        ctx.notes["inference_cores"] = [list(g) for g in reserved.groups] if reserved else []
         # keeps the driver and Ray's processes off the inference actors' own cores (rrsis.pipeline.cores)
         fence = cores.Fence(reserved) if reserved else None
         tracker.on_last = fence.lift if fence else tracker.on_last
+        compute_start = time.perf_counter()
         res = resources_for(cfg, cluster_gpus(), cluster_cpus())
         bands = first_scene_key(todo, spec.plan)
         order: list[SceneKey] = [(s.uri, bands) for s in todo] if bands else []
@@ -244,8 +247,9 @@ def run_tiles(ctx: RunContext, spec: TileSpec) -> int:
             if fence:
                 fence.lift()
         tracker.finish()
-    compute_s = time.perf_counter() - compute_start
-    ctx.timings["compute_s"] = compute_s
+        compute_s = ctx.timings["compute_s"] = time.perf_counter() - compute_start
+    else:
+        compute_s = 0.0
     records = [tracker.records.get(s.scene_id) or _record_before(before, s.scene_id) for s in ctx.scenes]
     committed = [r for r in records if r is not None]
     phase = time.perf_counter()

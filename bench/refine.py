@@ -104,7 +104,7 @@ def pipeline_on_off(n_side: int = 16, copies: int = 4, model_type: str = "vit_b_
     from rrsis.config.map import MapConfig
     from rrsis.models.sam.config import SamConfig
     from rrsis.pipeline.manifest import read_table
-    from rrsis.pipeline.run_boxes import run_boxes
+    from rrsis.pipeline.run import run_map
 
     for attempt in range(3):  # a loaded machine can miss Ray's start-up deadline: retry
         try:
@@ -138,7 +138,8 @@ def pipeline_on_off(n_side: int = 16, copies: int = 4, model_type: str = "vit_b_
             cfg.tiling.tile_px, cfg.tiling.overlap_px = 256, 32
             cfg.infer.device = "cpu"
             start = time.perf_counter()
-            run_boxes(cfg, BoxesConfig(path=str(Path(tmp, "boxes.csv")), sam=sam))
+            cfg.boxes = BoxesConfig(path=str(Path(tmp, "boxes.csv")), sam=sam)
+            run_map(cfg)
             walls[label] = time.perf_counter() - start
             summary = json.loads(Path(tmp, label, "bench", "summary.json").read_text())
             computes[label] = summary["timings_s"]["compute_s"]

@@ -168,8 +168,8 @@ def test_header_reader_matches_the_loader_without_torch_or_tensor_bytes(tmp_path
     for name in ("cut.pt", "foreign.pt", "evil.pt", "missing.pt"):
         assert read_header(str(tmp_path / name)) is None, name
     code = (
-        "import sys; from rrsis.pipeline.run import _model_info; "
-        f"print(_model_info({str(good)!r})[1:], 'torch' in sys.modules)"
+        "import sys; from rrsis.pipeline.task_waterland import model_info; "
+        f"print(model_info({str(good)!r})[1:], 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "(['VV', 'VH'], 2) False"

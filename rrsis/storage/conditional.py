@@ -3,13 +3,15 @@
 `create(uri, data)` writes only when nothing is there; `swap(uri, expected, data)` replaces the object only
 while it still holds `expected`. On S3 both are single conditional PUTs (`If-None-Match: *`, `If-Match:
 <etag>`), so two writers racing from different machines can never both succeed. Locally an exclusive create
-(`O_EXCL`) and an `flock`ed read-compare-rename do the same for writers sharing the file system.
+(`O_EXCL`) and a read-compare-rename under an `flock` of the folder do the same for writers sharing the file system.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import botocore.exceptions
@@ -27,6 +29,18 @@ def _precondition_failed(exc: BaseException) -> bool:
     err = exc.response.get("Error", {})
     status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
     return str(err.get("Code", "")) in PRECONDITION_CODES or status in ("412", "409")
+
+
+@contextlib.contextmanager
+def _folder_lock(path: Path) -> Iterator[None]:
+    """An exclusive `flock` on the object's folder: local compare-and-swaps of one folder never interleave
+    (the object itself is replaced by rename, so it cannot carry the lock), and no lock file is left."""
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def create(uri: str, data: bytes) -> bool:
@@ -68,8 +82,7 @@ def swap(uri: str, expected: bytes, data: bytes) -> bool:
             raise StorageError(f"put {uri} failed: {s3.describe(exc)}") from exc
         return True
     path = Path(local_path(uri))
-    with open(f"{path}.lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _folder_lock(path):
         try:
             if path.read_bytes() != expected:
                 return False
@@ -94,8 +107,7 @@ def remove(uri: str, expected: bytes) -> bool:
             raise StorageError(f"delete {uri} failed: {s3.describe(exc)}") from exc
         return True
     path = Path(local_path(uri))
-    with open(f"{path}.lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _folder_lock(path):
         try:
             if path.read_bytes() != expected:
                 return False

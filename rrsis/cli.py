@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--submit-config", default=None, help="YAML of the submit section (SubmitConfig)")
     submit.add_argument("--no-wait", action="store_true", help="return right after submission")
     _add_common(submit)
+    report = sub.add_parser("report", help="(re)build a map run's report.html, STAC catalog and GeoParquet polygons")
+    report.add_argument("run_uri", help="the run folder, <output>/<run_id> (local path or s3://)")
     jobs = sub.add_parser("jobs", help="follow and control submitted jobs")
     jobs.add_argument("action", choices=["status", "logs", "stop", "list"])
     jobs.add_argument("job_id", nargs="?", default=None)
@@ -73,6 +75,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from rrsis.submit.client import jobs_from_cli
 
         return jobs_from_cli(args)
+    if args.command == "report":
+        from rrsis.report import build_report
+
+        page = build_report(args.run_uri)
+        run = page.rsplit("/", 1)[0]
+        print(f"rrsis report: {page}; STAC catalog {run}/catalog.json; polygons {run}/polygons/", flush=True)
+        return 0
     raise AssertionError(args.command)
 
 

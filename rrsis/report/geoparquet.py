@@ -1,0 +1,142 @@
+"""All polygons of a run as one GeoParquet dataset, one file per scene: `polygons/<scene_id>.parquet`.
+
+Each scene's GeoJSON (EPSG:4326, RFC 7946) becomes rows with WKB geometry and GeoParquet 1.1 `geo`
+metadata (CRS omitted = OGC:CRS84, lon/lat), so `pyarrow.dataset`, GeoPandas and DuckDB read the folder as
+one table. Scenes are converted one at a time, so memory follows the largest scene, not the run. Files of
+scenes that are no longer in the run are removed, so every polygon of the run is in the dataset once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rrsis import storage
+from rrsis.errors import InputError
+
+GEOPARQUET_VERSION = "1.1.0"
+#: Typed columns of every partition; other feature properties go, as JSON text, into `properties`.
+SCHEMA = pa.schema(
+    [
+        ("scene_id", pa.string()),
+        ("feature_id", pa.int64()),
+        ("class", pa.string()),
+        ("area_m2", pa.float64()),
+        ("query", pa.string()),
+        ("score", pa.float64()),
+        ("properties", pa.string()),
+        ("geometry", pa.binary()),
+    ]
+)
+TYPED = ("id", "class", "area_m2", "query", "score")
+WKB_TYPES = {"Polygon": 3, "MultiPolygon": 6}
+
+
+def ring_wkb(ring: Sequence[Sequence[float]]) -> bytes:
+    coords = [c for point in ring for c in point[:2]]
+    return struct.pack(f"<I{len(coords)}d", len(ring), *coords)
+
+
+def polygon_wkb(rings: Sequence[Sequence[Sequence[float]]]) -> bytes:
+    return struct.pack("<BII", 1, 3, len(rings)) + b"".join(ring_wkb(r) for r in rings)
+
+
+def geometry_wkb(geometry: dict[str, Any]) -> bytes:
+    """ISO WKB (little-endian, 2D) of a GeoJSON Polygon or MultiPolygon."""
+    kind = geometry.get("type")
+    if kind == "Polygon":
+        return polygon_wkb(geometry["coordinates"])
+    if kind == "MultiPolygon":
+        parts = geometry["coordinates"]
+        return struct.pack("<BII", 1, 6, len(parts)) + b"".join(polygon_wkb(p) for p in parts)
+    raise InputError(f"geometry type {kind!r} is not a polygon")
+
+
+def bounds(geometries: Iterable[dict[str, Any]]) -> list[float] | None:
+    xs: list[float] = []
+    ys: list[float] = []
+    for g in geometries:
+        polys = [g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"]
+        for poly in polys:
+            for ring in poly:
+                xs += [p[0] for p in ring]
+                ys += [p[1] for p in ring]
+    return [min(xs), min(ys), max(xs), max(ys)] if xs else None
+
+
+def features_table(scene_id: str, features: list[dict[str, Any]]) -> tuple[pa.Table, dict[str, Any]]:
+    """A scene's polygon features as a table in `SCHEMA` and the GeoParquet metadata of its geometry column."""
+    rows = []
+    geoms = []
+    for i, f in enumerate(features):
+        geom = f.get("geometry") or {}
+        if geom.get("type") not in WKB_TYPES:
+            continue
+        props = dict(f.get("properties") or {})
+        rest = {k: v for k, v in props.items() if k not in TYPED}
+        rows.append(
+            {
+                "scene_id": scene_id,
+                "feature_id": int(props.get("id", i)),
+                "class": None if props.get("class") is None else str(props["class"]),
+                "area_m2": None if props.get("area_m2") is None else float(props["area_m2"]),
+                "query": None if props.get("query") is None else str(props["query"]),
+                "score": None if props.get("score") is None else float(props["score"]),
+                "properties": json.dumps(rest, sort_keys=True) if rest else None,
+                "geometry": geometry_wkb(geom),
+            }
+        )
+        geoms.append(geom)
+    column: dict[str, Any] = {
+        "encoding": "WKB",
+        "geometry_types": sorted({g["type"] for g in geoms}),
+    }
+    box = bounds(geoms)
+    if box:
+        column["bbox"] = box
+    return pa.Table.from_pylist(rows, schema=SCHEMA), column
+
+
+def geo_metadata(column: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
+    ).encode()
+
+
+def write_scene_polygons(uri: str, scene_id: str, vectors_uri: str) -> int:
+    """Convert one scene's GeoJSON into a GeoParquet file at `uri`; the number of polygons written."""
+    try:
+        collection = orjson.loads(storage.get_bytes(vectors_uri))
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"{vectors_uri} is not GeoJSON: {exc}") from exc
+    table, column = features_table(scene_id, list(collection.get("features") or []))
+    meta = dict(table.schema.metadata or {})
+    meta[b"geo"] = geo_metadata(column)
+    table = table.replace_schema_metadata(meta)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    storage.put_bytes(uri, buf.getvalue())
+    return table.num_rows
+
+
+def write_polygons(run_uri: str, vectors: dict[str, str]) -> dict[str, str]:
+    """`polygons/<scene_id>.parquet` for every scene_id -> vectors URI; stale scene files are deleted.
+
+    Returns scene_id -> partition URI.
+    """
+    folder = storage.join(run_uri, "polygons")
+    out = {sid: storage.join(folder, f"{sid}.parquet") for sid in vectors}
+    keep = set(out.values())
+    for uri in storage.list_prefix(folder + "/"):
+        if uri.endswith(".parquet") and uri not in keep:
+            storage.delete(uri)
+    for sid, vec in vectors.items():
+        write_scene_polygons(out[sid], sid, vec)
+    return out

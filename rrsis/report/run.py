@@ -1,0 +1,292 @@
+"""What a finished map run says about itself, read back from its own outputs.
+
+Everything comes from the run folder (`summary.json`, `manifest.parquet`, `failures.parquet`, `_commits/`,
+the scenes' mosaics and an optional `config.yaml`), local or s3://, so a report can be (re)built for any
+run at any time. Pixels are never read: footprints come from each mosaic's header.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import rasterio.warp
+import yaml
+
+from rrsis import storage
+from rrsis.errors import InputError, RrsisError
+from rrsis.geo.raster import open_raster
+from rrsis.storage import s3
+from rrsis.storage.uri import local_path
+
+#: Per-tile busy times the manifest records (seconds, each tile's share of its batch).
+TILE_STAGES = ("read_s", "infer_s", "refine_s", "write_s")
+#: Per-scene product times the summary records (seconds).
+PRODUCT_STAGES = ("mosaic_s", "vectors_s", "quicklook_s")
+#: The per-scene files of the summary's products.
+PRODUCT_FILES = ("mosaic", "vectors", "quicklook", "stats")
+#: Points per footprint edge: enough to follow a projected scene's curved edges in WGS84.
+EDGE_POINTS = 8
+#: Commit records whose times are read for the timeline; above this the timeline is left out (one
+#: request per record on object storage).
+TIMELINE_MAX_COMMITS = 2000
+
+Bbox = tuple[float, float, float, float]  # west, south, east, north (degrees)
+
+
+@dataclass
+class SceneFacts:
+    """One scene of the run: its products (mapped) or its failure (not mapped)."""
+
+    scene_id: str
+    scene_uri: str
+    product: dict[str, Any]  # the summary's per-scene entry; {} when the scene failed
+    ring: list[tuple[float, float]] | None = None  # footprint (lon, lat), closed
+    bbox: Bbox | None = None
+    tiles: dict[str, int] = field(default_factory=dict)  # written | skipped | failed -> count
+    failure: str = ""  # why the scene has no products
+    files: dict[str, str] = field(default_factory=dict)  # mosaic|vectors|quicklook|stats -> path in the run
+
+    @property
+    def mapped(self) -> bool:
+        return bool(self.product)
+
+
+@dataclass
+class RunFacts:
+    run_uri: str
+    summary: dict[str, Any]
+    scenes: list[SceneFacts]
+    failures: list[dict[str, Any]]  # failures.parquet rows
+    models: list[str]  # the manifest's model ids (name@checksum)
+    stage_busy_s: dict[str, float]  # tile stages and product stages, summed over tiles/scenes
+    config: dict[str, Any] | None  # config.yaml of the run, when it has one
+    finished: datetime | None  # when summary.json was written
+    timeline: list[tuple[float, int]]  # (seconds since the run started, tiles committed so far)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.summary.get("run_id") or self.run_uri.rstrip("/").rsplit("/", 1)[-1])
+
+
+def read_json(uri: str) -> dict[str, Any]:
+    try:
+        out = json.loads(storage.get_bytes(uri))
+    except ValueError as exc:
+        raise InputError(f"{uri} is not JSON: {exc}") from exc
+    if not isinstance(out, dict):
+        raise InputError(f"{uri} is not a JSON object")
+    return out
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table | None:
+    """The table at `uri` (only the `columns` it has), or None when there is no such file."""
+    if not storage.exists(uri):
+        return None
+    data = storage.get_bytes(uri)
+    try:
+        names = pq.read_schema(io.BytesIO(data)).names
+        cols = [c for c in columns if c in names] if columns is not None else None
+        return pq.read_table(io.BytesIO(data), columns=cols)
+    except pa.ArrowException as exc:
+        raise InputError(f"{uri} is not a parquet file: {exc}") from exc
+
+
+def modified(uri: str) -> datetime | None:
+    """When an object was last written (file mtime or S3 LastModified), None when unknown."""
+    try:
+        if storage.is_remote(uri):
+            meta = s3.head(uri)
+            return meta["LastModified"] if meta else None
+        return datetime.fromtimestamp(os.path.getmtime(local_path(uri)), tz=UTC)
+    except (OSError, RrsisError):
+        return None
+
+
+def footprint(uri: str) -> tuple[list[tuple[float, float]], Bbox] | None:
+    """The raster's outline in WGS84 and its bounding box, from its header only: a closed ring,
+    counter-clockwise (RFC 7946), edges densified unless the raster is already in lon/lat."""
+    with open_raster(uri) as src:
+        if src.crs is None:
+            return None
+        left, bottom, right, top = src.bounds
+        n = 1 if src.crs.to_epsg() == 4326 else EDGE_POINTS
+        steps = [i / n for i in range(n)]
+        # left edge down, bottom edge right, right edge up, top edge left: counter-clockwise
+        xs = [left] * n + [left + (right - left) * f for f in steps] + [right] * n
+        ys = [top - (top - bottom) * f for f in steps] + [bottom] * n + [bottom + (top - bottom) * f for f in steps]
+        xs += [right - (right - left) * f for f in steps]
+        ys += [top] * n
+        lons, lats = rasterio.warp.transform(src.crs, "EPSG:4326", xs, ys)
+        bbox = rasterio.warp.transform_bounds(src.crs, "EPSG:4326", left, bottom, right, top, densify_pts=21)
+    ring = [(float(x), float(y)) for x, y in zip(lons, lats, strict=True)]
+    return [*ring, ring[0]], (float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3]))
+
+
+def tile_counts(manifest: pa.Table | None) -> dict[str, dict[str, int]]:
+    """scene_id -> {status: tiles}."""
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    if manifest is None or manifest.num_rows == 0 or "status" not in manifest.column_names:
+        return out
+    grouped = manifest.group_by(["scene_id", "status"]).aggregate([("status", "count")])
+    for row in grouped.to_pylist():
+        out[row["scene_id"]][row["status"]] = int(row["status_count"])
+    return out
+
+
+def busy_times(manifest: pa.Table | None, products: list[dict[str, Any]]) -> dict[str, float]:
+    """Busy seconds per stage: tile stages summed over the tiles computed in this run, product stages over
+    scenes. Summed over workers, so they can exceed the wall time."""
+    out: dict[str, float] = {}
+    if manifest is not None and manifest.num_rows:
+        written = (
+            manifest.filter(pc.equal(manifest["status"], "written")) if "status" in manifest.column_names else manifest
+        )
+        for col in TILE_STAGES:
+            if col in written.column_names:
+                out[col[:-2]] = float(pc.sum(written[col]).as_py() or 0.0)
+    for col in PRODUCT_STAGES:
+        values = [float(p[col]) for p in products if isinstance(p.get(col), int | float)]
+        if values:
+            out[col[:-2]] = sum(values)
+    return out
+
+
+def commit_timeline(run_uri: str, started: datetime | None, tiles_of: dict[str, int]) -> list[tuple[float, int]]:
+    """Tiles committed over time, one step per scene commit (per-tile finish times are not recorded).
+
+    A scene committed before this run started (resumed) counts at t = 0.
+    """
+    if started is None:
+        return []
+    uris = [u for u in storage.list_prefix(storage.join(run_uri, "_commits") + "/") if u.endswith(".json")]
+    if not uris or len(uris) > TIMELINE_MAX_COMMITS:
+        return []
+    points = []
+    for uri in uris:
+        when = modified(uri)
+        scene_id = uri.rsplit("/", 1)[-1][: -len(".json")]
+        if when is not None:
+            points.append((max(0.0, (when - started).total_seconds()), tiles_of.get(scene_id, 0)))
+    points.sort()
+    out, total = [], 0
+    for t, n in points:
+        total += n
+        out.append((t, total))
+    return out
+
+
+def scene_id_of(uri: str) -> str:
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def run_files(product: dict[str, Any], output: str) -> dict[str, str]:
+    """The product's files relative to the run folder, as the run wrote them under `output` (the summary's
+    `output`); a file outside the run keeps its full URI. Relative paths make the report and the catalog
+    survive a copied or moved run folder."""
+    out = {}
+    for key in PRODUCT_FILES:
+        uri = str(product.get(key) or "")
+        if uri:
+            out[key] = uri[len(output) + 1 :] if output and uri.startswith(output.rstrip("/") + "/") else uri
+    return out
+
+
+def full_uri(run_uri: str, path: str) -> str:
+    return path if "://" in path or os.path.isabs(path) else storage.join(run_uri, path)
+
+
+def normalize_run_uri(run_uri: str) -> str:
+    """Local runs as absolute paths (pystac resolves relative hrefs against them), remote ones as given."""
+    run_uri = run_uri.rstrip("/")
+    return run_uri if storage.is_remote(run_uri) else os.path.abspath(local_path(run_uri))
+
+
+def load_run(run_uri: str) -> RunFacts:
+    """Read a finished run; a folder without `summary.json` is an InputError naming what is missing."""
+    run_uri = normalize_run_uri(run_uri)
+    summary_uri = storage.join(run_uri, "summary.json")
+    if not storage.exists(summary_uri):
+        raise InputError(
+            f"{run_uri} is not a finished rrsis map run: no summary.json in it (give the run folder, <output>/<run_id>)"
+        )
+    summary = read_json(summary_uri)
+    products = [p for p in summary.get("products", []) if isinstance(p, dict) and p.get("scene_id")]
+    manifest = read_parquet(storage.join(run_uri, "manifest.parquet"), ["scene_id", "status", "model", *TILE_STAGES])
+    fail_table = read_parquet(storage.join(run_uri, "failures.parquet"))
+    failures = fail_table.to_pylist() if fail_table is not None else []
+    counts = tile_counts(manifest)
+    scenes = []
+    output = str(summary.get("output") or "")
+    for p in products:
+        files = run_files(p, output)
+        scene = SceneFacts(
+            str(p["scene_id"]), str(p.get("scene_uri", "")), p, tiles=counts.get(p["scene_id"], {}), files=files
+        )
+        mosaic = full_uri(run_uri, files["mosaic"]) if "mosaic" in files else ""
+        for uri in (mosaic, p.get("scene_uri")):
+            if uri:
+                try:
+                    found = footprint(str(uri))
+                except InputError:
+                    continue
+                if found:
+                    scene.ring, scene.bbox = found
+                    break
+        scenes.append(scene)
+    mapped = {s.scene_id for s in scenes}
+    for f in failures:
+        if f.get("tile_id") or not (f.get("scene_id") or f.get("scene_uri")):
+            continue  # tile failures are counted in their scene's row
+        scene_id = f.get("scene_id") or scene_id_of(str(f["scene_uri"]))
+        if scene_id not in mapped:
+            mapped.add(scene_id)
+            tiles = counts.get(scene_id, {})
+            scenes.append(SceneFacts(scene_id, str(f.get("scene_uri", "")), {}, tiles=tiles, failure=_reason(f)))
+    models: list[str] = []
+    if manifest is not None and "model" in manifest.column_names:
+        models = sorted(str(m) for m in pc.unique(manifest["model"]).to_pylist() if m)
+    config_uri = storage.join(run_uri, "config.yaml")
+    config = yaml.safe_load(storage.get_bytes(config_uri)) if storage.exists(config_uri) else None
+    finished = modified(summary_uri)
+    started = None
+    if finished is not None and isinstance(summary.get("wall_s"), int | float):
+        started = datetime.fromtimestamp(finished.timestamp() - float(summary["wall_s"]), tz=UTC)
+    tiles_of = {s.scene_id: sum(s.tiles.values()) for s in scenes}
+    return RunFacts(
+        run_uri=run_uri,
+        summary=summary,
+        scenes=scenes,
+        failures=failures,
+        models=models,
+        stage_busy_s=busy_times(manifest, products),
+        config=config if isinstance(config, dict) else None,
+        finished=finished,
+        timeline=commit_timeline(run_uri, started, tiles_of),
+    )
+
+
+def _reason(f: dict[str, Any]) -> str:
+    return f"{f.get('stage', '')}: {f.get('reason', '')}".strip(": ")
+
+
+def failure_groups(failures: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """(stage: reason, items) groups, largest first; the scene's URI is taken out of the reason so equal
+    causes group, and tile failures name their tile."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for f in failures:
+        uri = str(f.get("scene_uri") or "")
+        reason = str(f.get("reason") or "")
+        key = f"{f.get('stage') or '?'}: {reason.replace(uri, '<scene>') if uri else reason}"
+        item = str(f.get("scene_id") or uri or "?")
+        groups[key].append(f"{item}/{f['tile_id']}" if f.get("tile_id") else item)
+    return sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))

@@ -82,6 +82,12 @@ def scene_item(facts: RunFacts, scene: SceneFacts, when: datetime, polygons_uri:
     return item
 
 
+def spatial_boxes(overall: list[float], boxes: list[tuple[float, float, float, float]]) -> list[list[float]]:
+    """The union first, then each distinct scene box (the schema wants unique boxes; one scene: the union)."""
+    distinct = sorted({tuple(b) for b in boxes})
+    return [overall, *[list(b) for b in distinct]] if len(distinct) > 1 else [overall]
+
+
 def build_catalog(facts: RunFacts, polygons: dict[str, str]) -> pystac.Catalog:
     """The catalog -> collection -> items tree of a run, hrefs set to their places in the run folder."""
     run = facts.run_uri
@@ -99,7 +105,7 @@ def build_catalog(facts: RunFacts, polygons: dict[str, str]) -> pystac.Catalog:
         id=facts.run_id,
         description=f"rrsis map run {facts.run_id}: {target} masks, polygons and quicklooks of {len(mapped)} scenes",
         extent=pystac.Extent(
-            pystac.SpatialExtent([overall, *[list(b) for b in boxes]]),
+            pystac.SpatialExtent(spatial_boxes(overall, boxes)),
             pystac.TemporalExtent([[when, when]]),
         ),
         license="other",

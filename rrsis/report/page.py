@@ -22,9 +22,12 @@ THUMB_PX = 96
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
-.ok{color:#2a7d2a} .bad{color:#b22} .top{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
-dl.run{display:grid;grid-template-columns:max-content auto;gap:2px 16px;margin:12px 0;max-width:560px}
+.ok{color:#2a7d2a} .bad{color:#b22}
+.top{display:grid;grid-template-columns:minmax(380px,1fr) auto;gap:24px;align-items:start}
+@media (max-width:1000px){.top{display:block}}
+dl.run{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:2px 16px;margin:12px 0}
 dl.run dt{color:#666} dl.run dd{margin:0;overflow-wrap:anywhere}
+dd.inputs div{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 table{border-collapse:collapse}
 th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:left;vertical-align:middle}
 th{background:#f4f4f4;position:sticky;top:0}
@@ -198,7 +201,7 @@ def header(facts: RunFacts) -> str:
     )
     infer = cfg.get("infer") or {}
     inputs = [str(i) for i in cfg.get("input") or []]
-    shown_inputs = ", ".join(escape(i) for i in inputs[:10]) + (
+    shown_inputs = "".join(f'<div title="{escape(i)}">{escape(i)}</div>' for i in inputs[:10]) + (
         f" and {len(inputs) - 10} more" if len(inputs) > 10 else ""
     )
     rows = [
@@ -231,7 +234,7 @@ def header(facts: RunFacts) -> str:
             ),
         ),
     ]
-    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows if v)
+    dl = "".join(f"<dt>{k}</dt><dd{' class=inputs' if k == 'inputs' else ''}>{v}</dd>" for k, v in rows if v)
     config = ""
     if facts.config:
         text = yaml.safe_dump(facts.config, sort_keys=False)
@@ -243,9 +246,9 @@ def header(facts: RunFacts) -> str:
 
 
 def render(facts: RunFacts) -> str:
-    fp = svg.footprint_map(facts.scenes, 640, 320)
+    fp = svg.footprint_map(facts.scenes)
     map_section = (
-        f"{fp}<p class=note style='max-width:640px'>Footprints: scene outlines in WGS84"
+        f"{fp}<p class=note style='max-width:600px'>Footprints: scene outlines in WGS84"
         " (lon/lat, x scaled by cos of the mean latitude), from each "
         "mosaic's bounds; dots mark scenes too small to see at this scale; red = not mapped. Click a scene to "
         "jump to its row.</p>"

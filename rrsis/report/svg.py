@@ -17,11 +17,11 @@ LEFT, RIGHT, TOP, BOTTOM = 90, 20, 28, 42  # plot margins, px
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
-def nice_ticks(vmax: float, count: int = 5) -> list[float]:
-    """0 .. >= vmax in 1/2/5 x 10^k steps."""
+def nice_ticks(vmax: float, count: int = 5, integer: bool = False) -> list[float]:
+    """0 .. >= vmax in 1/2/5 x 10^k steps (steps of at least 1 for counts)."""
     if vmax <= 0 or not math.isfinite(vmax):
         return [0.0, 1.0]
-    raw = vmax / count
+    raw = max(vmax / count, 1.0) if integer else vmax / count
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
     n = math.ceil(vmax / step - 1e-9)
@@ -97,7 +97,8 @@ def step_chart(points: Sequence[tuple[float, int]], title: str, xlabel: str, yla
     """A cumulative count over time as a step line starting at (0, 0)."""
     if not points:
         return ""
-    xt, yt = nice_ticks(max(p[0] for p in points) or 1.0), nice_ticks(max(p[1] for p in points) or 1)
+    xt = nice_ticks(max(p[0] for p in points) or 1.0)
+    yt = nice_ticks(max(p[1] for p in points) or 1, integer=True)
     plot_w, plot_h = W - LEFT - RIGHT, H - TOP - BOTTOM
     sx, sy = plot_w / xt[-1], plot_h / yt[-1]
     y0 = TOP + plot_h
@@ -118,7 +119,7 @@ def histogram(values: Sequence[float], bins: int, vmax: float, title: str, xlabe
     counts = [0] * bins
     for v in values:
         counts[min(bins - 1, max(0, int(v / vmax * bins)))] += 1
-    yt = nice_ticks(max(counts))
+    yt = nice_ticks(max(counts), integer=True)
     plot_w, plot_h = W - LEFT - RIGHT, H - TOP - BOTTOM
     sy, bw = plot_h / yt[-1], plot_w / bins
     y0 = TOP + plot_h
@@ -133,7 +134,7 @@ def histogram(values: Sequence[float], bins: int, vmax: float, title: str, xlabe
     return _frame(title, body, xlabel, ylabel)
 
 
-def footprint_map(scenes: Sequence[SceneFacts], width: int = 720, height: int = 360) -> str:
+def footprint_map(scenes: Sequence[SceneFacts], width: int = 600, height: int = 320) -> str:
     """Every scene's footprint on one equirectangular map (lon/lat graticule, x scaled by cos(mid lat)).
 
     A footprint smaller than a few pixels also gets a dot, so a scene never disappears at world scale.
@@ -150,7 +151,8 @@ def footprint_map(scenes: Sequence[SceneFacts], width: int = 720, height: int = 
     kx = math.cos(math.radians((south + north) / 2))
     span_x, span_y = (east - west) * kx, north - south
     scale = min((width - 60) / span_x, (height - 40) / span_y)
-    ox, oy = 45 + ((width - 60) - span_x * scale) / 2, 10 + ((height - 40) - span_y * scale) / 2
+    height = math.ceil(span_y * scale + 40)  # no empty bands above and below a wide map
+    ox, oy = 45 + ((width - 60) - span_x * scale) / 2, 10.0
 
     def xy(lon: float, lat: float) -> tuple[float, float]:
         return ox + (lon - west) * kx * scale, oy + (north - lat) * scale

@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install browser clean
 
 $(STAMP): $(DEPS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,11 +29,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rrsis map --config configs/map/waterland.yaml
 
+# Debian's chromium for the report tests (tests/test_report.py opens report.html in it headless); they skip,
+# saying why, where it cannot be installed (not root, no apt).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium not installed: the report's browser tests will skip"
+
 lint: $(STAMP)
 	$(BIN)/ruff check rrsis jobs tests bench
 	$(BIN)/mypy rrsis
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
 clean:

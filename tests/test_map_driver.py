@@ -1,0 +1,259 @@
+"""The one map driver: the same failure rows under every task, per-scene commits that a rerun skips without
+reading their tiles, one driver per run folder (the lease), and run ids that ignore resource settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from rrsis import storage
+from rrsis.config.load import load_config
+from rrsis.config.map import MapConfig
+from rrsis.errors import RrsisError
+from rrsis.pipeline.commit import committed_scenes, manifest_dataset
+from rrsis.pipeline.inputs import resolve_inputs
+from rrsis.pipeline.lease import LEASE, LeaseHeld, RunLease
+from rrsis.pipeline.manifest import read_table
+from rrsis.pipeline.run import run_map
+from rrsis.pipeline.task_waterland import run_id_for
+from tests.danet_tiny import save_tiny_danet
+from tests.pipeline_data import map_config, tiny_checkpoint, write_scene
+from tests.test_map_referring import grounding_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+TILING = ["tiling.tile_px=32", "tiling.overlap_px=8", "infer.batch_size=4"]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _outputs(run_dir: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every product and tile (sidecars and run tables hold timings/attempts)."""
+    return {
+        str(p.relative_to(run_dir)): _sha(p)
+        for p in sorted(run_dir.rglob("*"))
+        if (p.is_file() and p.suffix in (".tif", ".geojson", ".png")) or p.name == "stats.json"
+    }
+
+
+def _rgb_scene(path: Path, size: int = 64) -> str:
+    rng = np.random.default_rng(7)
+    data = rng.integers(0, 255, (3, size, size), dtype=np.uint8)
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
+               "crs": "EPSG:32630", "transform": from_origin(500000.0, 4200000.0, 10.0, 10.0)}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return str(path)
+
+
+def _bad_scenes(root: Path) -> list[str]:
+    """Three scenes no task can map: missing, not a GeoTIFF, and without a CRS."""
+    corrupt = root / "corrupt.tif"
+    corrupt.write_bytes(b"this is not a GeoTIFF" * 50)
+    nocrs = write_scene(root / "nocrs.tif", 30, 30, bands=3, crs=None)
+    return [str(root / "gone" / "missing.tif"), str(corrupt), nocrs]
+
+
+def _failure_rows(run_dir: Path) -> set[tuple[str, str, str, str]]:
+    rows = read_table(str(run_dir / "failures.parquet")).to_pylist()
+    return {(r["scene_id"], r["scene_uri"], r["stage"], r["reason"]) for r in rows if not r["tile_id"]}
+
+
+@pytest.mark.slow
+def test_every_task_gives_the_same_failure_rows_for_the_same_bad_scenes(tmp_path: Path, ray_session: None) -> None:
+    """waterland, boxes, referring (PSLG-SAM) and referring (DANet): each bad scene is one failure row with
+    the same stage and reason, and each task's good scene is still mapped (exit 1: something failed)."""
+    bad = _bad_scenes(tmp_path)
+    rgb = _rgb_scene(tmp_path / "rgb.tif")
+    sar = write_scene(tmp_path / "sar.tif", 40, 40, seed=1)
+    (tmp_path / "boxes.csv").write_text("id,x1,y1,x2,y2\nb1,10,10,40,40\n")
+    danet = str(tmp_path / "danet.pt")
+    save_tiny_danet(danet)
+    common = ["infer.device=cpu", "infer.torch_threads=1", "outputs.quicklook=false"]
+    tasks = {
+        "waterland": (sar, ["task=waterland", f"infer.checkpoint={tiny_checkpoint(tmp_path / 'wl.pt')}", *TILING]),
+        "boxes": (rgb, ["task=boxes", f"boxes.path={tmp_path / 'boxes.csv'}", "boxes.sam.model_type=tiny",
+                        "tiling.tile_px=64", "tiling.overlap_px=0"]),
+        "referring": (rgb, ["task=referring", f"referring.checkpoint={grounding_checkpoint(tmp_path / 'g.pt')}",
+                            "query=the field", "referring.min_score=0.0", "boxes.sam.model_type=tiny",
+                            "tiling.tile_px=64", "tiling.overlap_px=0"]),
+        "danet": (rgb, ["task=referring", "method=danet", f"referring.danet={danet}", "query=the field",
+                        "tiling.tile_px=64", "tiling.overlap_px=16"]),
+    }  # fmt: skip
+    seen = {}
+    for name, (good, extra) in tasks.items():
+        output = tmp_path / f"out_{name}"
+        cfg = map_config(f"input=[{good},{','.join(bad)}]", f"output={output}", *common, *extra)
+        assert run_map(cfg) == 1, name
+        (run_dir,) = [p for p in output.iterdir() if p.is_dir()]
+        rows = _failure_rows(run_dir)
+        assert not [r for r in rows if r[0] in ("rgb", "sar")], (name, rows)  # the good scene was mapped
+        seen[name] = rows
+    expected = seen["waterland"]
+    assert {r[2] for r in expected} <= {"input", "plan"} and len(expected) == 3
+    reasons = " | ".join(r[3] for r in expected)
+    assert "missing.tif" in reasons and "corrupt.tif" in reasons and "no CRS" in reasons
+    for name, rows in seen.items():
+        assert rows == expected, name
+
+
+def _many_scenes(root: Path, count: int, size: int) -> list[str]:
+    root.mkdir(parents=True, exist_ok=True)
+    return [write_scene(root / f"s{k}.tif", size, size, seed=k) for k in range(count)]
+
+
+def _cli(*overrides: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "rrsis.cli", "map", *overrides]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _ray_env() -> dict[str, str]:
+    import ray
+
+    return dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, PYTHONPATH=str(REPO))
+
+
+@pytest.mark.slow
+def test_driver_killed_after_commits_rerun_reads_no_tile_of_committed_scenes(tmp_path: Path, ray_session: None) -> None:
+    scenes = _many_scenes(tmp_path / "scenes", 6, 120)
+    ckpt = tiny_checkpoint(tmp_path / "model.pt")
+    args = [f"input=[{','.join(scenes)}]", f"infer.checkpoint={ckpt}", *TILING]
+    assert run_map(map_config(*args, f"output={tmp_path / 'clean'}")) == 0
+    (clean,) = (tmp_path / "clean").iterdir()
+
+    output = tmp_path / "killed"
+    proc = _cli(*args, f"output={output}", env=_ray_env())
+    deadline = time.monotonic() + 240
+    commits: list[Path] = []
+    while proc.poll() is None and time.monotonic() < deadline:
+        commits = list(output.glob("*/_commits/*.json"))
+        if commits:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the driver finished before a kill between two commits"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run,) = output.iterdir()
+    committed = sorted(committed_scenes(str(run)))
+    assert 0 < len(committed) < 6
+    settled = -1
+    while settled != len(list(run.rglob("tiles/*.tif.json"))):  # in-flight tasks of the dead driver may land
+        settled = len(list(run.rglob("tiles/*.tif.json")))
+        time.sleep(2)
+    # A rerun that read any tile of a committed scene would find none: they are moved away meanwhile.
+    for scene_id in committed:
+        (run / scene_id / "tiles").rename(run / scene_id / "tiles.away")
+    in_flight_tiles = len([p for p in run.rglob("tiles/*.tif.json")])
+    assert run_map(map_config(*args, f"output={output}")) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["scenes_resumed"] == len(committed)
+    assert summary["tiles_verified"] <= in_flight_tiles  # the only tile reads: in-flight scenes' sidecars
+    for scene_id in committed:
+        assert not (run / scene_id / "tiles").exists()  # neither read nor recomputed
+        (run / scene_id / "tiles.away").rename(run / scene_id / "tiles")
+    assert _outputs(run) == _outputs(clean)
+    manifest = manifest_dataset(str(run)).to_table()
+    keys = manifest.column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == len(list(clean.rglob("tiles/*.tif")))
+    assert read_table(str(run / "manifest.parquet")).num_rows == len(keys)
+    assert summary["tiles"] == len(keys) and summary["scenes_ok"] == 6
+
+    # verify=full re-checks every tile, committed scenes included: nothing to recompute, everything verified
+    assert run_map(map_config(*args, f"output={output}", "verify=full")) == 0
+    full = json.loads((run / "summary.json").read_text())
+    assert (full["scenes_resumed"], full["tiles_verified"], full["tiles_computed"]) == (0, len(keys), 0)
+    assert _outputs(run) == _outputs(clean)
+
+
+@pytest.mark.slow
+def test_a_second_driver_on_a_run_in_progress_exits_2_with_one_line(tmp_path: Path, ray_session: None) -> None:
+    scenes = _many_scenes(tmp_path / "scenes", 8, 256)
+    ckpt = tiny_checkpoint(tmp_path / "model.pt")
+    args = [f"input=[{','.join(scenes)}]", f"infer.checkpoint={ckpt}", f"output={tmp_path / 'out'}", *TILING]
+    first = _cli(*args, env=_ray_env())
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "out").glob(f"*/{LEASE}")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(
+        [sys.executable, "-m", "rrsis.cli", "map", *args], cwd=REPO, env=_ray_env(), capture_output=True, text=True
+    )
+    running = first.poll() is None
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert running, "the first driver ended before the second one started"
+    assert second.returncode == 2, second.stderr[-2000:]
+    lines = [line for line in (second.stdout + second.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "is in progress: held by host" in lines[0] and f"pid {first.pid}" in lines[0] and "since" in lines[0]
+
+
+def test_lease_refuses_a_live_holder_and_takes_over_a_stale_or_dead_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = str(tmp_path / "run")
+    clock = [1000.0]
+    with RunLease(run, stale_s=60, now=lambda: clock[0]) as held:
+        with pytest.raises(LeaseHeld, match=r"in progress: held by host .* pid \d+ since .*lease_stale_s"):
+            RunLease(run, stale_s=60, now=lambda: clock[0]).acquire()
+        clock[0] += 61  # the holder stopped refreshing: stale
+        taker = RunLease(run, stale_s=60, now=lambda: clock[0])
+        taker.acquire()
+        assert "took over the lease" in caplog.text
+        assert not held.refresh() and "took over" in held.lost  # the old holder learns it lost the run
+        with pytest.raises(RrsisError, match="another driver took over"):
+            held.check()
+    assert json.loads(storage.get_bytes(f"{run}/{LEASE}"))["token"] == taker.token  # the loser released nothing
+    # a holder on this machine whose process is gone is stale at once
+    dead = {"host": os.uname().nodename, "pid": 2**22 + 7, "since": 0, "refreshed": clock[0], "token": "x"}
+    storage.put_bytes(f"{run}/{LEASE}", json.dumps(dead).encode())
+    with RunLease(run, stale_s=60, now=lambda: clock[0]):
+        pass
+    assert not (tmp_path / "run" / LEASE).exists()  # released on exit
+
+
+def test_lease_on_s3_is_a_conditional_write(s3_bucket: str) -> None:
+    run = f"s3://{s3_bucket}/runs/r1"
+    with RunLease(run, stale_s=60) as lease:
+        assert lease.refresh()
+        with pytest.raises(LeaseHeld, match="in progress"):
+            RunLease(run, stale_s=60).acquire()
+    assert not storage.exists(f"{run}/{LEASE}")
+
+
+def test_run_id_ignores_resource_settings(tmp_path: Path) -> None:
+    scene = write_scene(tmp_path / "a.tif", 20, 20)
+    scenes, _ = resolve_inputs([scene])
+    base = map_config(f"input=[{scene}]")
+    resources = map_config(
+        f"input=[{scene}]", "refine.num_cpus=0.5", "refine.pool_size=3", "infer.num_cpus=2", "infer.pool_size=2",
+        "infer.batch_size=8", "read_num_cpus=0.25", "write_num_cpus=0.25", "products_num_cpus=0.5",
+        "infer.device=cpu", "infer.torch_threads=3", "ray.num_cpus=8",
+    )  # fmt: skip
+    assert run_id_for(resources, scenes, "m") == run_id_for(base, scenes, "m")
+    for decisive in ("infer.threshold=0.4", "refine.open_px=2", "tiling.tile_px=256", "outputs.probability=true"):
+        assert run_id_for(map_config(f"input=[{scene}]", decisive), scenes, "m") != run_id_for(base, scenes, "m")
+    loaded = load_config(MapConfig, REPO / "configs" / "map" / "waterland.yaml", ["infer.batch_invariant=false"])
+    other = load_config(MapConfig, REPO / "configs" / "map" / "waterland.yaml", ["infer.batch_invariant=false",
+                                                                                "infer.batch_size=7"])  # fmt: skip
+    assert run_id_for(loaded, scenes, "m") != run_id_for(other, scenes, "m")  # batches change the bits then
+
+
+def test_an_unreadable_lease_is_reported_not_taken(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LEASE).write_text("{not json")
+    with pytest.raises(LeaseHeld, match="unreadable"):
+        RunLease(str(run)).acquire()
+    assert (run / LEASE).read_text() == "{not json"

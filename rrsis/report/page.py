@@ -33,7 +33,7 @@ th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:left;vertical-alig
 th{background:#f4f4f4;position:sticky;top:0}
 th.sort{cursor:pointer;user-select:none} th.sort:after{content:" \\2195";color:#aaa}
 td.num{text-align:right;font-variant-numeric:tabular-nums} tr.failed td{background:#fdf0f0}
-td .note{display:inline-block;max-width:320px;overflow-wrap:anywhere}
+td.scene{min-width:240px;max-width:320px;overflow-wrap:anywhere}
 img.thumb{display:block;background:#eee}
 .figs{display:flex;flex-wrap:wrap;gap:16px} .chart .title{font-size:13px}
 .chart text,.map text{font-size:11px;fill:#333}
@@ -84,14 +84,19 @@ def scene_row(s: SceneFacts) -> str:
         )
     name = f'<b>{escape(s.scene_id)}</b><br><span class="note">{escape(s.scene_uri)}</span>'
     if s.failure:
-        name += f'<br><span class="bad">not mapped: {escape(s.failure)}</span>'
+        reason = s.failure.replace(s.scene_uri, "<scene>") if s.scene_uri else s.failure
+        name += f'<br><span class="bad">not mapped: {escape(reason)}</span>'
     if s.bbox:
         w_, s_, e_, n_ = s.bbox
         where = f"{(s_ + n_) / 2:.4f}, {(w_ + e_) / 2:.4f}"
         footprint = f'<span title="W {w_:.5f} S {s_:.5f} E {e_:.5f} N {n_:.5f}">{where}</span>'
     else:
         footprint = "-"
-    cells = [td(thumb), td(name, s.scene_id), td(footprint, s.bbox[1] if s.bbox else None)]
+    cells = [
+        td(thumb),
+        f'<td class=scene data-v="{escape(s.scene_id)}">{name}</td>',
+        td(footprint, s.bbox[1] if s.bbox else None),
+    ]
     if s.mapped:
         area, frac = float(p.get("water_km2", 0.0)), 100 * float(p.get("water_fraction", 0.0))
         valid, nodata = float(p.get("valid_km2", 0.0)), 100 * float(p.get("nodata_fraction", 0.0))

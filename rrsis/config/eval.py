@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rrsis.config.fields import bounded, choice
+from rrsis.config.fields import device as device_field
 from rrsis.config.train import DataConfig
 from rrsis.models.sam.config import SamConfig
 
@@ -17,7 +18,7 @@ class EvalConfig:
     output: str = "outputs/eval"
     panels: int = bounded(4, 0, 100)
     baseline: bool = True  # water-land: print the Otsu-threshold baseline beside the model
-    device: str = choice("auto", "auto", "cpu", "cuda")
+    device: str = device_field()
     # referring models (grounding, pslg_sam): expressions per forward pass, and a cap for quick looks (0 = all)
     batch_size: int = bounded(8, 1, 4096)
     limit: int = bounded(0, 0)

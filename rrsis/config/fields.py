@@ -5,10 +5,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+#: What a `device` key accepts; a closed list so validation names it (`rrsis.devices` reads any cuda:N)
+DEVICES = ("auto", "cpu", "cuda", *(f"cuda:{i}" for i in range(8)))
+
 
 def choice(default: Any, *allowed: Any) -> Any:
     """A field whose value must be one of `allowed`."""
     return dataclasses.field(default=default, metadata={"choices": tuple(allowed)})
+
+
+def device(default: str = "auto") -> Any:
+    """A `device` field: auto|cpu|cuda|cuda:N (`rrsis.devices.resolve_device` turns it into a torch device)."""
+    return choice(default, *DEVICES)
 
 
 def bounded(

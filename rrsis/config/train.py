@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from rrsis.config.common import RayConfig, StorageConfig
 from rrsis.config.fields import bounded, choice
+from rrsis.config.fields import device as device_field
 from rrsis.models.config import ModelConfig
 
 
@@ -92,7 +93,7 @@ class TrainConfig:
     output: str = "runs"
     run_name: str = "train"
     seed: int = 0
-    device: str = choice("auto", "auto", "cpu", "cuda")
+    device: str = device_field()
     train: RayTrainConfig = field(default_factory=RayTrainConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)

@@ -24,6 +24,7 @@ from rrsis import storage
 from rrsis.checkpoints import Checkpoint, build_from_checkpoint, model_config_from_dict
 from rrsis.config.eval import EvalConfig
 from rrsis.data.referring import ReferringSample, load_image, load_mask, load_referring_split
+from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError
 from rrsis.log import get_logger
 from rrsis.metrics.referring import ReferringMeter, SampleScore
@@ -189,7 +190,7 @@ def build_referring_model(cfg: EvalConfig, ckpt: Checkpoint) -> nn.Module:
 
 
 def run_referring_eval(cfg: EvalConfig, ckpt: Checkpoint) -> int:
-    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     model = build_referring_model(cfg, ckpt).to(device)
     samples = load_referring_split(cfg.data, cfg.split)
     if cfg.limit:

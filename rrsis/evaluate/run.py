@@ -6,11 +6,13 @@ import importlib
 
 from rrsis.checkpoints import load_checkpoint
 from rrsis.config.eval import EvalConfig
+from rrsis.devices import resolve_device
 
 REFERRING_EVAL = "rrsis.evaluate.referring:run_referring_eval"
 
 
 def run_eval(cfg: EvalConfig) -> int:
+    resolve_device(cfg.device)  # fails before the checkpoint and data are read
     ckpt = load_checkpoint(cfg.checkpoint)
     if ckpt.model_name == "waterland":
         from rrsis.evaluate.waterland import run_waterland_eval

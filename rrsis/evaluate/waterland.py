@@ -25,11 +25,11 @@ from rrsis.config.eval import EvalConfig
 from rrsis.data.dataset import WaterLandDataset, build_splits
 from rrsis.data.normalize import NormStats, otsu_thresholds, sample_pixels
 from rrsis.data.otsu import gate_band, gate_water, otsu_water
+from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError
 from rrsis.evaluate.panels import write_panel
 from rrsis.log import get_logger
 from rrsis.metrics.segmentation import ConfusionMeter
-from rrsis.train.run import resolve_device
 
 log = get_logger(__name__)
 BASELINE_BANDS = ("VV", "VH")
@@ -169,6 +169,7 @@ def print_report(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
 
 
 def run_waterland_eval(cfg: EvalConfig, ckpt: Checkpoint) -> int:
+    device = resolve_device(cfg.device)
     data = cfg.data
     if list(data.bands) and [b.upper() for b in data.bands] != [b.upper() for b in ckpt.bands]:
         raise ConfigError(f"data.bands={list(data.bands)} but the checkpoint was trained on {ckpt.bands}")
@@ -179,7 +180,6 @@ def run_waterland_eval(cfg: EvalConfig, ckpt: Checkpoint) -> int:
     dataset = WaterLandDataset(refs, stats, train=False, crop_px=data.eval_tile_px)
     gate = "" if data.gate == "none" else (data.gate or ckpt.gate)
     gate_index = gate_band(gate, ckpt.bands)
-    device = resolve_device(cfg.device)
     model = build_from_checkpoint(ckpt).to(device)
     log.info(
         "evaluating %s on %d %s chips: %s", cfg.checkpoint, len(refs), cfg.split, ", ".join(r.sample_id for r in refs)

@@ -29,6 +29,7 @@ from rrsis.checkpoints import Checkpoint, checkpoint_from_model, save_checkpoint
 from rrsis.config.load import to_dict, to_yaml
 from rrsis.config.train import OptimConfig, TrainConfig
 from rrsis.data.referring import ReferringSample, load_image, load_referring_split
+from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError, InputError
 from rrsis.log import get_logger
 from rrsis.metrics.referring import ReferringMeter
@@ -161,7 +162,7 @@ def run_grounding_train(cfg: TrainConfig) -> int:
     if cfg.model.name != "grounding":
         raise ConfigError(f"model.name={cfg.model.name!r}: this trainer runs the grounding model")
     torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     train_set = BoxSamples(load_referring_split(cfg.data, "train"))
     if not len(train_set):
         raise ConfigError(f"data.root={cfg.data.root!r} has no training sample")

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from rrsis import storage
 from rrsis.config.load import to_dict, to_yaml
 from rrsis.config.train import TrainConfig
+from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError, InputError
 from rrsis.log import get_logger
 
@@ -269,8 +270,6 @@ def _sam_decoder(cfg: TrainConfig, device: torch.device) -> Recipe:
 
 def run_plain(cfg: TrainConfig) -> int:
     """The plain loop over a recipe (no Ray): run folder with config.yaml, metrics.jsonl, best and last model."""
-    from rrsis.train.run import resolve_device
-
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     recipe = build_recipe(cfg, device)

@@ -23,6 +23,7 @@ from rrsis.config.train import TrainConfig
 from rrsis.data.dataset import SplitRefs, WaterLandDataset, batchable, build_splits
 from rrsis.data.normalize import NormStats, compute_stats, input_channels
 from rrsis.data.otsu import gate_band
+from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError
 from rrsis.log import get_logger
 from rrsis.losses import build_loss, heads_for_loss
@@ -31,14 +32,6 @@ from rrsis.train.loop import evaluate, train_one_epoch
 from rrsis.train.optim import build_optimizer, build_scheduler
 
 log = get_logger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or auto")
-    return torch.device(name)
 
 
 @dataclass
@@ -104,6 +97,7 @@ def make_checkpoint(
 
 
 def run_train(cfg: TrainConfig) -> int:
+    resolve_device(cfg.device)  # a CUDA device asked where there is none fails here, before any data is read
     if cfg.train.enabled:  # every family: its recipe inside a Ray Train TorchTrainer
         from rrsis.train.ray_train import fit
 

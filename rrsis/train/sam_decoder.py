@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError, InputError
 from rrsis.models.sam.build import build_sam
 from rrsis.models.sam.checkpoint import save_decoder_checkpoint
@@ -168,13 +169,14 @@ def fit_sam_decoder(
     settings: DecoderTrainSettings,
     out_dir: str | Path | None = None,
     checkpoint_path: str | None = None,
+    device: torch.device | str = "cpu",
 ) -> FitResult:
     """Fine-tune the decoder of SAM `sam_cfg` (mode forced to finetune) and save `decoder.pt` in out_dir."""
     if not samples:
         raise InputError("SAM decoder fine-tuning got no samples (every mask empty or below min_area_px?)")
     torch.manual_seed(settings.seed)
     cfg = dataclasses.replace(sam_cfg, mode="finetune")
-    sam = build_sam(cfg, checkpoint_path)
+    sam = build_sam(cfg, checkpoint_path).to(device)
     predictor = SamTilePredictor(sam, mask_threshold=cfg.mask_threshold)
     params = [p for p in sam.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -268,7 +270,14 @@ def run_sam_decoder(cfg: Any) -> int:
             local_ckpt = str(Path(tmp) / "sam.pth")
             storage.get_file(cfg.model.sam.checkpoint, local_ckpt)  # fetched by the caller, as SAM never downloads
         out_dir = Path(cfg.output) / cfg.run_name
-        result = fit_sam_decoder(cfg.model.sam, samples, settings, out_dir=out_dir, checkpoint_path=local_ckpt)
+        result = fit_sam_decoder(
+            cfg.model.sam,
+            samples,
+            settings,
+            out_dir=out_dir,
+            checkpoint_path=local_ckpt,
+            device=resolve_device(cfg.device),
+        )
     print(
         f"sam_decoder: {len(samples)} samples, {settings.epochs} epochs, loss {result.history[0]:.4f} -> "
         f"{result.history[-1]:.4f}; decoder checkpoint {result.checkpoint}",

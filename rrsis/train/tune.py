@@ -34,11 +34,11 @@ from rrsis import storage
 from rrsis.config.load import to_yaml, validate
 from rrsis.config.train import TrainConfig
 from rrsis.config.tune import TuneConfig
+from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError
 from rrsis.log import get_logger
 from rrsis.train.ray_train import connect_ray, for_workers, storage_target
 from rrsis.train.recipes import build_recipe
-from rrsis.train.run import resolve_device
 
 log = get_logger(__name__)
 
@@ -210,6 +210,7 @@ def _best_result(results: Any, table: Any) -> Any:
 
 
 def run_tune(cfg: TuneConfig) -> int:
+    resolve_device(cfg.base.device, key="base.device")
     connect_ray(cfg.ray.address, cfg.ray.num_cpus)
     space_keys = list(load_space(cfg.space))
     results = build_tuner(cfg).fit()

@@ -25,6 +25,7 @@ from rasterio.windows import Window
 from rrsis import storage
 from rrsis.errors import InputError
 from rrsis.geo.tiling import PixelWindow
+from rrsis.geo.vrt import BandSource, build_stack_vrt, is_vrt_xml, vrt_label, vrt_sources
 
 # GDAL options for remote opens: no directory LIST and no sidecar probing on open (one GET per open instead
 # of a LIST/HEAD storm; a remote scene must carry its mask internally, e.g. a COG, not in a .msk sidecar),
@@ -55,6 +56,8 @@ class RasterInfo:
 
 def gdal_path(uri: str) -> str:
     """The GDAL path for a URI: s3://b/k -> /vsis3/b/k, http(s):// -> /vsicurl/..., file:// -> path."""
+    if is_vrt_xml(uri):
+        return uri
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         return f"/vsis3/{parsed.netloc}{parsed.path}"
@@ -68,15 +71,50 @@ def gdal_path(uri: str) -> str:
 
 
 def gdal_options(uri: str) -> dict[str, Any]:
-    """GDAL config options for a URI; an S3-compatible endpoint comes from AWS_ENDPOINT_URL."""
-    options: dict[str, Any] = dict(_REMOTE_GDAL_OPTIONS) if urlparse(uri).scheme not in ("", "file") else {}
+    """GDAL config options for a URI; an S3-compatible endpoint comes from AWS_ENDPOINT_URL.
+
+    A VRT given as XML text (a stack of per-band rasters) gets the options of every source it reads.
+    """
+    if is_vrt_xml(uri):
+        options: dict[str, Any] = {}
+        for path in vrt_sources(uri):
+            options.update(_path_options(path))
+        return options
+    return _scheme_options(urlparse(uri).scheme)
+
+
+def _path_options(path: str) -> dict[str, Any]:
+    """Options for a GDAL path inside a VRT (/vsis3/..., /vsicurl/..., /vsigs/..., or a local path)."""
+    for prefix, scheme in (("/vsis3/", "s3"), ("/vsicurl/", "https"), ("/vsigs/", "gs")):
+        if path.startswith(prefix):
+            return _scheme_options(scheme)
+    return {}
+
+
+def _scheme_options(scheme: str) -> dict[str, Any]:
+    options: dict[str, Any] = dict(_REMOTE_GDAL_OPTIONS) if scheme not in ("", "file") else {}
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
-    if urlparse(uri).scheme == "s3" and endpoint:
+    if scheme == "s3" and endpoint:
         parsed = urlparse(endpoint)
         options["AWS_S3_ENDPOINT"] = parsed.netloc or parsed.path
         options["AWS_HTTPS"] = "YES" if parsed.scheme == "https" else "NO"
         options["AWS_VIRTUAL_HOSTING"] = "FALSE"
     return options
+
+
+def scene_label(uri: str) -> str:
+    """How messages name a scene: its URI, or a short name for a VRT given as XML text."""
+    return vrt_label(uri) if is_vrt_xml(uri) else uri
+
+
+def stack_bands(sources: Sequence[BandSource], label: str) -> str:
+    """A VRT (XML text, usable as a scene URI) stacking single-band rasters; see `rrsis.geo.vrt`."""
+    paths = [gdal_path(s.uri) for s in sources]
+    options: dict[str, Any] = {}
+    for source in sources:
+        options.update(gdal_options(source.uri))
+    with rasterio.Env(**options):
+        return build_stack_vrt(sources, label, paths)
 
 
 def raster_env(uri: str) -> contextlib.AbstractContextManager[Any]:
@@ -91,7 +129,7 @@ def open_raster(uri: str) -> Iterator[Any]:
         try:
             src = rasterio.open(gdal_path(uri))
         except (rasterio.errors.RasterioError, OSError) as exc:
-            raise InputError(f"cannot open raster {uri}: {_first_line(exc)}") from exc
+            raise InputError(f"cannot open raster {scene_label(uri)}: {_first_line(exc)}") from exc
         with src:
             yield src
 
@@ -114,7 +152,7 @@ def read_info(uri: str) -> RasterInfo:
         try:
             src.read(1, window=Window(src.width - 1, src.height - 1, 1, 1))
         except (rasterio.errors.RasterioError, OSError) as exc:
-            raise InputError(f"raster {uri} is corrupt or truncated: {_first_line(exc)}") from exc
+            raise InputError(f"raster {scene_label(uri)} is corrupt or truncated: {_first_line(exc)}") from exc
         names = tuple(desc or "" for desc in src.descriptions)
         return RasterInfo(
             uri=uri,
@@ -144,7 +182,9 @@ def resolve_bands(info: RasterInfo, bands: Sequence[str | int]) -> list[int]:
             out.append(int(key))
         else:
             named = ", ".join(n for n in info.band_names if n) or "none"
-            raise InputError(f"band {band!r} not in {info.uri}: it has bands 1..{info.count} (names: {named})")
+            raise InputError(
+                f"band {band!r} not in {scene_label(info.uri)}: it has bands 1..{info.count} (names: {named})"
+            )
     return out
 
 
@@ -186,7 +226,9 @@ def read_window(
         data = src.read(band_list, window=rio_window)
         inner_valid = _valid_mask(src, data, band_list, rio_window)
     except (rasterio.errors.RasterioError, OSError) as exc:
-        raise InputError(f"cannot read window {inside.to_tuple()} of {src.name}: {_first_line(exc)}") from exc
+        raise InputError(
+            f"cannot read window {inside.to_tuple()} of {scene_label(src.name)}: {_first_line(exc)}"
+        ) from exc
     if data.dtype.kind == "f":
         data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
     rows, cols = inside.relative_to(window).slices()

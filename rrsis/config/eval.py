@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rrsis.config.common import StorageConfig
 from rrsis.config.fields import bounded, choice
 from rrsis.config.fields import device as device_field
 from rrsis.config.train import DataConfig
@@ -25,3 +26,4 @@ class EvalConfig:
     # a grounding checkpoint + this SAM section = PSLG-SAM (weak: frozen decoder; finetune: sam.decoder_checkpoint)
     with_sam: bool = False
     sam: SamConfig = field(default_factory=SamConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)

@@ -33,13 +33,18 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
+import pyarrow.fs
 import torch
 from torch.utils.data import DataLoader
 
 from rrsis import storage
+from rrsis.config.common import StorageConfig
 from rrsis.config.load import to_yaml
 from rrsis.config.train import TrainConfig
 from rrsis.log import get_logger
+from rrsis.session import configure_storage, connect_ray
+from rrsis.storage import s3
+from rrsis.storage.uri import local_path
 from rrsis.train.recipes import build_recipe, model_file, score_attribute
 
 log = get_logger(__name__)
@@ -52,23 +57,29 @@ def run_dir(cfg: TrainConfig) -> str:
     return storage.join(cfg.output, cfg.run_name)
 
 
-def storage_target(uri: str) -> tuple[str, Any]:
-    """(storage_path, pyarrow filesystem or None) for Ray: s3:// honours AWS_ENDPOINT_URL explicitly."""
+def storage_target(uri: str, settings: StorageConfig | None = None) -> tuple[str, Any]:
+    """(storage_path, pyarrow filesystem or None) for Ray: s3:// goes to the job's endpoint (`storage:`,
+    else AWS_ENDPOINT_URL) and region, the same ones `rrsis.storage` uses."""
     if storage.is_remote(uri):
-        import pyarrow.fs
-
         parsed = urlparse(uri)
-        endpoint = urlparse(os.environ.get("AWS_ENDPOINT_URL", ""))
+        endpoint = urlparse((settings.endpoint_url if settings else "") or s3.endpoint_url())
         kwargs: dict[str, Any] = {}
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        region = (
+            (settings.region if settings else "")
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+        )
         if region:
             kwargs["region"] = region
         if endpoint.netloc:
             kwargs.update(endpoint_override=endpoint.netloc, scheme=endpoint.scheme or "https")
         return f"{parsed.netloc}{parsed.path}".rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
-    from rrsis.storage.uri import local_path
-
     return os.path.abspath(local_path(uri)), None
+
+
+def checkpoint_uri(checkpoint: Any, output: str) -> str:
+    """A Ray checkpoint's folder as an rrsis URI (Ray gives S3 paths without their scheme)."""
+    return f"s3://{checkpoint.path}" if storage.is_remote(output) else str(checkpoint.path)
 
 
 def latest_checkpoint_uri(cfg: TrainConfig) -> str | None:
@@ -117,6 +128,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     cfg: TrainConfig = config["cfg"]
+    configure_storage(cfg.storage)  # this worker process's own S3 settings
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
@@ -186,34 +198,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
 
 
-def connect_ray(address: str = "", num_cpus: int = 0) -> None:
-    """Reuse a running Ray; else RAY_ADDRESS / `address`; else start one on 127.0.0.1."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        ray.init(address=address, configure_logging=False)
-        return
-    # address="local": always a new embedded Ray, never another user's cluster found in /tmp/ray
-    kwargs: dict[str, Any] = {"address": "local", "_node_ip_address": "127.0.0.1", "include_dashboard": False}
-    if num_cpus:
-        kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
-
-
 def build_trainer(cfg: TrainConfig) -> Any:
     """The TorchTrainer for `cfg` (separate from `fit` so tests and Tune can hold it)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    storage_path, filesystem = storage_target(cfg.output)
+    storage_path, filesystem = storage_target(cfg.output, cfg.storage)
     resume_from = None
     if cfg.train.resume:
         latest = latest_checkpoint_uri(cfg)
         if latest is not None:
-            path, fs = storage_target(latest)
+            path, fs = storage_target(latest, cfg.storage)
             resume_from = ray.train.Checkpoint(path, filesystem=fs)
             log.info("resuming %s from %s", cfg.run_name, latest)
         else:
@@ -256,7 +251,8 @@ def for_workers(cfg: TrainConfig) -> TrainConfig:
 def fit(cfg: TrainConfig) -> int:
     """Run the distributed training described by `cfg`; prints where the run folder and best model are."""
     cfg = for_workers(cfg)
-    connect_ray(cfg.ray.address, cfg.ray.num_cpus)
+    configure_storage(cfg.storage)
+    connect_ray(cfg.ray)
     storage.put_bytes(storage.join(run_dir(cfg), "config.yaml"), to_yaml(cfg).encode())
     log.info(
         "Ray Train: %d worker(s), %s, into %s",
@@ -271,6 +267,5 @@ def fit(cfg: TrainConfig) -> int:
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, float)}
     print(f"run folder {run_dir(cfg)}; final metrics {json.dumps(metrics)}")
     if best is not None:
-        where = f"s3://{best.path}" if storage.is_remote(cfg.output) else best.path
-        print(f"best checkpoint: {where}/{model_file(cfg)}")
+        print(f"best checkpoint: {storage.join(checkpoint_uri(best, cfg.output), model_file(cfg))}")
     return 0

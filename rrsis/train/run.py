@@ -28,6 +28,7 @@ from rrsis.errors import ConfigError
 from rrsis.log import get_logger
 from rrsis.losses import build_loss, heads_for_loss
 from rrsis.models.registry import build_model
+from rrsis.session import configure_storage
 from rrsis.train.loop import evaluate, train_one_epoch
 from rrsis.train.optim import build_optimizer, build_scheduler
 
@@ -98,6 +99,7 @@ def make_checkpoint(
 
 def run_train(cfg: TrainConfig) -> int:
     resolve_device(cfg.device)  # a CUDA device asked where there is none fails here, before any data is read
+    configure_storage(cfg.storage)
     if cfg.train.enabled:  # every family: its recipe inside a Ray Train TorchTrainer
         from rrsis.train.ray_train import fit
 

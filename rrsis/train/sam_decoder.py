@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rrsis import storage
 from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError, InputError
 from rrsis.models.sam.build import build_sam
@@ -259,9 +260,8 @@ def train_samples(cfg: Any) -> list[DecoderSample]:
 
 
 def run_sam_decoder(cfg: Any) -> int:
-    """`rrsis train` for model.name=sam_decoder (cfg: TrainConfig): fit, then save `<output>/<run_name>/decoder.pt`."""
-    from rrsis import storage
-
+    """`rrsis train` for model.name=sam_decoder (cfg: TrainConfig): fit, then save `<output>/<run_name>/decoder.pt`
+    (local or object storage)."""
     settings = settings_from_train_config(cfg)
     samples = train_samples(cfg)
     local_ckpt: str | None = None
@@ -269,18 +269,20 @@ def run_sam_decoder(cfg: Any) -> int:
         if cfg.model.sam.checkpoint and "://" in cfg.model.sam.checkpoint:
             local_ckpt = str(Path(tmp) / "sam.pth")
             storage.get_file(cfg.model.sam.checkpoint, local_ckpt)  # fetched by the caller, as SAM never downloads
-        out_dir = Path(cfg.output) / cfg.run_name
         result = fit_sam_decoder(
             cfg.model.sam,
             samples,
             settings,
-            out_dir=out_dir,
+            out_dir=tmp,
             checkpoint_path=local_ckpt,
             device=resolve_device(cfg.device),
         )
+        uri = storage.join(cfg.output, cfg.run_name, "decoder.pt")
+        storage.put_file(str(result.checkpoint), uri)
+        result.checkpoint = None
     print(
         f"sam_decoder: {len(samples)} samples, {settings.epochs} epochs, loss {result.history[0]:.4f} -> "
-        f"{result.history[-1]:.4f}; decoder checkpoint {result.checkpoint}",
+        f"{result.history[-1]:.4f}; decoder checkpoint {uri}",
         flush=True,
     )
     return 0

@@ -37,8 +37,9 @@ from rrsis.config.tune import TuneConfig
 from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError
 from rrsis.log import get_logger
-from rrsis.train.ray_train import connect_ray, for_workers, storage_target
-from rrsis.train.recipes import build_recipe
+from rrsis.session import configure_storage, connect_ray
+from rrsis.train.ray_train import checkpoint_uri, for_workers, storage_target
+from rrsis.train.recipes import build_recipe, model_file
 
 log = get_logger(__name__)
 
@@ -100,6 +101,7 @@ def trial(params: dict[str, Any], base: TrainConfig) -> None:
     from ray import tune
 
     cfg = apply_overrides(base, params)
+    configure_storage(cfg.storage)  # this trial process's own S3 settings (the tune job's, see `run_tune`)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     recipe = build_recipe(cfg, device)
@@ -132,6 +134,7 @@ def trial(params: dict[str, Any], base: TrainConfig) -> None:
                 "epoch": epoch,
             }
             torch.save(state_out, os.path.join(folder, STATE_FILE))
+            recipe.save_model(os.path.join(folder, model_file(cfg)), {k: float(v) for k, v in metrics.items()})
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
@@ -149,9 +152,10 @@ def build_tuner(cfg: TuneConfig, callbacks: list[Any] | None = None) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     base = for_workers(cfg.base)
+    base.storage = cfg.storage  # trials read and write where the tune job does
     space = load_space(cfg.space)
     trainable = tune.with_resources(tune.with_parameters(trial, base=base), {"cpu": cfg.cpus_per_trial})
-    storage_path, filesystem = storage_target(for_workers_output(cfg.output))
+    storage_path, filesystem = storage_target(for_workers_output(cfg.output), cfg.storage)
     if cfg.restore:
         path = f"{storage_path}/{cfg.name}"
         if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
@@ -211,7 +215,8 @@ def _best_result(results: Any, table: Any) -> Any:
 
 def run_tune(cfg: TuneConfig) -> int:
     resolve_device(cfg.base.device, key="base.device")
-    connect_ray(cfg.ray.address, cfg.ray.num_cpus)
+    configure_storage(cfg.storage)
+    connect_ray(cfg.ray)
     space_keys = list(load_space(cfg.space))
     results = build_tuner(cfg).fit()
     out = experiment_uri(cfg)
@@ -230,5 +235,10 @@ def run_tune(cfg: TuneConfig) -> int:
     best_cfg.run_name = f"{cfg.name}_best"
     storage.put_bytes(storage.join(out, "best_train.yaml"), to_yaml(best_cfg).encode())
     best_score = best.metrics.get(cfg.metric) if best.metrics else None
-    print(f"best trial {params} ({cfg.metric}={best_score}); train config: {storage.join(out, 'best_train.yaml')}")
+    where = ""
+    if best.checkpoint is not None:
+        where = f"; checkpoint: {storage.join(checkpoint_uri(best.checkpoint, cfg.output), model_file(best_cfg))}"
+    print(
+        f"best trial {params} ({cfg.metric}={best_score}); train config: {storage.join(out, 'best_train.yaml')}{where}"
+    )
     return 0

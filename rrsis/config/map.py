@@ -72,6 +72,7 @@ class OutputsConfig:
     vectors: bool = True
     quicklook: bool = True
     probability: bool = False  # add band 2 to tiles and mosaic: round(P(water) * 254), 255 = nodata
+    report: bool = True  # report.html, a STAC catalog and GeoParquet polygons beside the run (rrsis.report)
 
 
 @dataclass

@@ -4,17 +4,22 @@ the console summary (per-scene lines, failures grouped by reason, one closing li
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from rrsis import storage
+from rrsis.config.load import to_dict
 from rrsis.config.map import MapConfig
 from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.lease import RunLease
 from rrsis.pipeline.manifest import write_failures
-from rrsis.pipeline.plan import Failure
+from rrsis.pipeline.plan import Failure, one_line
+from rrsis.report import build_report
+
+log = logging.getLogger("rrsis.map")
 
 #: Scenes listed one per line in the console summary (the rest are counted); items shown per failure reason.
 SCENE_LINES = 20
@@ -72,6 +77,7 @@ def finish_run(
         "products": products,
     }
     storage.put_bytes(storage.join(ctx.run_prefix, "summary.json"), json.dumps(summary, indent=2, default=str).encode())
+    report = write_report(ctx)
     for p in products[:SCENE_LINES]:
         where = ", ".join(f"{k} {p[k]}" for k in ("mosaic", "vectors", "quicklook", "stats") if k in p)
         share = f"{p['water_km2']:.3f} km² ({100 * p['water_fraction']:.1f} %)"
@@ -82,8 +88,22 @@ def finish_run(
         items = ", ".join(f.scene_id or f.scene_uri for f in group[:ITEMS_PER_REASON])
         more = f" and {len(group) - ITEMS_PER_REASON} more" if len(group) > ITEMS_PER_REASON else ""
         print(f"  FAILED {len(group)} x {reason} ({items}{more})")
+    if report:
+        print(f"  report: {report}")
     print(summary_line(summary), flush=True)
     return 1 if failures else 0
+
+
+def write_report(ctx: RunContext) -> str:
+    """The run's report page, STAC catalog and GeoParquet polygons (`outputs.report`); a report that cannot
+    be built is a warning, never a failed map (`rrsis report RUN` builds it again)."""
+    if not ctx.cfg.outputs.report:
+        return ""
+    try:
+        return build_report(ctx.run_prefix, config=to_dict(ctx.cfg))
+    except Exception as exc:  # the maps are written; the page is only a view of them
+        log.warning("run %s: report not written: %s", ctx.run_id, one_line(exc))
+        return ""
 
 
 def summary_line(s: dict[str, Any]) -> str:

@@ -4,8 +4,8 @@
 last refreshed it. It is created with a conditional write (`rrsis.storage.conditional`: `If-None-Match` on
 S3, `O_EXCL` locally), so two drivers never both hold it. A thread refreshes it every `stale_s / 4` seconds
 by compare-and-swap; a lease not refreshed for `stale_s` seconds, or whose holder ran on this machine and
-is gone, belongs to a dead driver and is taken over (with a warning). A holder whose refresh finds someone else's lease has lost the run: `check()`
-raises, and the driver stops before writing more.
+is gone, belongs to a dead driver and is taken over (with a warning). A holder whose refresh finds someone
+else's lease has lost the run: `check()` raises, and the driver stops before writing more.
 """
 
 from __future__ import annotations

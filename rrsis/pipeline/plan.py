@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -158,9 +159,13 @@ def plan_scene(
     return plan, rows
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def one_line(exc: BaseException) -> str:
-    """An exception as one plain line: its first line, the class named when it is not one of ours."""
-    text = (str(exc).strip().splitlines() or [""])[0]
+    """An exception as one plain line (no terminal colour codes): its first line, the class named when it is
+    not one of ours."""
+    text = (ANSI.sub("", str(exc)).strip().splitlines() or [""])[0]
     return text if isinstance(exc, RrsisError) else f"{type(exc).__name__}: {text}".rstrip(": ")
 
 

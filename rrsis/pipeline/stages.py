@@ -131,9 +131,14 @@ class InferStage:
         if header is not None:
             needs = scene_measures_needed(header.get("norm", "split"), header.get("gate", ""))
             self.measurer = SceneMeasurer(*needs, scenes, thread_init=self.cores.unpin)
+        # torch (through rrsis.checkpoints) is imported here, in the inference actor only: the read and write
+        # workers import this module too and would each pay ~400 MB and ~3 s for it; the scene read above
+        # starts before it
         import torch
 
-        from rrsis.checkpoints import build_from_checkpoint, load_checkpoint
+        from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, norm_for_scene, normalize_image
+
+        self.normalize_image, self.norm_for_scene = normalize_image, norm_for_scene
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
@@ -172,8 +177,7 @@ class InferStage:
         return out
 
     def _normalized(self, batch: Batch, rows: Sequence[int]) -> np.ndarray:
-        from rrsis.checkpoints import normalize_image
-
+        normalize_image = self.normalize_image
         image, valid = batch["image"], batch["valid"]
         return np.stack([normalize_image(self._scene(batch, i)[0], image[i], valid[i]) for i in rows])
 
@@ -186,13 +190,11 @@ class InferStage:
         """
         key = str(batch["scene_uri"][i]), str(batch["bands"][i])
         if key not in self.scenes:
-            from rrsis.checkpoints import norm_for_scene
-
             measures = self.measurer.get(key)
             if measures.error:
                 log.warning("scene measurements unavailable (%s); using the checkpoint's training statistics "
                             "and no Otsu gate for it", measures.error)  # fmt: skip
-            norm = norm_for_scene(self.ckpt, measures)  # the split's own statistics for a split model
+            norm = self.norm_for_scene(self.ckpt, measures)  # the split's own statistics for a split model
             gate_db = float("inf")
             if self.gate is not None and measures.thresholds is not None:
                 gate_db = measures.thresholds[self.gate]

@@ -128,6 +128,7 @@ class SamBoxStage:
         device: str = "cpu",
         torch_threads: int = 0,
     ) -> None:
+        # torch and SAM are imported in the SAM actor only (the CPU stages import this module too)
         import torch
 
         from rrsis.models.sam.predictor import SamTilePredictor

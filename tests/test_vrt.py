@@ -151,7 +151,7 @@ def test_stack_errors_are_one_line(tmp_path: Path, s1_cogs: dict[str, str], s1_d
     with pytest.raises(InputError) as err:
         stack_bands([BandSource("VV", s1_cogs["VV"]), BandSource("VH", other)], "item-a")
     assert str(err.value) == "item-a: bands in different CRS cannot be stacked (VV EPSG:4326, VH EPSG:32646)"
-    with pytest.raises(InputError, match=r"^band VH: cannot open .*missing\.tif: ") as err:
+    with pytest.raises(InputError, match=r"^item-b: band VH: cannot open .*missing\.tif: ") as err:
         stack_bands([BandSource("VV", s1_cogs["VV"]), BandSource("VH", str(tmp_path / "missing.tif"))], "item-b")
     assert "\n" not in str(err.value)
     with pytest.raises(InputError) as err:

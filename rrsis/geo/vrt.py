@@ -109,11 +109,13 @@ class _Grid:
     masked: bool  # an internal/sidecar per-dataset mask and no nodata tag
 
 
-def _read_grid(source: BandSource, gdal_path: str) -> _Grid:
+def _read_grid(source: BandSource, gdal_path: str, label: str) -> _Grid:
     try:
         with rasterio.open(gdal_path) as src:
             if not 1 <= source.band <= src.count:
-                raise InputError(f"band {source.name}: {source.uri} has no band {source.band} (1..{src.count})")
+                raise InputError(
+                    f"{label}: band {source.name}: {source.uri} has no band {source.band} (1..{src.count})"
+                )
             flags = src.mask_flag_enums[source.band - 1]
             nodata = src.nodatavals[source.band - 1]
             return _Grid(
@@ -127,7 +129,7 @@ def _read_grid(source: BandSource, gdal_path: str) -> _Grid:
             )
     except (rasterio.errors.RasterioError, OSError) as exc:
         text = str(exc).strip().splitlines()
-        raise InputError(f"band {source.name}: cannot open {source.uri}: {text[0] if text else exc}") from exc
+        raise InputError(f"{label}: band {source.name}: cannot open {source.uri}: {text[0] if text else exc}") from exc
 
 
 def _fmt(value: float) -> str:
@@ -197,7 +199,7 @@ def build_stack_vrt(sources: Sequence[BandSource], label: str, gdal_paths: Seque
     for source in sources:
         if source.convert not in CONVERSIONS:
             raise InputError(f"{label}: band {source.name}: unknown conversion {source.convert!r} ({CONVERSIONS})")
-    grids = [_read_grid(s, p) for s, p in zip(sources, gdal_paths, strict=True)]
+    grids = [_read_grid(s, p, label) for s, p in zip(sources, gdal_paths, strict=True)]
     crs_names = {_crs_name(g.crs) for g in grids}
     if len(crs_names) > 1 or any(g.crs != grids[0].crs for g in grids):
         listing = ", ".join(f"{s.name} {_crs_name(g.crs)}" for s, g in zip(sources, grids, strict=True))

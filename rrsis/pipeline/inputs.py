@@ -5,6 +5,10 @@ and on s3 keys; folders and s3 prefixes ending in `/` (every raster under them, 
 (`.txt`, `.lst`, `.list`) with one item per line (`#` comments allowed). A literal path is kept even when it
 does not exist, so a missing scene is reported in failures.parquet like any other bad scene; a glob or prefix
 that matches nothing is reported the same way.
+
+A STAC Item, ItemCollection, Catalog or Collection JSON (`.json`, local, s3:// or http(s)://) gives one scene
+per item: its bands stacked into a VRT (`rrsis.pipeline.stac`), its id the item id. An item that cannot be a
+scene (a band missing, an href that does not open, an unknown unit) is an input problem naming the item.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import glob
 import hashlib
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rrsis import storage
 from rrsis.errors import InputError, StorageError
+from rrsis.pipeline.stac import is_stac_input, stac_scenes
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -104,34 +110,47 @@ def scene_id_for(uri: str) -> str:
     return _UNSAFE.sub("_", stem).strip("_") or "scene"
 
 
-def resolve_inputs(items: list[str]) -> tuple[list[SceneRef], list[InputProblem]]:
+def resolve_inputs(
+    items: list[str], bands: Sequence[str] | None = None, units: Mapping[str, str] | None = None
+) -> tuple[list[SceneRef], list[InputProblem]]:
     """Expand every item, drop duplicate URIs (first wins), and give each scene a unique id.
 
-    Two different URIs with the same file name get their id suffixed with 8 hex digits of the URI's SHA-1,
-    so ids stay deterministic whatever the order of the inputs.
+    `bands` (the checkpoint's band names) pick the assets of STAC items (default: an item's
+    `sar:polarizations`); `units` gives a band's unit where an item declares none (e.g. {"VV": "dB"}).
+    Two different URIs with the same id (file name or item id) get their id suffixed with 8 hex digits of the
+    URI's SHA-1, so ids stay deterministic whatever the order of the inputs.
     """
-    uris: list[str] = []
+    found_ids: list[tuple[str, str]] = []  # (uri, id)
     problems: list[InputProblem] = []
-    seen: set[str] = set()
     for item in items:
+        text = str(item).strip()
         try:
-            found = expand_item(str(item))
+            if is_stac_input(text):
+                scenes, bad = stac_scenes(text, bands, units)
+                found_ids += [(s.uri, _UNSAFE.sub("_", s.item_id).strip("_") or "item") for s in scenes]
+                problems += [InputProblem(where, reason) for where, reason in bad]
+                if not scenes and not bad:
+                    problems.append(InputProblem(text, f"STAC {text} has no item"))
+                continue
+            found = expand_item(text)
         except InputError as exc:
             problems.append(InputProblem(str(item), str(exc)))
             continue
-        if not found and str(item).strip():
+        if not found and text:
             problems.append(InputProblem(str(item), f"input {item!r} matches no raster ({', '.join(RASTER_SUFFIXES)})"))
-        for uri in found:
-            if uri not in seen:
-                seen.add(uri)
-                uris.append(uri)
+        found_ids += [(uri, scene_id_for(uri)) for uri in found]
+    seen: set[str] = set()
+    unique: list[tuple[str, str]] = []
+    for uri, sid in found_ids:
+        if uri not in seen:
+            seen.add(uri)
+            unique.append((uri, sid))
     counts: dict[str, int] = {}
-    for uri in uris:
-        counts[scene_id_for(uri)] = counts.get(scene_id_for(uri), 0) + 1
-    scenes = []
-    for uri in uris:
-        sid = scene_id_for(uri)
+    for _, sid in unique:
+        counts[sid] = counts.get(sid, 0) + 1
+    scenes_out = []
+    for uri, sid in unique:
         if counts[sid] > 1:
             sid = f"{sid}-{hashlib.sha1(uri.encode()).hexdigest()[:8]}"
-        scenes.append(SceneRef(sid, uri))
-    return scenes, problems
+        scenes_out.append(SceneRef(sid, uri))
+    return scenes_out, problems

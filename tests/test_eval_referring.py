@@ -113,7 +113,7 @@ def test_eval_pslg_sam_writes_metrics_csv_panels(tmp_path: Path) -> None:
 def test_train_grounding_then_eval_boxes(tmp_path: Path) -> None:
     from rrsis.config.load import load_config
     from rrsis.config.train import TrainConfig
-    from rrsis.train.grounding import run_grounding_train
+    from rrsis.train.run import run_train
 
     root = tmp_path / "rsvg"
     (root / "Annotations").mkdir(parents=True)
@@ -143,7 +143,7 @@ def test_train_grounding_then_eval_boxes(tmp_path: Path) -> None:
         *[f"model.grounding.{k}={v}" for k, v in vars(TINY_GROUNDING).items() if isinstance(v, (int, float))],
     ]
     cfg = load_config(TrainConfig, None, overrides)
-    assert run_grounding_train(cfg) == 0
+    assert run_train(cfg) == 0
     run = tmp_path / "runs" / "g"
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and "train_giou" in json.loads(lines[0])

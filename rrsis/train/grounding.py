@@ -7,30 +7,27 @@ encoder at `optim.lr_text`, the rest at `optim.lr`) -> per-step schedule: linear
 ×0.1 at 45, 3 warm-up epochs, batch 2). `train_one_epoch` and `evaluate_boxes` are plain functions, so the
 same calls run here and inside a Ray Train worker. No augmentation: the paper names none.
 
-Checkpoints are rrsis checkpoints (`rrsis.checkpoints`, weights_only): `best.pt` by validation Acc@0.5
-(or the last epoch without a validation split, or with `optim.monitor=last`) and `last.pt`; the saved model
-config sets `image_weights: none` because the trained ResNet weights travel in the state dict.
+`rrsis train model.name=grounding` runs these through the family's recipe (`rrsis.train.recipes`) and the
+one epoch loop (`rrsis.train.fit`): `best.pt` by validation Acc@0.5 (or the last epoch without a validation
+split, or with `optim.monitor=last`) and `last.pt`. The saved model config sets `image_weights: none`
+because the trained ResNet weights travel in the state dict.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from rrsis import storage
-from rrsis.checkpoints import Checkpoint, checkpoint_from_model, save_checkpoint
-from rrsis.config.load import to_dict, to_yaml
+from rrsis.checkpoints import Checkpoint, checkpoint_from_model
+from rrsis.config.load import to_dict
 from rrsis.config.train import OptimConfig, TrainConfig
 from rrsis.data.referring import ReferringSample, load_image, load_referring_split
-from rrsis.devices import resolve_device
-from rrsis.errors import ConfigError, InputError
+from rrsis.errors import InputError
 from rrsis.log import get_logger
 from rrsis.metrics.referring import ReferringMeter
 from rrsis.models.grounding.losses import grounding_loss, xyxy_to_cxcywh
@@ -156,45 +153,3 @@ def make_checkpoint(model: GroundingModel, cfg: TrainConfig, metrics: dict[str, 
         metrics=metrics,
         train_config=to_dict(cfg),
     )
-
-
-def run_grounding_train(cfg: TrainConfig) -> int:
-    if cfg.model.name != "grounding":
-        raise ConfigError(f"model.name={cfg.model.name!r}: this trainer runs the grounding model")
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    train_set = BoxSamples(load_referring_split(cfg.data, "train"))
-    if not len(train_set):
-        raise ConfigError(f"data.root={cfg.data.root!r} has no training sample")
-    val = val_samples(cfg)
-    loader = DataLoader(
-        train_set, batch_size=cfg.optim.batch_size, shuffle=True, collate_fn=collate, num_workers=cfg.data.num_workers
-    )
-    val_loader = DataLoader(BoxSamples(val), batch_size=cfg.optim.eval_batch_size, collate_fn=collate) if val else None
-    model = GroundingModel(cfg.model.grounding).to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    steps = len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, cfg.optim))
-    run_dir = storage.join(cfg.output, cfg.run_name)
-    storage.put_bytes(storage.join(run_dir, "config.yaml"), to_yaml(cfg).encode())
-    history: list[str] = []
-    best = -1.0
-    started = time.monotonic()
-    for epoch in range(1, cfg.optim.epochs + 1):
-        record: dict[str, Any] = {"epoch": epoch, **train_one_epoch(model, loader, optimizer, scheduler)}
-        if val_loader is not None:
-            summary = evaluate_boxes(model, val_loader)
-            record.update({f"val_{k}": summary[k] for k in ("box_acc@0.5", "box_miou")})
-        record["seconds"] = round(time.monotonic() - started, 2)
-        history.append(json.dumps(record))
-        storage.put_bytes(storage.join(run_dir, "metrics.jsonl"), ("\n".join(history) + "\n").encode())
-        metrics = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
-        ckpt = make_checkpoint(model, cfg, metrics)
-        save_checkpoint(ckpt, storage.join(run_dir, "last.pt"))
-        score = record.get("val_box_acc@0.5", float(epoch)) if cfg.optim.monitor != "last" else float(epoch)
-        if score >= best:
-            best = score
-            save_checkpoint(ckpt, storage.join(run_dir, "best.pt"))
-        log.info("epoch %d: %s", epoch, record)
-    print(f"grounding run written to {run_dir} (best.pt, last.pt, metrics.jsonl)")
-    return 0

@@ -29,13 +29,11 @@ import json
 import os
 import socket
 import tempfile
-import time
 from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.fs
 import torch
-from torch.utils.data import DataLoader
 
 from rrsis import storage
 from rrsis.config.common import StorageConfig
@@ -45,11 +43,11 @@ from rrsis.log import get_logger
 from rrsis.session import configure_storage, connect_ray
 from rrsis.storage import s3
 from rrsis.storage.uri import local_path
+from rrsis.train.fit import STATE_FILE, Distribution, Epoch, best_index, fit_recipe, format_record
 from rrsis.train.recipes import build_recipe, model_file, score_attribute
 
 log = get_logger(__name__)
 
-STATE_FILE = "state.pt"
 CKPT_PREFIX = "epoch_"
 
 
@@ -122,9 +120,17 @@ def _mean_over_workers(terms: dict[str, float], world: int) -> dict[str, float]:
     return {k: float(v) / world for k, v in zip(keys, values.tolist(), strict=True)}
 
 
+def _any_rank(flag: bool, world: int) -> bool:
+    if world == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker, whatever the model family."""
-    import ray.train
+    """Runs on every Ray Train worker, whatever the model family: the one epoch loop, distributed."""
+    import ray.train  # Ray loads only inside the worker: `rrsis train` without Ray never pays for it
     import ray.train.torch
 
     cfg: TrainConfig = config["cfg"]
@@ -132,70 +138,40 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()
-    recipe = build_recipe(cfg, device)
+    recipe = build_recipe(cfg, ray.train.torch.get_device())
     state = _load_state(ray.train.get_checkpoint())
-    start_epoch = 1
-    if state is not None:
-        recipe.state_module.load_state_dict(state["model"])
-        start_epoch = int(state["epoch"]) + 1
+    start_epoch = int(state["epoch"]) + 1 if state is not None else 1
     _write_worker_note(cfg, rank, start_epoch)
-    wrapped = ray.train.torch.prepare_model(
-        recipe.ddp_module, parallel_strategy_kwargs={"find_unused_parameters": recipe.find_unused_parameters}
-    )
-    optimizer = recipe.make_optimizer()
-    batch = max(1, cfg.optim.batch_size // world)
-    loader = DataLoader(
-        recipe.train_set,
-        batch_size=batch,
-        shuffle=True,
-        collate_fn=recipe.collate,
-        num_workers=cfg.data.num_workers,
-    )
-    loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
-    scheduler = recipe.make_scheduler(optimizer, len(loader))
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-    val_loader = None
-    if recipe.val_set is not None:
-        val_batch, collate, procs = recipe.val_batch_size, recipe.collate, cfg.data.num_workers
-        val_loader = DataLoader(recipe.val_set, batch_size=val_batch, collate_fn=collate, num_workers=procs)
     history = _history_before(cfg, start_epoch) if rank == 0 else []
-    started = time.monotonic()
-    for epoch in range(start_epoch, cfg.optim.epochs + 1):
-        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(epoch)  # a different shuffle every epoch, the same on every rank
-        record: dict[str, Any] = {"epoch": epoch, "restored_from_epoch": start_epoch - 1}
-        record.update(_mean_over_workers(recipe.train_epoch(wrapped, loader, optimizer, scheduler), world))
-        if val_loader is not None and recipe.evaluate is not None:
-            record.update({f"val_{k}": v for k, v in recipe.evaluate(val_loader).items()})
-        record["elapsed_s"] = round(time.monotonic() - started, 2)
-        metrics = {k: float(v) for k, v in record.items()}
-        is_ckpt_epoch = epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.optim.epochs
+
+    def on_epoch(epoch: Epoch) -> None:
+        number, metrics = int(epoch.record["epoch"]), epoch.record
         if rank == 0:
-            history.append(json.dumps(record))
+            history.append(json.dumps(metrics))
             storage.put_bytes(storage.join(run_dir(cfg), "metrics.jsonl"), ("\n".join(history) + "\n").encode())
-            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        if rank == 0 and is_ckpt_epoch:
+            log.info("epoch %d: %s", number, format_record(metrics))
+        if rank == 0 and (number % cfg.train.checkpoint_every == 0 or number == cfg.optim.epochs):
             with tempfile.TemporaryDirectory(prefix="rrsis-ckpt-") as folder:
-                state_out = {
-                    "model": recipe.state_module.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                    "epoch": epoch,
-                }
-                torch.save(state_out, os.path.join(folder, STATE_FILE))
-                recipe.save_model(os.path.join(folder, model_file(cfg)), metrics)
+                epoch.save(folder, cfg)
                 ray.train.report(
                     metrics,
                     checkpoint=ray.train.Checkpoint.from_directory(folder),
-                    checkpoint_dir_name=f"{CKPT_PREFIX}{epoch:05d}",
+                    checkpoint_dir_name=f"{CKPT_PREFIX}{number:05d}",
                 )
         else:
             ray.train.report(metrics)
+
+    dist = Distribution(
+        world=world,
+        wrap=lambda module, unused: ray.train.torch.prepare_model(
+            module, parallel_strategy_kwargs={"find_unused_parameters": unused}
+        ),
+        prepare_loader=lambda loader: ray.train.torch.prepare_data_loader(loader, move_to_device=False),
+        mean=lambda terms: _mean_over_workers(terms, world),
+        any_rank=lambda flag: _any_rank(flag, world),
+        extra={"restored_from_epoch": start_epoch - 1},
+    )
+    fit_recipe(cfg, recipe, on_epoch, state=state, dist=dist)
 
 
 def build_trainer(cfg: TrainConfig) -> Any:
@@ -261,9 +237,9 @@ def fit(cfg: TrainConfig) -> int:
         run_dir(cfg),
     )
     result = build_trainer(cfg).fit()
-    attr = score_attribute(cfg)
-    ranked = sorted(result.best_checkpoints or [], key=lambda pair: float(pair[1].get(attr, 0.0)))
-    best = ranked[-1][0] if ranked else result.checkpoint
+    kept = result.best_checkpoints or []
+    index = best_index([metrics for _, metrics in kept], score_attribute(cfg))
+    best = sorted(kept, key=lambda pair: pair[1].get("epoch", 0))[index][0] if kept else result.checkpoint
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, float)}
     print(f"run folder {run_dir(cfg)}; final metrics {json.dumps(metrics)}")
     if best is not None:

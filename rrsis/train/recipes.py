@@ -2,8 +2,8 @@
 
 A `Recipe` puts a family's model, datasets, its own `train_one_epoch` / `evaluate` functions (from
 `rrsis.train.loop`, `.danet`, `.grounding`, `.sam_decoder`) and its self-describing checkpoint behind one
-signature, so the Ray Train worker loop (`rrsis.train.ray_train`), the Tune trial (`rrsis.train.tune`) and
-the plain DANet run (`run_plain`) never branch on the family. Nothing here imports Ray.
+signature, so the one epoch loop (`rrsis.train.fit`: the plain run, the Ray Train worker, the Tune trial)
+never branches on the family. Nothing here imports Ray.
 
 Per family (what DDP wraps, what ranks checkpoints):
 - waterland: `AllHeads(model)` under DDP (the auxiliary heads go through DDP's forward); `val_<optim.monitor>`
@@ -21,25 +21,35 @@ Per family (what DDP wraps, what ranks checkpoints):
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from rrsis import storage
-from rrsis.config.load import to_dict, to_yaml
+from rrsis.checkpoints import checkpoint_from_model, save_checkpoint
+from rrsis.config.load import to_dict
 from rrsis.config.train import TrainConfig
-from rrsis.devices import resolve_device
+from rrsis.data.dataset import batchable
+from rrsis.data.referring import load_referring_split
 from rrsis.errors import ConfigError, InputError
 from rrsis.log import get_logger
+from rrsis.losses import build_loss
+from rrsis.models.danet.text import load_tokenizer
+from rrsis.models.grounding.model import GroundingModel
+from rrsis.models.registry import build_model
+from rrsis.models.sam.build import build_sam
+from rrsis.models.sam.checkpoint import save_decoder_checkpoint
+from rrsis.models.sam.predictor import SamTilePredictor
+from rrsis.train import danet, loop
+from rrsis.train import grounding as g
+from rrsis.train import sam_decoder as sd
+from rrsis.train.optim import build_optimizer, build_scheduler
+from rrsis.train.waterland import make_checkpoint, prepare_waterland
 
 log = get_logger(__name__)
 
@@ -90,9 +100,8 @@ def score_attribute(cfg: TrainConfig) -> str:
         return "epoch"
     if name == "waterland":
         return f"val_{cfg.optim.monitor}" if cfg.data.val_events or cfg.data.val_fraction > 0 else "epoch"
-    from rrsis.train.grounding import val_samples
 
-    if not val_samples(cfg):
+    if not g.val_samples(cfg):
         return "epoch"
     return "val_miou" if name == "danet" else "val_box_acc@0.5"
 
@@ -112,13 +121,6 @@ def build_recipe(cfg: TrainConfig, device: torch.device) -> Recipe:
 
 
 def _waterland(cfg: TrainConfig, device: torch.device) -> Recipe:
-    from rrsis.checkpoints import save_checkpoint
-    from rrsis.data.dataset import batchable
-    from rrsis.losses import build_loss
-    from rrsis.models.registry import build_model
-    from rrsis.train import loop
-    from rrsis.train.optim import build_optimizer, build_scheduler
-    from rrsis.train.run import make_checkpoint, prepare_waterland
 
     setup = prepare_waterland(cfg)
     model = build_model(cfg.model).to(device)
@@ -152,18 +154,12 @@ def _waterland(cfg: TrainConfig, device: torch.device) -> Recipe:
 
 
 def _danet(cfg: TrainConfig, device: torch.device) -> Recipe:
-    from rrsis.checkpoints import checkpoint_from_model, save_checkpoint
-    from rrsis.data.referring import load_referring_split
-    from rrsis.models.danet.text import load_tokenizer
-    from rrsis.models.registry import build_model
-    from rrsis.train import danet
-    from rrsis.train.grounding import val_samples
 
     dcfg = cfg.model.danet
     model = build_model(cfg.model).to(device)
     tokenizer = load_tokenizer(dcfg.text_encoder)
     train_set = danet.ReferringMasks(load_referring_split(cfg.data, "train"), dcfg, tokenizer)
-    val = val_samples(cfg)
+    val = g.val_samples(cfg)
 
     def train_epoch(net: nn.Module, batches: Iterable[Any], opt: torch.optim.Optimizer, sched: Any) -> dict[str, float]:
         return danet.train_one_epoch(net, batches, opt, device=device, scheduler=sched)
@@ -192,10 +188,6 @@ def _danet(cfg: TrainConfig, device: torch.device) -> Recipe:
 
 
 def _grounding(cfg: TrainConfig, device: torch.device) -> Recipe:
-    from rrsis.checkpoints import save_checkpoint
-    from rrsis.data.referring import load_referring_split
-    from rrsis.models.grounding.model import GroundingModel
-    from rrsis.train import grounding as g
 
     model = GroundingModel(cfg.model.grounding).to(device)
     train_set = g.BoxSamples(load_referring_split(cfg.data, "train"))
@@ -229,10 +221,6 @@ def _grounding(cfg: TrainConfig, device: torch.device) -> Recipe:
 
 
 def _sam_decoder(cfg: TrainConfig, device: torch.device) -> Recipe:
-    from rrsis.models.sam.build import build_sam
-    from rrsis.models.sam.checkpoint import save_decoder_checkpoint
-    from rrsis.models.sam.predictor import SamTilePredictor
-    from rrsis.train import sam_decoder as sd
 
     settings = sd.settings_from_train_config(cfg)
     samples = sd.train_samples(cfg)
@@ -266,48 +254,3 @@ def _sam_decoder(cfg: TrainConfig, device: torch.device) -> Recipe:
         collate=list,
         find_unused_parameters=True,
     )
-
-
-def run_plain(cfg: TrainConfig) -> int:
-    """The plain loop over a recipe (no Ray): run folder with config.yaml, metrics.jsonl, best and last model."""
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    recipe = build_recipe(cfg, device)
-    loader = DataLoader(
-        recipe.train_set,
-        batch_size=cfg.optim.batch_size,
-        shuffle=True,
-        collate_fn=recipe.collate,
-        num_workers=cfg.data.num_workers,
-    )
-    val_loader = None
-    if recipe.val_set is not None:
-        val_loader = DataLoader(recipe.val_set, batch_size=recipe.val_batch_size, collate_fn=recipe.collate)
-    optimizer = recipe.make_optimizer()
-    scheduler = recipe.make_scheduler(optimizer, len(loader))
-    run_dir = storage.join(cfg.output, cfg.run_name)
-    storage.put_bytes(storage.join(run_dir, "config.yaml"), to_yaml(cfg).encode())
-    attr = score_attribute(cfg)
-    name = model_file(cfg)
-    ext = os.path.splitext(name)[1]
-    history: list[str] = []
-    best, started = -math.inf, time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="rrsis-train-") as tmp:
-        for epoch in range(1, cfg.optim.epochs + 1):
-            record: dict[str, float] = {"epoch": epoch}
-            record.update(recipe.train_epoch(recipe.ddp_module, loader, optimizer, scheduler))
-            if val_loader is not None and recipe.evaluate is not None:
-                record.update({f"val_{k}": v for k, v in recipe.evaluate(val_loader).items()})
-            record["elapsed_s"] = round(time.monotonic() - started, 2)
-            history.append(json.dumps(record))
-            storage.put_bytes(storage.join(run_dir, "metrics.jsonl"), ("\n".join(history) + "\n").encode())
-            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in record.items()))
-            local = os.path.join(tmp, name)
-            recipe.save_model(local, record)
-            score = float(record.get(attr, epoch))
-            if not math.isnan(score) and score >= best:
-                best = score
-                storage.put_file(local, storage.join(run_dir, f"best{ext}"))
-            storage.put_file(local, storage.join(run_dir, f"last{ext}"))
-    print(f"{cfg.model.name} run written to {run_dir} (best{ext} by {attr}={best:.4f}, last{ext}, metrics.jsonl)")
-    return 0

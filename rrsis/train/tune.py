@@ -28,7 +28,6 @@ from typing import Any
 import torch
 import yaml
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader
 
 from rrsis import storage
 from rrsis.config.load import to_yaml, validate
@@ -38,13 +37,13 @@ from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError
 from rrsis.log import get_logger
 from rrsis.session import configure_storage, connect_ray
+from rrsis.train.fit import STATE_FILE, Epoch, fit_recipe
 from rrsis.train.ray_train import checkpoint_uri, for_workers, storage_target
 from rrsis.train.recipes import build_recipe, model_file
 
 log = get_logger(__name__)
 
 SAMPLERS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform")
-STATE_FILE = "state.pt"
 
 
 def load_space(path: str) -> dict[str, Any]:
@@ -97,45 +96,26 @@ def apply_overrides(base: TrainConfig, params: dict[str, Any], *, source: str = 
 
 
 def trial(params: dict[str, Any], base: TrainConfig) -> None:
-    """One Tune trial: the plain loop over the family's recipe, one `tune.report` per epoch with a checkpoint."""
+    """One Tune trial: the one epoch loop over the family's recipe, one `tune.report` per epoch with a
+    checkpoint (`state.pt` to resume, and the family's model file)."""
     from ray import tune
 
     cfg = apply_overrides(base, params)
-    configure_storage(cfg.storage)  # this trial process's own S3 settings (the tune job's, see `run_tune`)
+    configure_storage(cfg.storage)  # this trial process's own S3 settings (the tune job's, see `build_tuner`)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    recipe = build_recipe(cfg, device)
-    loader = DataLoader(recipe.train_set, batch_size=cfg.optim.batch_size, shuffle=True, collate_fn=recipe.collate)
-    val_loader = None
-    if recipe.val_set is not None:
-        val_loader = DataLoader(recipe.val_set, batch_size=recipe.val_batch_size, collate_fn=recipe.collate)
-    optimizer = recipe.make_optimizer()
-    scheduler = recipe.make_scheduler(optimizer, len(loader))
-    start_epoch = 1
+    recipe = build_recipe(cfg, resolve_device(cfg.device))
+    state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-        recipe.state_module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-    for epoch in range(start_epoch, cfg.optim.epochs + 1):
-        metrics: dict[str, Any] = {"epoch": epoch}
-        metrics.update(recipe.train_epoch(recipe.ddp_module, loader, optimizer, scheduler))
-        if val_loader is not None and recipe.evaluate is not None:
-            metrics.update({f"val_{k}": v for k, v in recipe.evaluate(val_loader).items()})
+
+    def on_epoch(epoch: Epoch) -> None:
         with tempfile.TemporaryDirectory(prefix="rrsis-trial-") as folder:
-            state_out = {
-                "model": recipe.state_module.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                "epoch": epoch,
-            }
-            torch.save(state_out, os.path.join(folder, STATE_FILE))
-            recipe.save_model(os.path.join(folder, model_file(cfg)), {k: float(v) for k, v in metrics.items()})
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            epoch.save(folder, cfg)
+            tune.report(epoch.record, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    fit_recipe(cfg, recipe, on_epoch, state=state)
 
 
 def experiment_uri(cfg: TuneConfig) -> str:

@@ -26,6 +26,7 @@ from rrsis import storage
 from rrsis.errors import InputError
 from rrsis.geo.tiling import PixelWindow
 from rrsis.geo.vrt import BandSource, build_stack_vrt, is_vrt_xml, vrt_label, vrt_sources
+from rrsis.geo.warp import has_gcps_only, warped_vrt_xml
 
 # GDAL options for remote opens: no directory LIST and no sidecar probing on open (one GET per open instead
 # of a LIST/HEAD storm; a remote scene must carry its mask internally, e.g. a COG, not in a .msk sidecar),
@@ -124,14 +125,25 @@ def raster_env(uri: str) -> contextlib.AbstractContextManager[Any]:
 
 @contextlib.contextmanager
 def open_raster(uri: str) -> Iterator[Any]:
-    """Open a raster for reading; any failure becomes one InputError line naming the URI."""
+    """Open a raster for reading; any failure becomes one InputError line naming the URI.
+
+    A raster georeferenced only by GCPs is returned as a warped view on a north-up grid (`rrsis.geo.warp`).
+    """
     with raster_env(uri):
         try:
             src = rasterio.open(gdal_path(uri))
         except (rasterio.errors.RasterioError, OSError) as exc:
             raise InputError(f"cannot open raster {scene_label(uri)}: {_first_line(exc)}") from exc
         with src:
-            yield src
+            if not has_gcps_only(src):
+                yield src
+                return
+            try:
+                view = rasterio.open(warped_vrt_xml(src, gdal_path(uri)))
+            except (rasterio.errors.RasterioError, OSError) as exc:
+                raise InputError(f"cannot warp GCP raster {scene_label(uri)}: {_first_line(exc)}") from exc
+            with view:
+                yield view
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,21 +1,23 @@
-"""How `rrsis map` scales with the tile count: the driver's memory must stay flat, the first tile must not
-wait for the whole plan, and a finished run must resume (skip) in seconds without reading a tile.
+"""How `rrsis map` scales with the tile count: the driver's memory must stay flat, the first tile must not wait
+for the whole plan, and a finished run must resume (skip) in seconds without reading a tile.
 
-Workload: one generated 2-band SAR-like scene, hard-linked as many scenes (disk stays small; every scene
-is a separate input with its own outputs), 32 px tiles without overlap so the tile count is high, and the
-cheapest real model (a random half-width SeNet, one forward per batch of 16 tiles). Products are the COG
-mosaic and stats (vectors and quicklook off: they measure GDAL, not the driver). Each map runs as a user
-runs it, `rrsis map` in its own process with its embedded Ray:
+Workload: one generated 2-band SAR-like scene, hard-linked as many scenes (disk stays small; every scene is a
+separate input with its own outputs), 32 px tiles without overlap so the tile count is high, and the cheapest
+real model (a random half-width SeNet, one forward per batch of 16 tiles). Products are the COG mosaic and
+stats (vectors and quicklook off: they measure GDAL, not the driver). Each map runs as a user runs it, `rrsis
+map` in its own process with its embedded Ray:
 
 - small: 10 scenes of 1024^2 = 10,240 tiles;
 - large: 500 scenes of 640^2 = 200,000 tiles;
 
-each followed by the same command again (a full resume of the finished run). Measured per run: the driver
-process's peak RSS (VmHWM), the peak of the PSS summed over the driver and all its descendants (Ray's
-processes), the time from the command's start to the first written tile, the wall time, and the resume's
-wall time with its counts (scenes skipped, tiles verified = tiles read). Goals: driver peak RSS large /
-small <= 1.10; time to the first tile at 500 scenes / at 10 scenes <= 1.2; resume of the large run <= 30 s
-and no tile read. The last line prints the three ratios.
+each followed by the same command again (a full resume of the finished run). Before them, the time to the
+first tile is probed `--probes` times per size, alternating small and large (each probe is a fresh map,
+stopped at its first tile), and the medians are compared: one map each would mix the VM's drift in. Measured
+per run: the driver process's peak RSS (VmHWM), the peak of the PSS summed over the driver and all its
+descendants (Ray's processes), the time from the command's start to the first written tile, the wall time, and
+the resume's wall time with its counts (scenes skipped, tiles verified = tiles read). Goals: driver peak RSS
+large / small <= 1.10; time to the first tile at 500 scenes / at 10 scenes <= 1.2; resume of the large run <=
+30 s and no tile read. The last line prints the three ratios.
 
     .venv/bin/python bench/map_scale.py [--small-scenes 10 --small-size 1024] [--large-scenes 500
         --large-size 640] [--tile 32] [--set key=value ...]
@@ -24,8 +26,11 @@ and no tile read. The last line prints the three ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,6 +105,31 @@ def rrsis_map(overrides: list[str], out: Path) -> dict[str, object]:
     return {"wall": wall, "driver_hwm": watch.hwm, "pss": peak.peak, "first_tile": watch.first_tile_s, **summary}
 
 
+def first_tile_probe(overrides: list[str], out: Path) -> float:
+    """Seconds from `rrsis map`'s start to its first written tile; the map is then stopped (its whole process
+    group: the driver and the Ray it started)."""
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "rrsis.cli", "map", *overrides, f"output={out}", f"run_id={RUN_ID}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    watch = Watch(proc.pid, out / RUN_ID, start)
+    watch.start()
+    while watch.first_tile_s != watch.first_tile_s and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of its Ray is left
+    watch.stop.set()
+    watch.join()
+    return watch.first_tile_s
+
+
 def scenes(root: Path, count: int, size: int) -> list[str]:
     """`count` hard links of one generated scene (each a separate input with its own outputs)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -119,6 +149,7 @@ def main() -> None:
     parser.add_argument("--large-scenes", type=int, default=500)
     parser.add_argument("--large-size", type=int, default=640)
     parser.add_argument("--tile", type=int, default=32)
+    parser.add_argument("--probes", type=int, default=2, help="first-tile probes per size, alternating")
     parser.add_argument("--set", nargs="*", default=[], help="extra `rrsis map` overrides")
     args = parser.parse_args()
     bench_start = time.perf_counter()
@@ -128,15 +159,24 @@ def main() -> None:
         f"infer.checkpoint={ckpt}", f"tiling.tile_px={args.tile}", "tiling.overlap_px=0", "infer.batch_size=16",
         "infer.batch_invariant=false", "outputs.vectors=false", "outputs.quicklook=false", *args.set,
     ]  # fmt: skip
-    rows = {}
+    rows, listings = {}, {}
     for label, count, size in (("small", args.small_scenes, args.small_size), ("large", args.large_scenes,
                                                                                args.large_size)):  # fmt: skip
         inputs = scenes(tmp / f"scenes_{label}", count, size)
-        listing = tmp / f"{label}.txt"
-        listing.write_text("\n".join(inputs) + "\n")
+        listings[label] = tmp / f"{label}.txt"
+        listings[label].write_text("\n".join(inputs) + "\n")
+    # Time to the first tile, alternating small / large so the machine's drift hits both alike.
+    probes: dict[str, list[float]] = {"small": [], "large": []}
+    for k in range(args.probes):
+        for label in ("small", "large"):
+            first = first_tile_probe([f"input=[{listings[label]}]", *common], tmp / f"probe_{label}_{k}")
+            probes[label].append(first)
+            print(f"first-tile probe {label} {k}: {first:.1f} s", flush=True)
+    for label, count, size in (("small", args.small_scenes, args.small_size), ("large", args.large_scenes,
+                                                                               args.large_size)):  # fmt: skip
         out = tmp / f"out_{label}"
-        run = rrsis_map([f"input=[{listing}]", *common], out)
-        again = rrsis_map([f"input=[{listing}]", *common], out)
+        run = rrsis_map([f"input=[{listings[label]}]", *common], out)
+        again = rrsis_map([f"input=[{listings[label]}]", *common], out)
         rows[label] = (count, run, again)
         print(
             f"{label}: {count} scenes of {size}^2, {run['tiles']} tiles: driver peak RSS "
@@ -148,6 +188,9 @@ def main() -> None:
             flush=True,
         )
     small, large = rows["small"][1], rows["large"][1]
+    first_small = statistics.median(probes["small"])
+    print(f"first tile, median of {args.probes} alternating probes: small {first_small:.1f} s, large "
+          f"{statistics.median(probes['large']):.1f} s", flush=True)  # fmt: skip
     resume = rows["large"][2]
     per_tile_ms = large["wall"] / max(1, int(large["tiles"])) * 1e3
     per_scene_s = large["wall"] / rows["large"][0]
@@ -156,7 +199,7 @@ def main() -> None:
     print(
         f"driver peak RSS {int(large['tiles'])} / {int(small['tiles'])} tiles "
         f"{int(large['driver_hwm']) / int(small['driver_hwm']):.3f} (goal <= 1.10); first tile "
-        f"{rows['large'][0]} / {rows['small'][0]} scenes {large['first_tile'] / small['first_tile']:.3f} "
+        f"{rows['large'][0]} / {rows['small'][0]} scenes {statistics.median(probes['large']) / first_small:.3f} "
         f"(goal <= 1.2); full resume of {int(large['tiles'])} tiles {resume['wall']:.1f} s (goal <= 30), "
         f"{resume['tiles_verified']} tiles read (goal 0)"
     )

@@ -20,8 +20,10 @@ from pystac.extensions.sar import FrequencyBand, Polarization, SarExtension
 
 from rrsis.pipeline.inputs import resolve_inputs
 from rrsis.pipeline.manifest import read_table
+from rrsis.pipeline.plan import plan_run
 from rrsis.pipeline.run import run_map
 from rrsis.pipeline.stac import is_stac_input
+from rrsis.pipeline.stages import read_stage
 from tests.pipeline_data import map_config, read_tiles, tiny_checkpoint
 from tests.test_vrt import linear_power, read_chip, write_cog
 
@@ -207,3 +209,47 @@ def test_map_item_collection_matches_the_stacked_db_chips(
         assert union > 1000  # the tiny model finds water and land on these chips
         assert (water & want_water).sum() / union >= 0.999
         assert ((got == 255) == (want == 255)).all()
+
+
+S2_CHIP = SAMPLES.parent / "S2Hand" / "Spain_7370579_S2Hand.tif"
+S2_BANDS = {"B2": (1, "blue"), "B3": (2, "green"), "B4": (3, "red"), "B8": (7, "nir")}  # chip band index
+
+
+def read_stage_tiles(inputs: list[str], prefix: Path, bands: list[str]) -> dict[str, np.ndarray]:
+    """The map's planning and read stage for a model with `bands`, one batch of every 128 px tile."""
+    scenes, problems = resolve_inputs(inputs, bands=bands)
+    assert problems == []
+    _, rows, _ = plan_run(
+        scenes, str(prefix), tile_px=128, overlap_px=0, requested_bands=[], model_bands=bands, in_bands=len(bands)
+    )
+    return read_stage({k: np.asarray([r[k] for r in rows]) for k in rows[0]})
+
+
+def test_sentinel2_per_band_cogs_read_as_reflectance(tmp_path: Path) -> None:
+    """L2A-style assets (uint16, offset -1000 from baseline 04.00, raster:bands scale/offset), keyed either
+    B02... or blue/green/red/nir, give the 4-band model the reflectances of the original chip."""
+    x1e4, profile = read_chip(S2_CHIP)
+    items = []
+    for style in ("B0x", "common"):
+        item = pystac.Item(f"S2_{style}", None, None, WHEN, {})
+        for band, (index, common) in S2_BANDS.items():
+            dn = (x1e4[index].astype(np.int32) + 1000).astype(np.uint16)
+            href = write_cog(tmp_path / f"{style}_{band}.tif", dn, profile, nodata=0)
+            name = f"B{int(band[1:]):02d}"
+            asset = pystac.Asset(href, media_type=pystac.MediaType.COG, roles=["data"])
+            asset.extra_fields["eo:bands"] = [{"name": name, "common_name": common}]
+            asset.extra_fields["raster:bands"] = [{"nodata": 0, "data_type": "uint16", "scale": 1e-4, "offset": -0.1}]
+            item.add_asset(name if style == "B0x" else common, asset)
+        items.append(item)
+    collection = save_collection(tmp_path / "s2.json", items)
+    stacked = dict(profile, count=4, dtype="float32", nodata=float("nan"), driver="GTiff")
+    with rasterio.open(tmp_path / "reflectance.tif", "w", **stacked) as dst:
+        dst.write((x1e4[[i for i, _ in S2_BANDS.values()]].astype(np.float64) / 1e4).astype(np.float32))
+        dst.descriptions = tuple(S2_BANDS)
+    bands = list(S2_BANDS)
+    got = read_stage_tiles([collection], tmp_path / "a", bands)
+    want = read_stage_tiles([str(tmp_path / "reflectance.tif")], tmp_path / "b", bands)
+    assert got["status"].tolist() == ["ok"] * 32 and want["status"].tolist() == ["ok"] * 16
+    for half in (slice(0, 16), slice(16, 32)):
+        assert (got["valid"][half] == want["valid"]).all()
+        assert np.abs(got["image"][half] - want["image"]).max() < 1e-6

@@ -22,7 +22,7 @@ from rrsis.pipeline.commit import product_checksums
 from rrsis.pipeline.plan import PlanArgs, expand_scene
 from rrsis.pipeline.products import quicklook_background, scene_products
 from rrsis.pipeline.scene_inputs import SceneKey
-from rrsis.pipeline.stages import InferStage, RefineStage, read_stage, verify_stage, write_stage
+from rrsis.pipeline.stages import InferStage, RefineStage, read_stage, write_stage
 from rrsis.resources import ray_options
 
 
@@ -158,12 +158,6 @@ def bound_object_store(ds: ray.data.Dataset, block_nbytes: int) -> int:
     options = ds.context.execution_options
     options.resource_limits = options.resource_limits.copy(object_store_memory=limit)
     return limit
-
-
-def verify_dataset(rows: list[dict[str, Any]], res: PipelineResources) -> ray.data.Dataset:
-    """Tile rows -> rows with `done` (output exists and its checksum verifies): the resume check."""
-    ds: ray.data.Dataset = ray.data.from_items(rows)
-    return map_stage(ds, verify_stage, res.read, max(res.batch_size, 16))
 
 
 def map_dataset(

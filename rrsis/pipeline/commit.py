@@ -15,13 +15,15 @@ most the scenes in flight and the driver's memory never holds a row per tile of 
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Set
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -37,6 +39,8 @@ from rrsis.storage.uri import local_path
 COMMITS = "_commits"
 PARTS = "manifest"
 PRODUCT_KEYS = ("mosaic", "vectors", "quicklook", "stats", "referring_vectors")
+PREFETCH = 16  # objects read ahead when a run is assembled from its parts and records
+T = TypeVar("T")
 
 
 def commit_key(run_prefix: str, scene_id: str) -> str:
@@ -116,11 +120,10 @@ def write_run_manifest(
     with tempfile.TemporaryDirectory(prefix="rrsis-manifest-") as tmp:
         path = os.path.join(tmp, "manifest.parquet")
         with pq.ParquetWriter(path, MANIFEST_SCHEMA, compression="zstd") as writer:
-            for scene_id in scene_ids:
-                try:
-                    table = pq.read_table(io.BytesIO(storage.get_bytes(part_key(run_prefix, scene_id))))
-                except StorageError:
+            for scene_id, data in prefetched(lambda s: _part_bytes(run_prefix, s), scene_ids):
+                if data is None:
                     continue
+                table = pq.read_table(io.BytesIO(data))
                 writer.write_table(table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA))
                 status = table.column("status").to_pylist()
                 counts["tiles"] += len(status)
@@ -132,6 +135,28 @@ def write_run_manifest(
                 counts["tiles_failed"] += status.count("failed")
         storage.put_file(path, out_uri)
     return counts
+
+
+def _part_bytes(run_prefix: str, scene_id: str) -> bytes | None:
+    try:
+        return storage.get_bytes(part_key(run_prefix, scene_id))
+    except StorageError:  # the scene has no part (it never got all its tiles)
+        return None
+
+
+def prefetched(fetch: Callable[[str], T], keys: Iterable[str], ahead: int = PREFETCH) -> Iterator[tuple[str, T]]:
+    """(key, fetch(key)) in the order of `keys`, fetched by a few threads at most `ahead` keys in advance:
+    object-store latency overlaps, memory holds `ahead` results, not all of them."""
+    with ThreadPoolExecutor(max_workers=min(ahead, 8)) as pool:
+        window: collections.deque[tuple[str, Future[T]]] = collections.deque()
+        for key in keys:
+            window.append((key, pool.submit(fetch, key)))
+            if len(window) >= ahead:
+                first, future = window.popleft()
+                yield first, future.result()
+        while window:
+            first, future = window.popleft()
+            yield first, future.result()
 
 
 def manifest_dataset(run_prefix: str) -> pads.Dataset:

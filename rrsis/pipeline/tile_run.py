@@ -31,7 +31,14 @@ from rrsis.pipeline.build import (
     products_task,
     resources_for,
 )
-from rrsis.pipeline.commit import commit_scene, committed_scenes, part_key, read_record, write_run_manifest
+from rrsis.pipeline.commit import (
+    commit_scene,
+    committed_scenes,
+    part_key,
+    prefetched,
+    read_record,
+    write_run_manifest,
+)
 from rrsis.pipeline.context import RunContext, finish_run
 from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.manifest import MANIFEST_SCHEMA, conform_table, table_bytes
@@ -250,7 +257,8 @@ def run_tiles(ctx: RunContext, spec: TileSpec) -> int:
         compute_s = ctx.timings["compute_s"] = time.perf_counter() - compute_start
     else:
         compute_s = 0.0
-    records = [tracker.records.get(s.scene_id) or _record_before(before, s.scene_id) for s in ctx.scenes]
+    earlier = dict(prefetched(lambda scene_id: read_record(before[scene_id]), list(before)))
+    records = [tracker.records.get(s.scene_id) or earlier.get(s.scene_id) for s in ctx.scenes]
     committed = [r for r in records if r is not None]
     phase = time.perf_counter()
     manifest_uri = storage.join(ctx.run_prefix, "manifest.parquet")
@@ -259,7 +267,3 @@ def run_tiles(ctx: RunContext, spec: TileSpec) -> int:
     ctx.failures.extend(tracker.failures)
     counts.update(scenes_resumed=len(before), tiles_verified=tracker.tiles_verified)
     return finish_run(ctx, committed, counts, compute_s, spec.target)
-
-
-def _record_before(before: dict[str, str], scene_id: str) -> dict[str, Any] | None:
-    return read_record(before[scene_id]) if scene_id in before else None

@@ -98,12 +98,20 @@ def score_attribute(cfg: TrainConfig) -> str:
         raise ConfigError(f"config error: key 'model.name': {name!r} does not train; allowed: {', '.join(FAMILIES)}")
     if cfg.optim.monitor == "last" or name == "sam_decoder":
         return "epoch"
-    if name == "waterland":
-        return f"val_{cfg.optim.monitor}" if cfg.data.val_events or cfg.data.val_fraction > 0 else "epoch"
-
-    if not g.val_samples(cfg):
+    if not has_validation(cfg):
         return "epoch"
+    if name == "waterland":
+        return f"val_{cfg.optim.monitor}"
     return "val_miou" if name == "danet" else "val_box_acc@0.5"
+
+
+def has_validation(cfg: TrainConfig) -> bool:
+    """Whether the family evaluates a validation split each epoch (the SAM decoder never does)."""
+    if cfg.model.name == "waterland":
+        return bool(cfg.data.val_events) or cfg.data.val_fraction > 0
+    if cfg.model.name in ("danet", "grounding"):
+        return bool(g.val_samples(cfg))
+    return False
 
 
 def build_recipe(cfg: TrainConfig, device: torch.device) -> Recipe:

@@ -34,10 +34,11 @@ from rrsis.config.load import to_yaml, validate
 from rrsis.config.train import TrainConfig
 from rrsis.config.tune import TuneConfig
 from rrsis.devices import resolve_device
-from rrsis.errors import ConfigError
+from rrsis.errors import ConfigError, InputError, RrsisError
 from rrsis.log import get_logger
 from rrsis.session import configure_storage, connect_ray
 from rrsis.train.fit import STATE_FILE, Epoch, fit_recipe
+from rrsis.train.preflight import check_fits, check_inputs, check_metric
 from rrsis.train.ray_train import checkpoint_uri, for_workers, storage_target
 from rrsis.train.recipes import build_recipe, model_file
 
@@ -126,6 +127,35 @@ def for_workers_output(output: str) -> str:
     return output if storage.is_remote(output) else os.path.abspath(output)
 
 
+def trial_resources(cfg: TuneConfig) -> dict[str, float]:
+    """What one trial asks Ray for: `cpus_per_trial`, and one GPU when `base.train.use_gpu`."""
+    return {"cpu": cfg.cpus_per_trial, "gpu": 1.0 if cfg.base.train.use_gpu else 0.0}
+
+
+def trial_reason(error: BaseException) -> str:
+    """The first line of what went wrong inside a trial (Ray wraps it in its own exceptions)."""
+    seen = error
+    for _ in range(10):
+        inner = getattr(seen, "cause", None) or seen.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        seen = inner
+    if isinstance(seen, RrsisError):
+        return str(seen).splitlines()[0] if str(seen) else type(seen).__name__
+    lines = [line for line in str(seen).splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""  # a Ray traceback text ends with "Type: message"
+    return last if type(seen).__name__ in last else f"{type(seen).__name__}: {last}"
+
+
+def preflight(cfg: TuneConfig) -> dict[str, Any]:
+    """Everything that can fail before a trial starts, checked on the driver (one line each); returns the space."""
+    resolve_device(cfg.base.device, key="base.device")
+    check_inputs(cfg.base, "base.")
+    space = load_space(cfg.space)
+    check_metric(cfg.metric, cfg.base)
+    return space
+
+
 def build_tuner(cfg: TuneConfig, callbacks: list[Any] | None = None) -> Any:
     """A fresh Tuner, or `Tuner.restore` of the same experiment when `restore=true` and it exists."""
     from ray import tune
@@ -134,7 +164,7 @@ def build_tuner(cfg: TuneConfig, callbacks: list[Any] | None = None) -> Any:
     base = for_workers(cfg.base)
     base.storage = cfg.storage  # trials read and write where the tune job does
     space = load_space(cfg.space)
-    trainable = tune.with_resources(tune.with_parameters(trial, base=base), {"cpu": cfg.cpus_per_trial})
+    trainable = tune.with_resources(tune.with_parameters(trial, base=base), trial_resources(cfg))
     storage_path, filesystem = storage_target(for_workers_output(cfg.output), cfg.storage)
     if cfg.restore:
         path = f"{storage_path}/{cfg.name}"
@@ -194,21 +224,38 @@ def _best_result(results: Any, table: Any) -> Any:
 
 
 def run_tune(cfg: TuneConfig) -> int:
-    resolve_device(cfg.base.device, key="base.device")
     configure_storage(cfg.storage)
-    connect_ray(cfg.ray)
-    space_keys = list(load_space(cfg.space))
+    space_keys = list(preflight(cfg))
+    import ray  # Ray loads only for the jobs that use it
+
+    resources = trial_resources(cfg)
+    if not (ray.is_initialized() or cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        # the embedded Ray about to start: its size is known before starting it
+        local = {"CPU": cfg.ray.num_cpus or os.cpu_count() or 1, "GPU": cfg.ray.num_gpus or torch.cuda.device_count()}
+        check_fits(resources["cpu"], resources["gpu"], [local])
+    mode = connect_ray(cfg.ray)
+    try:
+        check_fits(resources["cpu"], resources["gpu"], [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+    except ConfigError as exc:
+        if mode != "cluster":  # a local Ray never grows
+            raise
+        log.warning("%s (waiting for the cluster to scale up)", exc)  # an autoscaler may still add such a node
     results = build_tuner(cfg).fit()
     out = experiment_uri(cfg)
-    table = results_table(results, space_keys, cfg.metric).sort_values(cfg.metric, ascending=cfg.mode == "min")
+    errors = [r for r in results if r.error is not None]
+    for r in errors:
+        log.error("trial %s failed: %s", (r.metrics or {}).get("trial_id") or r.path, trial_reason(r.error))
+    if len(errors) == len(results):
+        raise InputError(f"all {len(results)} trials failed; the first: {trial_reason(errors[0].error)}")
+    table = results_table(results, space_keys, cfg.metric)
+    if cfg.metric not in table.columns:
+        raise ConfigError(f"config error: key 'metric': no trial reported {cfg.metric!r}")
+    table = table.sort_values(cfg.metric, ascending=cfg.mode == "min")
     storage.put_bytes(storage.join(out, "results.csv"), table.to_csv(index=False).encode())
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
     storage.put_bytes(storage.join(out, "results.parquet"), buffer.getvalue())
     print(table.to_string(index=False))
-    errors = [r for r in results if r.error is not None]
-    if len(errors) == len(results):
-        raise ConfigError(f"all {len(results)} trials failed; first error: {errors[0].error}")
     best = _best_result(results, table)
     params = {k: best.config[k] for k in space_keys}
     best_cfg = apply_overrides(cfg.base, params)

@@ -27,6 +27,7 @@ from torch import nn
 
 from rrsis import __version__, storage
 from rrsis.checkpoint_header import FORMAT_VERSION, KIND
+from rrsis.config.load import to_dict
 from rrsis.data.normalize import (
     SCENE_RULES,
     NormStats,
@@ -222,8 +223,6 @@ def checkpoint_from_model(
     gate: str = "",
 ) -> Checkpoint:
     """Snapshot a model (weights copied to CPU) with its config, bands and normalisation."""
-    from rrsis.config.load import to_dict
-
     return Checkpoint(
         model_name=model_cfg.name,
         model_config=to_dict(model_cfg),

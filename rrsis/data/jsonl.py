@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rrsis.data.referring import ReferringSample
+from rrsis.data.referring_sample import ReferringSample
 from rrsis.errors import InputError
 
 

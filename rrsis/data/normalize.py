@@ -10,10 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags
 
 from rrsis.data.otsu import NO_GATE, otsu_threshold
 from rrsis.data.pairs import SampleRef, iter_blocks, read_sample
 from rrsis.errors import InputError
+from rrsis.geo.raster import open_raster, read_decimated
 
 MIN_STD = 1e-6  # a constant band would divide by zero; keep it finite
 
@@ -131,11 +134,6 @@ def decimated_pixels(uri: str, bands: Sequence[int], max_px: int = SCENE_STATS_M
     """(C, N) float64 valid pixels of a GeoTIFF scene from one decimated read (overviews when the file has
     them), never a full-resolution read of a large scene. Valid = finite, not the nodata tag, inside the mask.
     No valid pixel is an InputError naming the scene."""
-    import rasterio
-    from rasterio.enums import MaskFlags
-
-    from rrsis.geo.raster import open_raster, read_decimated
-
     with open_raster(uri) as src:
         step = max(1, -(-max(src.width, src.height) // max_px))
         shape = (max(1, src.height // step), max(1, src.width // step))

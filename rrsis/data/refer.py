@@ -18,7 +18,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from rrsis.data.referring import ReferringSample, require_dir
+from rrsis.data.referring_sample import ReferringSample, require_dir
 from rrsis.errors import InputError
 
 # What a pickle may name: only builtin value types (protocol <= 2 pickles name set/frozenset this way).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from rrsis.data.referring import ReferringSample, require_dir
+from rrsis.data.referring_sample import ReferringSample, require_dir
 from rrsis.errors import InputError
 
 

@@ -28,6 +28,8 @@ from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError
 from rrsis.log import get_logger
 from rrsis.metrics.referring import ReferringMeter, SampleScore
+from rrsis.models.grounding.model import GroundingModel
+from rrsis.models.pslg_sam import PslgSam
 
 log = get_logger(__name__)
 GAP_PX = 4
@@ -43,9 +45,6 @@ class Prediction:
 
 def predict_referring(model: nn.Module, images: list[np.ndarray], texts: list[str]) -> list[Prediction]:
     """Run whichever referring interface `model` has."""
-    from rrsis.models.grounding.model import GroundingModel
-    from rrsis.models.pslg_sam import PslgSam
-
     if isinstance(model, PslgSam):
         return [Prediction(o.box_xyxy, o.mask, o.scores()) for o in model.predict_batch(images, texts)]
     if isinstance(model, GroundingModel):
@@ -182,8 +181,6 @@ def build_referring_model(cfg: EvalConfig, ckpt: Checkpoint) -> nn.Module:
         return build_from_checkpoint(ckpt)
     if ckpt.model_name != "grounding":
         raise ConfigError(f"config error: key 'with_sam': needs a grounding checkpoint, got {ckpt.model_name!r}")
-    from rrsis.models.pslg_sam import PslgSam
-
     model = PslgSam(model_config_from_dict(ckpt.model_config).grounding, cfg.sam)
     model.grounding.load_state_dict(ckpt.state_dict, strict=True)
     return model.eval()

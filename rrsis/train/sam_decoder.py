@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from rrsis import storage
+from rrsis.data.dataset import find_refs
+from rrsis.data.pairs import read_sample
 from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError, InputError
 from rrsis.models.sam.build import build_sam
@@ -220,9 +222,6 @@ S2_RGB_MAX = 3000.0  # Sentinel-2 L1C reflectance x 10000 drawn as 255 in SAM's 
 
 def sen1floods11_samples(data: Any, min_area_px: int = 64, max_objects: int = 4) -> list[DecoderSample]:
     """(RGB, box, water body) samples from Sen1Floods11 S2 chips, cut into `crop_px` squares without nodata."""
-    from rrsis.data.dataset import find_refs
-    from rrsis.data.pairs import read_sample
-
     if data.format != "sen1floods11" or data.sensor != "s2" or len(data.bands) != 3:
         raise ConfigError(
             "config error: key 'data': sam_decoder trains on format 'sen1floods11', sensor 's2', three bands "

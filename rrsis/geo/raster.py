@@ -25,7 +25,7 @@ from rasterio.windows import Window
 from rrsis import storage
 from rrsis.errors import InputError
 from rrsis.geo.tiling import PixelWindow
-from rrsis.geo.vrt import BandSource, build_stack_vrt, is_vrt_xml, vrt_label, vrt_sources
+from rrsis.geo.vrt import BandSource, build_stack_vrt, db_factors, is_vrt_xml, to_db, vrt_label, vrt_sources
 from rrsis.geo.warp import has_gcps_only, warped_vrt_xml
 
 # GDAL options for remote opens: no directory LIST and no sidecar probing on open (one GET per open instead
@@ -224,8 +224,9 @@ def read_window(
     """Read one window (boundless) -> (array (C,H,W) in out_dtype, valid (H,W) bool).
 
     Pixels outside the scene are 0 and invalid. Only the part inside the scene is read from the file (no VRT
-    for boundless reads), which keeps this as fast as a plain `src.read`. NaN values become 0 (and invalid) so
-    a model never sees NaN; other nodata values are kept as they are and flagged invalid.
+    for boundless reads), which keeps this as fast as a plain `src.read`. Bands of a stack VRT in linear power
+    or amplitude become dB here (`rrsis.geo.vrt.to_db`; <= 0 becomes nodata). NaN values become 0 (and
+    invalid) so a model never sees NaN; other nodata values are kept as they are and flagged invalid.
     """
     band_list = list(bands) if bands else list(range(1, src.count + 1))
     out = np.zeros((len(band_list), window.height, window.width), dtype=out_dtype)
@@ -235,7 +236,7 @@ def read_window(
         return out, valid
     rio_window = Window(*inside.to_tuple())
     try:
-        data = src.read(band_list, window=rio_window)
+        data = to_db(src.read(band_list, window=rio_window), db_factors(src, band_list))
         inner_valid = _valid_mask(src, data, band_list, rio_window)
     except (rasterio.errors.RasterioError, OSError) as exc:
         raise InputError(
@@ -338,4 +339,4 @@ def read_decimated(src: Any, bands: Sequence[int], out_shape: tuple[int, int], m
                     list(bands), window=window, out_shape=(len(bands), *shape), resampling=Resampling.nearest
                 )
             out[:, r0:r1, c0:c1] = part
-    return out
+    return out if masks else to_db(out, db_factors(src, bands))

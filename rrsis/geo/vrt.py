@@ -1,17 +1,18 @@
 """One scene from several single-band rasters: a GDAL VRT (XML text, never a copied raster) that stacks them.
 
 The scene grid is the finest band's grid (smallest pixel area; the first such band on a tie); coarser bands
-are resampled on read by GDAL (bilinear `ComplexSource`). Every band of the stack is Float32 with NaN as
+are resampled on read by GDAL (bilinear). Every band of the stack is Float32 with NaN as
 nodata, named by its band name (the band description, so `resolve_bands` finds it by name), and converted on
-read by GDAL itself:
+read:
 
 - `native`: `value * scale + offset` (`ComplexSource` `ScaleRatio`/`ScaleOffset`), e.g. Sentinel-2 L2A
   digital numbers -> reflectance (scale 1e-4, offset -0.1 from processing baseline 04.00).
-- `power` (linear backscatter, gamma0/sigma0) -> dB as 10·log10(x); `amplitude` -> dB as 20·log10(x).
-  GDAL's `dB` pixel function computes fact·log10(|x|), so alone it would turn a negative value into a
-  finite dB and a nodata value into a number. The source's `LUT` maps every x <= 0 to NaN first (GDAL parses
-  `nan` in a LUT and interpolates nothing across it), and source nodata pixels are left at the band's NaN
-  nodata by the `ComplexSource`; log10(NaN) stays NaN. Verified against GDAL 3.10 (rasterio 1.4 wheels).
+- `power` (linear backscatter, gamma0/sigma0) -> dB as 10·log10(x); `amplitude` -> dB as 20·log10(x); values
+  <= 0 and nodata become NaN (nodata). The band reads linear values from GDAL and carries the factor in its
+  metadata (`RRSIS_DB_FACTOR`); `rrsis.geo.raster.read_window` / `read_decimated` (every reader of scene
+  pixels: tiles, quicklooks, scene statistics) apply it with numpy. GDAL 3.10 (rasterio 1.4's) has a `dB`
+  pixel function, but it computes fact·log10(|x|) (a negative value becomes a finite dB, a nodata value a
+  number) and a derived band made the windowed read 5-10x slower than the stacked file here; numpy adds ~10 %.
 
 The XML is the scene's URI: `open_raster`/`read_info`/`read_window` open it like a file on any worker, the
 run id hashes it (item id, asset hrefs, grid), and nothing has to be written next to read-only inputs.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+import numpy as np
 import rasterio
 import rasterio.errors
 from rasterio.enums import MaskFlags
@@ -33,7 +35,7 @@ from rasterio.enums import MaskFlags
 from rrsis.errors import InputError
 
 VRT_PREFIX = "<VRTDataset"
-LABEL_KEY = "rrsis:scene"
+LABEL_KEY = "RRSIS_SCENE"
 
 # unit spellings (lower case) -> conversion; anything else is refused with the key that carried it
 UNITS: dict[str, str] = {
@@ -50,11 +52,10 @@ UNITS: dict[str, str] = {
     "none": "native",
 }
 CONVERSIONS = ("native", "power", "amplitude")
+DB_FACTOR_KEY = "RRSIS_DB_FACTOR"  # no colon: GDAL splits metadata items at ":" as at "="
 _DB_FACTOR = {"power": 10, "amplitude": 20}
-# x <= 0 -> NaN, x > 0 unchanged (GDAL clamps beyond the ends: x > 1e38 stays 1e38)
-_POSITIVE_ONLY_LUT = "-1e38:nan,0:nan,1e-38:1e-38,1e38:1e38"
 _SOURCE_RE = re.compile(r"<SourceFilename[^>]*>([^<]*)</SourceFilename>")
-_LABEL_RE = re.compile(r'<MDI key="rrsis:scene">([^<]*)</MDI>')
+_LABEL_RE = re.compile(r"<MDI key=\"RRSIS_SCENE\">([^<]*)</MDI>")
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def vrt_sources(xml: str) -> list[str]:
 
 
 def vrt_label(xml: str) -> str:
-    """A short name for a VRT scene in messages: its `rrsis:scene` metadata, else 'VRT'."""
+    """A short name for a VRT scene in messages: its `RRSIS_SCENE` metadata, else 'VRT'."""
     found = _LABEL_RE.search(xml)
     return f"stack {found.group(1)}" if found else "VRT stack"
 
@@ -136,43 +137,69 @@ def _fmt(value: float) -> str:
     return "nan" if math.isnan(value) else repr(float(value))
 
 
+def _rect_value(value: float) -> str:
+    """An integer when the value is one (GDAL then copies without resampling), else the exact float."""
+    return str(round(value)) if abs(value - round(value)) < 1e-9 else repr(value)
+
+
 def _source_xml(source: BandSource, path: str, grid: _Grid, scene: _Grid) -> str:
-    """A ComplexSource placing `grid`'s pixels on `scene`'s grid (fractional SrcRect = resample on read)."""
+    """A source placing `grid`'s pixels on `scene`'s grid (a SrcRect of another size = resampled on read).
+
+    A `SimpleSource` when nothing but placement is needed (GDAL's fast path: a float band's NaN nodata reads
+    as the stack's NaN nodata by itself), else a `ComplexSource` with NODATA / mask / scale and offset.
+    """
     a, _, c, _, e, f = grid.transform
     sa, _, sc, _, se, sf = scene.transform
-    x_off, y_off = (sc - c) / a, (sf - f) / e
-    x_size, y_size = scene.width * sa / a, scene.height * se / e
+    rect = [(sc - c) / a, (sf - f) / e, scene.width * sa / a, scene.height * se / e]
+    x_off, y_off, x_size, y_size = (_rect_value(v) for v in rect)
+    resampled = (x_size, y_size) != (str(scene.width), str(scene.height))
     nodata = source.nodata if source.nodata is not None else grid.nodata
-    parts = [
-        '<ComplexSource resampling="bilinear">',
-        f'<SourceFilename relativeToVRT="0">{escape(path)}</SourceFilename>',
-        f"<SourceBand>{source.band}</SourceBand>",
-        f'<SrcRect xOff="{x_off!r}" yOff="{y_off!r}" xSize="{x_size!r}" ySize="{y_size!r}"/>',
-        f'<DstRect xOff="0" yOff="0" xSize="{scene.width}" ySize="{scene.height}"/>',
-    ]
-    if nodata is not None:
-        parts.append(f"<NODATA>{_fmt(nodata)}</NODATA>")
+    extra = []
+    if nodata is not None and not math.isnan(nodata):
+        extra.append(f"<NODATA>{_fmt(nodata)}</NODATA>")
     elif grid.masked:
-        parts.append("<UseMaskBand>true</UseMaskBand>")
+        extra.append("<UseMaskBand>true</UseMaskBand>")
     if source.scale != 1.0 or source.offset != 0.0:
-        parts.append(f"<ScaleOffset>{_fmt(source.offset)}</ScaleOffset><ScaleRatio>{_fmt(source.scale)}</ScaleRatio>")
-    if source.convert in _DB_FACTOR:
-        parts.append(f"<LUT>{_POSITIVE_ONLY_LUT}</LUT>")
-    parts.append("</ComplexSource>")
-    return "".join(parts)
+        extra.append(f"<ScaleOffset>{_fmt(source.offset)}</ScaleOffset><ScaleRatio>{_fmt(source.scale)}</ScaleRatio>")
+    kind = "ComplexSource" if extra else "SimpleSource"
+    return "".join(
+        [
+            f'<{kind} resampling="bilinear">' if resampled else f"<{kind}>",
+            f'<SourceFilename relativeToVRT="0">{escape(path)}</SourceFilename>',
+            f"<SourceBand>{source.band}</SourceBand>",
+            f'<SrcRect xOff="{x_off}" yOff="{y_off}" xSize="{x_size}" ySize="{y_size}"/>',
+            f'<DstRect xOff="0" yOff="0" xSize="{scene.width}" ySize="{scene.height}"/>',
+            *extra,
+            f"</{kind}>",
+        ]
+    )
 
 
 def _band_xml(index: int, source: BandSource, body: str) -> str:
-    head = f'<VRTRasterBand dataType="Float32" band="{index}"'
     desc = f"<Description>{escape(source.name)}</Description><NoDataValue>nan</NoDataValue>"
+    meta = ""
     if source.convert in _DB_FACTOR:
-        func = (
-            "<PixelFunctionType>dB</PixelFunctionType>"
-            f'<PixelFunctionArguments fact="{_DB_FACTOR[source.convert]}"/>'
-            "<SourceTransferType>Float64</SourceTransferType>"
-        )
-        return f'{head} subClass="VRTDerivedRasterBand">{desc}{func}{body}</VRTRasterBand>'
-    return f"{head}>{desc}{body}</VRTRasterBand>"
+        meta = f'<Metadata><MDI key="{DB_FACTOR_KEY}">{_DB_FACTOR[source.convert]}</MDI></Metadata>'
+    return f'<VRTRasterBand dataType="Float32" band="{index}">{desc}{meta}{body}</VRTRasterBand>'
+
+
+def db_factors(src: Any, bands: Sequence[int]) -> list[float]:
+    """Per band of `bands`, the dB factor (10 power, 20 amplitude) its values need, 0 for none."""
+    return [float(src.tags(b).get(DB_FACTOR_KEY, 0) or 0) for b in bands]
+
+
+def to_db(data: np.ndarray, factors: Sequence[float]) -> np.ndarray:
+    """In place on float `data` (C, ...): band c -> factor·log10(x) where factor > 0; x <= 0 and NaN -> NaN.
+
+    Through the natural log (numpy vectorises float32 `log`, not `log10`: 3.5x faster here), within 1e-5 dB.
+    """
+    for band, factor in zip(data, factors, strict=True):
+        if factor:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                np.log(band, out=band)
+                band *= band.dtype.type(factor / math.log(10.0))
+            band[band == -np.inf] = np.nan  # log(0); log(x < 0) is NaN already
+    return data
 
 
 def _crs_name(crs: Any) -> str:

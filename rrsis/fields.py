@@ -1,4 +1,7 @@
-"""Field helpers that attach validation rules to config dataclasses (checked by `validate`)."""
+"""Field helpers that attach validation rules to config dataclasses (checked by `rrsis.config.load.validate`).
+
+Plain dataclasses only: the model, refine and job configs all import them, so this sits below all three.
+"""
 
 from __future__ import annotations
 

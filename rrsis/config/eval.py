@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rrsis.config.common import StorageConfig
-from rrsis.config.fields import bounded, choice
-from rrsis.config.fields import device as device_field
 from rrsis.config.train import DataConfig
+from rrsis.fields import bounded, choice
+from rrsis.fields import device as device_field
 from rrsis.models.sam.config import SamConfig
 
 

@@ -20,9 +20,9 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-from rrsis.config.fields import describe_range, in_range
 from rrsis.config.keys import example, key_spec, lists_from_scalars, mismatch
 from rrsis.errors import ConfigError
+from rrsis.fields import describe_range, in_range
 
 T = TypeVar("T")
 

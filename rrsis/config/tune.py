@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rrsis.config.common import RayConfig, StorageConfig
-from rrsis.config.fields import bounded, choice
 from rrsis.config.train import TrainConfig
+from rrsis.fields import bounded, choice
 
 
 @dataclass

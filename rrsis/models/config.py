@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rrsis.config.fields import choice
+from rrsis.fields import choice
 from rrsis.models.danet.config import DanetConfig
 from rrsis.models.grounding.config import GroundingConfig
 from rrsis.models.sam.config import SamConfig

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rrsis.config.fields import bounded, choice
+from rrsis.fields import bounded, choice
 
 
 @dataclass

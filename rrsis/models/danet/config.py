@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rrsis.config.fields import bounded, choice, items
 from rrsis.errors import ConfigError
+from rrsis.fields import bounded, choice, items
 
 BACKBONES = ("swin_b", "swin_t", "swin_s", "swin_b", "swin_l", "tiny")
 AGENT_MODES = ("raam", "raam", "cross_attention", "masked_attention")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rrsis.config.fields import bounded, choice
 from rrsis.errors import ConfigError
+from rrsis.fields import bounded, choice
 
 IMAGE_ENCODERS = ("resnet50", "resnet50", "resnet18", "tiny")  # tiny: torchvision ResNet(BasicBlock, [1,1,1,1])
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rrsis.config.fields import bounded, choice
+from rrsis.fields import bounded, choice
 from rrsis.refine.config import CfpgConfig, MboConfig
 
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny", "vit_b_256")

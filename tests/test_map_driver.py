@@ -3,6 +3,7 @@ reading their tiles, one driver per run folder (the lease), and run ids that ign
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +259,45 @@ def test_an_unreadable_lease_is_reported_not_taken(tmp_path: Path) -> None:
     with pytest.raises(LeaseHeld, match="unreadable"):
         RunLease(str(run)).acquire()
     assert (run / LEASE).read_text() == "{not json"
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A small tmpfs at `path` (read-only or nearly full outputs); skips where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_read_only_output_is_one_line_exit_2_before_ray(tmp_path: Path) -> None:
+    scene = write_scene(tmp_path / "a.tif", 40, 40)
+    ckpt = tiny_checkpoint(tmp_path / "model.pt")
+    with _tmpfs(tmp_path / "ro", "size=1m,ro") as ro:
+        env = dict(os.environ, RAY_ADDRESS="", PYTHONPATH=str(REPO))
+        cmd = [sys.executable, "-m", "rrsis.cli", "map", f"input=[{scene}]", f"infer.checkpoint={ckpt}",
+               f"output={ro}/runs"]  # fmt: skip
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, lines
+    assert "Read-only file system" in lines[0] and f"{ro}/runs" in lines[0]
+    assert "Ray" not in lines[0]
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_mid_run_ends_it_with_one_line_exit_1(tmp_path: Path, ray_session: None) -> None:
+    scenes = _many_scenes(tmp_path / "scenes", 4, 150)
+    ckpt = tiny_checkpoint(tmp_path / "model.pt")
+    with _tmpfs(tmp_path / "full", "size=96k") as full:
+        args = [f"input=[{','.join(scenes)}]", f"infer.checkpoint={ckpt}", f"output={full}", *TILING]
+        done = subprocess.run([sys.executable, "-m", "rrsis.cli", "map", *args], cwd=REPO, env=_ray_env(),
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("rrsis: write: [Errno 28] No space left on device"), last
+    assert "committed scenes in" in last and "rerun the same command" in last

@@ -104,7 +104,7 @@ class RunLease:
         data = self._record(self.now())
         try:
             ok = conditional.swap(self.uri, self.current, data)
-        except RrsisError as exc:  # storage hiccup: try again next round, the lease is not stale yet
+        except (RrsisError, OSError) as exc:  # storage hiccup: try again next round, the lease is not stale yet
             log.warning("run %s: could not refresh its lease: %s", self.run, exc)
             return True
         if ok:
@@ -136,5 +136,5 @@ class RunLease:
         if not self.lost:
             try:
                 conditional.remove(self.uri, self.current)
-            except RrsisError as err:
+            except (RrsisError, OSError) as err:
                 log.warning("run %s: could not release its lease: %s", self.run, err)

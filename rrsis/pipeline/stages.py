@@ -8,6 +8,7 @@ with empty pixels, and is written to failures.parquet by the driver: never silen
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -52,6 +53,9 @@ def _status(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     return status, reason
 
 
+#: OS errors of a write that mean the output takes no more writes (full, read-only, no permission): the
+#: tile row carries the errno and the driver stops the run with one line instead of failing every tile
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM})
 RECORD_FIELDS = ("checksum", "bytes", "attempt", "valid_px", "water_px", "valid_m2", "water_m2")
 
 
@@ -254,11 +258,12 @@ def write_stage(batch: Batch, *, model: str = "") -> Batch:
     release_freed_memory()
     n = _rows(batch)
     status, reason = _status(batch)
-    out: dict[str, list[Any]] = {name: [] for name in (*RECORD_FIELDS, "write_s")}
+    out: dict[str, list[Any]] = {name: [] for name in (*RECORD_FIELDS, "write_errno", "write_s")}
     for i in range(n):
         start = time.perf_counter()
         # a resumed (verified) tile keeps the statistics its read stage took from the sidecar
         record = {name: batch[name][i] if name in batch else EMPTY_RECORD[name] for name in RECORD_FIELDS}
+        record["write_errno"] = 0
         if status[i] == "ok":
             tile = _tile(batch, i)
             try:
@@ -266,6 +271,9 @@ def write_stage(batch: Batch, *, model: str = "") -> Batch:
                 status[i] = "written"
             except RrsisError as exc:
                 status[i], reason[i] = "failed", f"write: {exc}"
+            except OSError as exc:  # the output is full, read-only, ...: the driver stops the run on these
+                status[i], reason[i] = "failed", f"write: [Errno {exc.errno}] {exc.strerror}: {exc.filename or ''}"
+                record["write_errno"] = exc.errno or 0
         record["write_s"] = time.perf_counter() - start
         for name in out:
             out[name].append(record[name])

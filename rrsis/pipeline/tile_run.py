@@ -21,6 +21,7 @@ import ray
 
 from rrsis import storage
 from rrsis.config.map import MapConfig
+from rrsis.errors import RrsisError
 from rrsis.geo.raster import read_info
 from rrsis.pipeline import cores
 from rrsis.pipeline.build import (
@@ -44,6 +45,7 @@ from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.manifest import MANIFEST_SCHEMA, conform_table, table_bytes
 from rrsis.pipeline.plan import Failure, PlanArgs, choose_bands, one_line, scene_row
 from rrsis.pipeline.scene_inputs import SceneKey
+from rrsis.pipeline.stages import STORAGE_ERRNOS
 from rrsis.session import EMBEDDED_MIN_CPUS, connect_ray
 
 log = logging.getLogger("rrsis.map")
@@ -116,6 +118,7 @@ class SceneTracker:
         self.records: dict[str, dict[str, Any]] = {}  # this run's commit records (counts and products)
         self.failures: list[Failure] = []
         self.tiles_verified = 0
+        self.before = 0  # scenes committed before this run
 
     def add(self, row: dict[str, Any]) -> None:
         scene_id = str(row["scene_id"])
@@ -123,6 +126,8 @@ class SceneTracker:
             self.failures.append(Failure(scene_id, str(row["scene_uri"]), "", "plan", str(row["reason"])))
             self._resolved(scene_id)
             return
+        if int(row.get("write_errno", 0)) in STORAGE_ERRNOS:  # the output takes no more writes: stop here
+            raise OutputWriteError(f"{row['reason']}; {self.kept()}")
         scene = self.open.get(scene_id)
         if scene is None:
             scene = self.open[scene_id] = OpenScene(scene_from_row(row, self.run_prefix), int(row["scene_tiles"]))
@@ -134,6 +139,10 @@ class SceneTracker:
         scene.tiles[str(tile["key"])] = tile
         if len(scene.tiles) == scene.expected:
             self._tiles_done(self.open.pop(scene_id))
+
+    def kept(self) -> str:
+        return (f"kept {len(self.records) + self.before} committed scenes in {self.run_prefix}: rerun the same "
+                "command to resume once the output takes writes")  # fmt: skip
 
     def _tiles_done(self, scene: OpenScene) -> None:
         record = scene.record
@@ -196,6 +205,12 @@ class SceneTracker:
         self.poll(wait=True)
 
 
+class OutputWriteError(RrsisError):
+    """The output location stopped taking writes mid-run (exit code 1: what was committed is kept)."""
+
+    exit_code = 1
+
+
 def reserve_cores(cfg: MapConfig, spec: TileSpec, how: str) -> cores.CoreReservation | None:
     """Cores of their own for the inference actors: only on an embedded Ray this run started, without GPUs."""
     if how != "embedded" or not (spec.dedicated_cores and cfg.infer.dedicated_cores):
@@ -225,6 +240,7 @@ def run_tiles(ctx: RunContext, spec: TileSpec) -> int:
     todo = [s for s in ctx.scenes if s.scene_id not in before]
     ctx.timings["list_s"] = time.perf_counter() - ctx.start
     tracker = SceneTracker(ctx.run_prefix, spec, [s.scene_id for s in todo])
+    tracker.before = len(before)
     if todo:
         phase = time.perf_counter()
         how = connect_ray(cfg.ray, min_cpus=EMBEDDED_MIN_CPUS)
@@ -250,10 +266,16 @@ def run_tiles(ctx: RunContext, spec: TileSpec) -> int:
                 for i in range(len(batch["key"])):
                     tracker.add({k: v[i] for k, v in batch.items()})
                 tracker.poll()
+            tracker.finish()
+        except OSError as exc:  # the driver's own writes (manifest parts, commit records)
+            if exc.errno not in STORAGE_ERRNOS:
+                raise
+            raise OutputWriteError(
+                f"write: [Errno {exc.errno}] {exc.strerror}: {exc.filename or ''}; {tracker.kept()}"
+            ) from exc
         finally:
             if fence:
                 fence.lift()
-        tracker.finish()
         compute_s = ctx.timings["compute_s"] = time.perf_counter() - compute_start
     else:
         compute_s = 0.0

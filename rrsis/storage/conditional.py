@@ -55,11 +55,13 @@ def create(uri: str, data: bytes) -> bool:
             raise StorageError(f"put {uri} failed: {s3.describe(exc)}") from exc
         return True
     path = Path(local_path(uri))
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
         return False
+    except OSError as exc:  # read-only, no permission, full: one line naming the cause and the place
+        raise StorageError(f"cannot write to {path.parent}: [Errno {exc.errno}] {exc.strerror}") from exc
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()

@@ -15,11 +15,11 @@ from rrsis.config.train import TrainConfig
 from rrsis.errors import ConfigError
 from rrsis.models.sam.build import build_sam
 from rrsis.models.sam.predictor import SamTilePredictor
+from rrsis.train.run import run_train
 from rrsis.train.sam_decoder import (
     DecoderSample,
     DecoderTrainSettings,
     fit_sam_decoder,
-    run_sam_decoder,
     samples_from_mask,
     sen1floods11_samples,
     settings_from_train_config,
@@ -108,7 +108,7 @@ def test_run_sam_decoder_reads_sen1floods11_and_writes_a_decoder_checkpoint(tmp_
     samples = sen1floods11_samples(cfg.data)
     # the one S2 chip (Spain_7370579) cut into 4 crops of 256 px; up to 4 water bodies of >= 64 px per crop
     assert 0 < len(samples) <= 16 and all(s.image.shape == (256, 256, 3) for s in samples)
-    assert run_sam_decoder(cfg) == 0
+    assert run_train(cfg) == 0  # the plain loop over the SAM decoder recipe
     raw = torch.load(tmp_path / "sam_decoder_tiny" / "decoder.pt", weights_only=True)
     assert raw["kind"] == "rrsis.sam_decoder" and raw["epoch"] == 1
     with pytest.raises(ConfigError, match="sensor 's2'"):

@@ -47,7 +47,7 @@ def test_sam_decoder_plain_run_writes_decoder_to_s3(
     assert main([*argv, f"output={output}", "optim.epochs=1", "data.crop_px=256", endpoint_only_in_config]) == 0
     assert not (Path.cwd() / "s3:").exists()  # never a local folder named after the scheme
     raw = torch.load(io.BytesIO(storage.get_bytes(f"{output}/sam_decoder_tiny/decoder.pt")), weights_only=True)
-    assert raw["kind"] == "rrsis.sam_decoder" and raw["epoch"] == 1 and math.isfinite(raw["metrics"]["train_loss"])
+    assert raw["kind"] == "rrsis.sam_decoder" and raw["epoch"] == 1 and math.isfinite(raw["metrics"]["loss"])
 
 
 @pytest.mark.slow

@@ -102,6 +102,7 @@ def fit_recipe(
     *,
     state: dict[str, Any] | None = None,
     dist: Distribution | None = None,
+    sampler: Any = None,
 ) -> list[dict[str, float]]:
     """Train `recipe` for the epochs after `state["epoch"]` (from 1 without a state); returns the records."""
     dist = dist or Distribution()
@@ -114,7 +115,8 @@ def fit_recipe(
     loader = DataLoader(
         recipe.train_set,
         batch_size=max(1, cfg.optim.batch_size // dist.world),  # optim.batch_size is the global batch
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         collate_fn=recipe.collate,
         num_workers=cfg.data.num_workers,
     )
@@ -143,7 +145,7 @@ def fit_recipe(
         if val_loader is not None and recipe.evaluate is not None:
             record.update({f"val_{k}": v for k, v in recipe.evaluate(val_loader).items()})
         record["elapsed_s"] = round(time.monotonic() - started, 2)
-        record = {k: float(v) for k, v in record.items()}
+        record = {k: v if k == "epoch" else float(v) for k, v in record.items()}  # epoch stays an int
         records.append(record)
 
         def state_now(epoch: int = epoch) -> dict[str, Any]:
@@ -168,7 +170,8 @@ def format_record(record: dict[str, float]) -> str:
 
 def run_plain(cfg: TrainConfig) -> int:
     """The plain loop (no Ray) over the family's recipe. Run folder `<output>/<run_name>/` (local or s3://):
-    config.yaml, metrics.jsonl (one line per epoch), best and last model file (`best.pt`, `last.pt`)."""
+    config.yaml, metrics.jsonl (one line per epoch), best and last model file (`best.pt`, `last.pt`; the SAM
+    decoder also `decoder.pt`, its last epoch)."""
     torch.manual_seed(cfg.seed)
     recipe = build_recipe(cfg, resolve_device(cfg.device))
     run_dir = storage.join(cfg.output, cfg.run_name)
@@ -192,7 +195,9 @@ def run_plain(cfg: TrainConfig) -> int:
                 storage.put_file(local, storage.join(run_dir, f"best{ext}"))
             storage.put_file(local, storage.join(run_dir, f"last{ext}"))
 
-        fit_recipe(cfg, recipe, on_epoch)
+        fit_recipe(cfg, recipe, on_epoch, sampler=recipe.plain_order() if recipe.plain_order else None)
+        if model_file(cfg) != f"last{ext}":  # the family's own file name too (SAM: decoder.pt = the last epoch)
+            storage.put_file(os.path.join(tmp, model_file(cfg)), storage.join(run_dir, model_file(cfg)))
     print(
         f"{cfg.model.name} run written to {run_dir}: best{ext} = epoch {best['epoch']} "
         f"({attr}={best['score']:.4f}), last{ext}, metrics.jsonl"

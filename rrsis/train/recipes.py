@@ -80,6 +80,8 @@ class Recipe:
     val_set: Any = None
     evaluate: Callable[[Iterable[Any]], dict[str, float]] | None = None
     val_batch_size: int = 1
+    # the plain run's sample order (None: DataLoader's shuffle); Ray Train shards with a DistributedSampler
+    plain_order: Callable[[], Any] | None = None
     # DDP must be told when some trainable parameter gets no gradient in a step (DANet's RAAM query projection
     # with some switches, SAM's IoU head under a mask-only loss): else its bucket is never all-reduced and the
     # ranks' weights drift apart silently until DDP errors on the next step
@@ -260,5 +262,6 @@ def _sam_decoder(cfg: TrainConfig, device: torch.device) -> Recipe:
         make_optimizer=lambda: torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay),
         save_model=save,
         collate=list,
+        plain_order=lambda: sd.SeededShuffle(len(items), cfg.seed),
         find_unused_parameters=True,
     )

@@ -5,15 +5,16 @@ encoder (the encoder never changes, so epochs only pay for the decoder) -> `trai
 (and optional point) prompt, upsamples the logits to the image as SAM's predictor does and takes BCE with
 logits against the mask -> AdamW steps on the decoder only -> decoder-only checkpoint. `train_one_epoch` is a
 plain function over (predictor, optimizer, items): the same call runs in this loop and inside a Ray Train
-worker. Dice is optional (`dice_weight`, default 0: the paper optimises BCE alone).
+worker. Dice is optional (`dice_weight`, default 0: the paper optimises BCE alone). `fit_sam_decoder` is the
+in-memory API (samples in, decoder out); `rrsis train model.name=sam_decoder` runs the family's recipe
+through the one epoch loop (`rrsis.train.fit`) with the same seeded prompt order (`SeededShuffle`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,10 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Sampler
 
-from rrsis import storage
 from rrsis.data.dataset import find_refs
 from rrsis.data.pairs import read_sample
-from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError, InputError
 from rrsis.models.sam.build import build_sam
 from rrsis.models.sam.checkpoint import save_decoder_checkpoint
@@ -150,6 +150,22 @@ def train_batches(
     return total / max(count, 1)
 
 
+class SeededShuffle(Sampler[int]):
+    """The prompt order of `train_one_epoch`: one `random.Random(seed)` reshuffles every epoch, so the plain
+    `rrsis train` run and `fit_sam_decoder` see the same prompts in the same order."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.rng = n, random.Random(seed)
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(range(self.n))
+        self.rng.shuffle(order)
+        return iter(order)
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def train_one_epoch(
     predictor: SamTilePredictor,
     optimizer: torch.optim.Optimizer,
@@ -256,32 +272,3 @@ def take_fraction(samples: Sequence[DecoderSample], fraction: float, seed: int) 
 def train_samples(cfg: Any) -> list[DecoderSample]:
     """The training prompts of a `rrsis train` config: Sen1Floods11 water bodies, `data.train_fraction` of them."""
     return take_fraction(sen1floods11_samples(cfg.data), cfg.data.train_fraction, cfg.seed)
-
-
-def run_sam_decoder(cfg: Any) -> int:
-    """`rrsis train` for model.name=sam_decoder (cfg: TrainConfig): fit, then save `<output>/<run_name>/decoder.pt`
-    (local or object storage)."""
-    settings = settings_from_train_config(cfg)
-    samples = train_samples(cfg)
-    local_ckpt: str | None = None
-    with tempfile.TemporaryDirectory(prefix="rrsis-sam-") as tmp:
-        if cfg.model.sam.checkpoint and "://" in cfg.model.sam.checkpoint:
-            local_ckpt = str(Path(tmp) / "sam.pth")
-            storage.get_file(cfg.model.sam.checkpoint, local_ckpt)  # fetched by the caller, as SAM never downloads
-        result = fit_sam_decoder(
-            cfg.model.sam,
-            samples,
-            settings,
-            out_dir=tmp,
-            checkpoint_path=local_ckpt,
-            device=resolve_device(cfg.device),
-        )
-        uri = storage.join(cfg.output, cfg.run_name, "decoder.pt")
-        storage.put_file(str(result.checkpoint), uri)
-        result.checkpoint = None
-    print(
-        f"sam_decoder: {len(samples)} samples, {settings.epochs} epochs, loss {result.history[0]:.4f} -> "
-        f"{result.history[-1]:.4f}; decoder checkpoint {uri}",
-        flush=True,
-    )
-    return 0

@@ -105,6 +105,7 @@ def test_every_task_gives_the_same_failure_rows_for_the_same_bad_scenes(tmp_path
         seen[name] = rows
     expected = seen["waterland"]
     assert {r[2] for r in expected} <= {"input", "plan"} and len(expected) == 3
+    assert all("\n" not in r[3] and "\x1b" not in r[3] for r in expected)  # one plain line each
     reasons = " | ".join(r[3] for r in expected)
     assert "missing.tif" in reasons and "corrupt.tif" in reasons and "no CRS" in reasons
     for name, rows in seen.items():

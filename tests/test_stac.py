@@ -4,7 +4,11 @@ end to end; bad items are one line each and the other scenes go on."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
+import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -253,3 +257,59 @@ def test_sentinel2_per_band_cogs_read_as_reflectance(tmp_path: Path) -> None:
     for half in (slice(0, 16), slice(16, 32)):
         assert (got["valid"][half] == want["valid"]).all()
         assert np.abs(got["image"][half] - want["image"]).max() < 1e-6
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """A static file server with HTTP range requests (GDAL's /vsicurl/ reads COGs by range)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _body(self) -> bytes | None:
+        path = self.translate_path(self.path.split("?", 1)[0])
+        if not os.path.isfile(path):
+            self.send_error(404)
+            return None
+        data = Path(path).read_bytes()
+        wanted = self.headers.get("Range")
+        if wanted:
+            first, last = wanted.split("=", 1)[1].split("-")
+            start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+            data = data[start : end + 1]
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        return data
+
+    def do_HEAD(self) -> None:
+        self._body()
+
+    def do_GET(self) -> None:
+        body = self._body()
+        if body is not None:
+            self.wfile.write(body)
+
+
+def test_item_collection_over_http_and_from_a_list_file(stac_inputs: dict[str, Any], tmp_path: Path) -> None:
+    root = stac_inputs["root"]
+    handler = functools.partial(RangeHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/stac/items.json"
+        listing = tmp_path / "inputs.txt"
+        listing.write_text(f"# scenes\n{url}\n")
+        scenes, problems = resolve_inputs([str(listing)], bands=["VV", "VH"])
+        assert problems == [] and [s.scene_id for s in scenes] == ["S1_India_900498", "S1_Pakistan_849790"]
+        assert "/vsicurl/http://127.0.0.1:" in scenes[0].uri  # the relative hrefs resolved against the URL
+        got = read_tiles([str(listing)], tmp_path / "a", tile_px=256)
+        want = read_tiles([str(chip_path(c)) for c in CHIPS], tmp_path / "b", tile_px=256)
+        assert (got["valid"] == want["valid"]).all() and np.abs(got["image"] - want["image"]).max() < 1e-4
+    finally:
+        server.shutdown()
+        server.server_close()

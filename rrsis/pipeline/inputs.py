@@ -83,6 +83,10 @@ def _read_list(item: str) -> list[str]:
     return [line for line in lines if line]
 
 
+def _is_list(item: str) -> bool:
+    return item.lower().endswith(LIST_SUFFIXES) and _scheme(item) in ("", "file", "s3")
+
+
 def expand_item(item: str) -> list[str]:
     """The scene URIs one input item names (a list file expands its lines, one level deep)."""
     item = item.strip()
@@ -122,21 +126,35 @@ def resolve_inputs(
     """
     found_ids: list[tuple[str, str]] = []  # (uri, id)
     problems: list[InputProblem] = []
+
+    def add_stac(uri: str) -> None:
+        scenes, bad = stac_scenes(uri, bands, units)
+        found_ids.extend((s.uri, _UNSAFE.sub("_", s.item_id).strip("_") or "item") for s in scenes)
+        problems.extend(InputProblem(where, reason) for where, reason in bad)
+        if not scenes and not bad:
+            problems.append(InputProblem(uri, f"STAC {uri} has no item"))
+
     for item in items:
         text = str(item).strip()
         try:
             if is_stac_input(text):
-                scenes, bad = stac_scenes(text, bands, units)
-                found_ids += [(s.uri, _UNSAFE.sub("_", s.item_id).strip("_") or "item") for s in scenes]
-                problems += [InputProblem(where, reason) for where, reason in bad]
-                if not scenes and not bad:
-                    problems.append(InputProblem(text, f"STAC {text} has no item"))
+                add_stac(text)
                 continue
-            found = expand_item(text)
+            had_stac = False
+            if _is_list(text):  # its STAC lines are STAC inputs, the others as in expand_item
+                found = []
+                for line in _read_list(text):
+                    if is_stac_input(line):
+                        add_stac(line)
+                        had_stac = True
+                    else:
+                        found.extend(expand_item(line) if not _is_list(line) else [line])
+            else:
+                found = expand_item(text)
         except InputError as exc:
             problems.append(InputProblem(str(item), str(exc)))
             continue
-        if not found and text:
+        if not found and text and not had_stac:
             problems.append(InputProblem(str(item), f"input {item!r} matches no raster ({', '.join(RASTER_SUFFIXES)})"))
         found_ids += [(uri, scene_id_for(uri)) for uri in found]
     seen: set[str] = set()

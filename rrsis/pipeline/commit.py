@@ -33,6 +33,7 @@ from pyarrow.fs import S3FileSystem
 from rrsis import storage
 from rrsis.errors import StorageError
 from rrsis.pipeline.manifest import MANIFEST_SCHEMA, conform_table, table_bytes
+from rrsis.pipeline.plan import sha256_of
 from rrsis.storage import s3
 from rrsis.storage.uri import local_path
 
@@ -49,18 +50,6 @@ def commit_key(run_prefix: str, scene_id: str) -> str:
 
 def part_key(run_prefix: str, scene_id: str) -> str:
     return storage.join(run_prefix, PARTS, f"{scene_id}.parquet")
-
-
-def sha256_of(uri: str, chunk_bytes: int = 1 << 24) -> str:
-    """SHA-256 of an object (local files streamed)."""
-    digest = hashlib.sha256()
-    if storage.is_remote(uri):
-        digest.update(storage.get_bytes(uri))
-    else:
-        with open(local_path(uri), "rb") as f:
-            while chunk := f.read(chunk_bytes):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def product_checksums(result: Mapping[str, Any]) -> dict[str, str]:

@@ -33,9 +33,8 @@ def derive_run_id(kind: str, explicit: str, decisive: dict[str, Any]) -> str:
     return f"{kind}-{digest[:12]}"
 
 
-def content_tag(uri: str, chunk_bytes: int = 1 << 24) -> str:
-    """First 12 hex of the SHA-256 of a file's bytes (local files streamed): outputs follow the weights, not the
-    path, so a checkpoint retrained in place never resumes the old model's tiles."""
+def sha256_of(uri: str, chunk_bytes: int = 1 << 24) -> str:
+    """SHA-256 of an object's bytes (local files streamed)."""
     digest = hashlib.sha256()
     if storage.is_remote(uri):
         digest.update(storage.get_bytes(uri))
@@ -43,7 +42,13 @@ def content_tag(uri: str, chunk_bytes: int = 1 << 24) -> str:
         with open(local_path(uri), "rb") as f:
             while chunk := f.read(chunk_bytes):
                 digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return digest.hexdigest()
+
+
+def content_tag(uri: str) -> str:
+    """First 12 hex of the SHA-256 of a file's bytes: outputs follow the weights, not the path, so a
+    checkpoint retrained in place never resumes the old model's tiles."""
+    return sha256_of(uri)[:12]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import botocore.exceptions
@@ -41,6 +41,18 @@ def _folder_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _local_swap(path: Path, expected: bytes, action: Callable[[Path], object]) -> bool:
+    """`action(path)` (replace or delete) under the folder's lock, only if the file still holds `expected`."""
+    with _folder_lock(path):
+        try:
+            if path.read_bytes() != expected:
+                return False
+        except FileNotFoundError:
+            return False
+        action(path)
+        return True
 
 
 def create(uri: str, data: bytes) -> bool:
@@ -83,15 +95,7 @@ def swap(uri: str, expected: bytes, data: bytes) -> bool:
                 return False
             raise StorageError(f"put {uri} failed: {s3.describe(exc)}") from exc
         return True
-    path = Path(local_path(uri))
-    with _folder_lock(path):
-        try:
-            if path.read_bytes() != expected:
-                return False
-        except FileNotFoundError:
-            return False
-        put_bytes(str(path), data)
-        return True
+    return _local_swap(Path(local_path(uri)), expected, lambda path: put_bytes(str(path), data))
 
 
 def remove(uri: str, expected: bytes) -> bool:
@@ -108,12 +112,4 @@ def remove(uri: str, expected: bytes) -> bool:
                 return False
             raise StorageError(f"delete {uri} failed: {s3.describe(exc)}") from exc
         return True
-    path = Path(local_path(uri))
-    with _folder_lock(path):
-        try:
-            if path.read_bytes() != expected:
-                return False
-        except FileNotFoundError:
-            return False
-        path.unlink()
-        return True
+    return _local_swap(Path(local_path(uri)), expected, Path.unlink)

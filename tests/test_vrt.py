@@ -154,6 +154,10 @@ def test_stack_errors_are_one_line(tmp_path: Path, s1_cogs: dict[str, str], s1_d
     with pytest.raises(InputError, match=r"^item-b: band VH: cannot open .*missing\.tif: ") as err:
         stack_bands([BandSource("VV", s1_cogs["VV"]), BandSource("VH", str(tmp_path / "missing.tif"))], "item-b")
     assert "\n" not in str(err.value)
+    bare = {k: v for k, v in profile.items() if k != "crs"}
+    nocrs = write_cog(tmp_path / "vh_nocrs.tif", linear_power(db[1]), dict(bare, crs=None))
+    with pytest.raises(InputError, match=r"^item-c: band VH has no CRS \(GCPs only\?\)"):
+        stack_bands([BandSource("VV", s1_cogs["VV"]), BandSource("VH", nocrs)], "item-c")
     with pytest.raises(InputError) as err:
         conversion_for_unit("furlong", "units.VV")
     assert str(err.value) == "units.VV: unknown unit 'furlong'; allowed: dB, linear (power), amplitude, reflectance, 1"

@@ -227,6 +227,11 @@ def build_stack_vrt(sources: Sequence[BandSource], label: str, gdal_paths: Seque
         if source.convert not in CONVERSIONS:
             raise InputError(f"{label}: band {source.name}: unknown conversion {source.convert!r} ({CONVERSIONS})")
     grids = [_read_grid(s, p, label) for s, p in zip(sources, gdal_paths, strict=True)]
+    for source, grid in zip(sources, grids, strict=True):
+        if grid.crs is None:
+            raise InputError(
+                f"{label}: band {source.name} has no CRS (GCPs only?): only georeferenced bands can be stacked"
+            )
     crs_names = {_crs_name(g.crs) for g in grids}
     if len(crs_names) > 1 or any(g.crs != grids[0].crs for g in grids):
         listing = ", ".join(f"{s.name} {_crs_name(g.crs)}" for s, g in zip(sources, grids, strict=True))

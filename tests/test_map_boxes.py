@@ -46,6 +46,7 @@ def test_map_boxes_one_mask_per_box(samples: Path, tmp_path: Path, ray_session: 
         if f["geometry"] is not None:  # WGS84: the scene is in UTM 18N, around 77-79 W, 23-25 N
             lon, lat = f["geometry"]["coordinates"][0][0][0]
             assert -80 < lon < -76 and 22 < lat < 26
+    assert (run_dir / "RGB.byte" / "quicklook.png").read_bytes()[:4] == b"\x89PNG"  # every task draws one
     assert Path(across["key"]).exists()
     with rasterio.open(run_dir / "RGB.byte" / "mosaic.tif") as mosaic, rasterio.open(across["key"]) as part:
         assert (mosaic.width, mosaic.height, mosaic.crs) == (791, 718, part.crs)  # the whole scene's grid

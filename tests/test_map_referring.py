@@ -58,6 +58,7 @@ def test_map_referring_writes_polygons_carrying_the_query(samples: Path, tmp_pat
     assert 1 <= n <= 4  # 791 x 718 scene, 400 px tiles: 2 x 2 tiles, at most one box each, NMS may merge
     vectors = json.loads((run_dir / "RGB.byte" / "boxes.geojson").read_text())
     assert len(vectors["features"]) == n
+    assert (run_dir / "RGB.byte" / "quicklook.png").read_bytes()[:4] == b"\x89PNG"
     for f in vectors["features"]:
         assert f["properties"]["query"] == "the bright clouds"
         assert 0.0 <= f["properties"]["score"] <= 1.0

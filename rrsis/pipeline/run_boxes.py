@@ -38,6 +38,7 @@ from rrsis.pipeline.context import RunContext, failure_groups
 from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.manifest import table_bytes, write_failures
 from rrsis.pipeline.plan import Failure, derive_run_id, one_line, scene_info, sidecar_key
+from rrsis.pipeline.products import build_quicklook
 from rrsis.pipeline.task_boxes import (
     SamBoxStage,
     geojson_key,
@@ -223,6 +224,7 @@ def run_boxes(ctx: RunContext, boxes: BoxesConfig) -> int:
         rows += scene_rows
         failures += scene_failures
         info_of[scene.scene_id] = scene_info(scene.uri)
+    first_band = {str(r["scene_id"]): int(str(r["bands"]).split(",")[0]) for r in rows}
     timings = {"plan_s": time.perf_counter() - start}
     connect_ray(cfg.ray, min_cpus=EMBEDDED_MIN_CPUS)
     res = resources_for(cfg, cluster_gpus())
@@ -250,6 +252,9 @@ def run_boxes(ctx: RunContext, boxes: BoxesConfig) -> int:
         union_mosaic(
             mosaic, info.width, info.height, info.transform, info.crs, [(w, k) for k, w in sorted(parts.items())]
         )
+        if cfg.outputs.quicklook:  # the scene's first mapped band in grey, the boxes' masks in blue
+            band = first_band.get(scene_id, 1)
+            build_quicklook(mosaic, info.uri, band, storage.join(prefix, scene_id, "quicklook.png"))
     timings["products_s"] = time.perf_counter() - phase
     empty = pa.table({c: pa.array([], pa.string()) for c in BOX_COLUMNS})
     manifest.sort(key=lambda r: (r["scene_id"], r["box_id"]))

@@ -17,7 +17,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -40,6 +40,10 @@ from rrsis.data.otsu import NO_GATE, gate_band
 from rrsis.errors import CheckpointError, ConfigError, InputError, RrsisError
 from rrsis.models.config import ModelConfig
 from rrsis.models.registry import build_model
+from rrsis.models.sam.checkpoint import decoder_payload
+
+if TYPE_CHECKING:  # typing only: segment_anything's package import pulls in torchvision
+    from segment_anything.modeling import Sam
 
 
 @dataclass
@@ -280,3 +284,20 @@ def norm_for_scene(ckpt: Checkpoint, measures: SceneMeasures) -> NormStats:
 def split_norm(ckpt: Checkpoint) -> NormStats:
     """The training split's statistics stored in the checkpoint (every checkpoint has them, `norm=scene` too)."""
     return NormStats(list(ckpt.bands), list(ckpt.norm_mean), list(ckpt.norm_std), float(ckpt.nodata_fill))
+
+
+def save_decoder_checkpoint(
+    sam: Sam,
+    uri: str | Path,
+    model_type: str,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    epoch: int = 0,
+) -> str:
+    """Write a SAM decoder-only checkpoint (`rrsis.models.sam.checkpoint` format) to a local path or URI;
+    the write is atomic, never a half-written file under the final name. Returns the URI."""
+    payload = decoder_payload(sam, model_type, config, metrics, epoch)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    storage.put_bytes(str(uri), buffer.getvalue())
+    return str(uri)

@@ -11,9 +11,9 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from rrsis.checkpoints import save_decoder_checkpoint
 from rrsis.errors import CheckpointError, InputError, ModelError
 from rrsis.models.sam.build import build_sam, build_sam_model, sam_arch, trainable_parameters
-from rrsis.models.sam.checkpoint import save_decoder_checkpoint
 from rrsis.models.sam.config import SamConfig
 from rrsis.models.sam.frame import SamFrame
 from rrsis.models.sam.predictor import SamTilePredictor

@@ -39,8 +39,7 @@ def _load(uri: str) -> dict[str, object]:
 def _check_model_file(family: str, uri: str, tmp_path: Path) -> None:
     """The family's checkpoint builds its real model class (SAM: the decoder loads into a tiny SAM)."""
     if family == "sam_decoder":
-        from rrsis.models.sam.build import build_sam
-        from rrsis.models.sam.checkpoint import load_decoder_checkpoint
+        from rrsis.models.sam.build import build_sam, load_decoder_checkpoint
         from rrsis.models.sam.config import SamConfig
 
         local = tmp_path / "decoder.pt"

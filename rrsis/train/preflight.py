@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from rrsis import storage
 from rrsis.config.train import TrainConfig
 from rrsis.errors import ConfigError, InputError, ModelError
-from rrsis.models.sam.build import RANDOM_INIT_PRESETS
+from rrsis.models.sam.arch import RANDOM_INIT_PRESETS
 from rrsis.models.text_path import resolve_text_encoder
 from rrsis.train.recipes import has_validation
 

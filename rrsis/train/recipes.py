@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from rrsis import storage
-from rrsis.checkpoints import checkpoint_from_model, save_checkpoint
+from rrsis.checkpoints import checkpoint_from_model, save_checkpoint, save_decoder_checkpoint
 from rrsis.config.load import to_dict
 from rrsis.config.train import TrainConfig
 from rrsis.data.dataset import batchable
@@ -43,7 +43,6 @@ from rrsis.models.danet.text import load_tokenizer
 from rrsis.models.grounding.model import GroundingModel
 from rrsis.models.registry import build_model
 from rrsis.models.sam.build import build_sam
-from rrsis.models.sam.checkpoint import save_decoder_checkpoint
 from rrsis.models.sam.predictor import SamTilePredictor
 from rrsis.train import danet, loop
 from rrsis.train import grounding as g

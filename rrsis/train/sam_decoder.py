@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Sampler
 
+from rrsis.checkpoints import save_decoder_checkpoint
 from rrsis.data.dataset import find_refs
 from rrsis.data.pairs import read_sample
 from rrsis.errors import ConfigError, InputError
 from rrsis.models.sam.build import build_sam
-from rrsis.models.sam.checkpoint import save_decoder_checkpoint
 from rrsis.models.sam.config import SamConfig
 from rrsis.models.sam.frame import SamFrame
 from rrsis.models.sam.predictor import SamTilePredictor
@@ -205,9 +205,10 @@ def fit_sam_decoder(
     for _ in range(settings.epochs):
         result.history.append(train_one_epoch(predictor, optimizer, items, settings, rng))
     if out_dir is not None:
-        result.checkpoint = save_decoder_checkpoint(
+        result.checkpoint = Path(out_dir) / "decoder.pt"
+        save_decoder_checkpoint(
             sam,
-            Path(out_dir) / "decoder.pt",
+            result.checkpoint,
             cfg.model_type,
             config={"lr": settings.lr, "epochs": settings.epochs, "batch_size": settings.batch_size},
             metrics={"train_loss": result.history[-1]},

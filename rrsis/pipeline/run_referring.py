@@ -133,7 +133,7 @@ def prepare(cfg: Any, scenes: list[SceneRef]) -> TaskRun:
     if not cfg.referring.checkpoint:
         raise ConfigError(
             "config error: key 'referring.checkpoint' is required for task 'referring' (a grounding checkpoint: "
-            "train one with `rrsis train --config configs/train/grounding.yaml`)"
+            "train one with `rrsis train --config configs/train/grounding_tiny.yaml`, or grounding.yaml on DIOR-RSVG)"
         )
     ckpt = load_checkpoint(cfg.referring.checkpoint)
     if ckpt.model_name != "grounding":

@@ -182,7 +182,10 @@ def prepare(cfg: Any, scenes: list[SceneRef]) -> TaskRun:
     """Checks (checkpoint kind, query), the run config derived from the user's, the run id; see the module
     docstring."""
     if not cfg.referring.danet:
-        raise ConfigError("config error: key 'referring.danet': a DANet checkpoint is required for method 'danet'")
+        raise ConfigError(
+            "config error: key 'referring.danet': a DANet checkpoint is required for method 'danet' (train one "
+            "with `rrsis train --config configs/train/danet_tiny.yaml`, or danet_rrsisd.yaml on RRSIS-D)"
+        )
     ckpt = load_checkpoint(cfg.referring.danet)
     if ckpt.model_name != "danet":
         raise ConfigError(f"config error: key 'referring.danet': a DANet checkpoint, not {ckpt.model_name!r}")

@@ -26,7 +26,7 @@ from rrsis.pipeline.inputs import resolve_inputs
 from rrsis.pipeline.manifest import read_table
 from rrsis.pipeline.plan import plan_run
 from rrsis.pipeline.run import run_map
-from rrsis.pipeline.stac import is_stac_input
+from rrsis.pipeline.stac import asset_names, band_source, is_stac_input
 from rrsis.pipeline.stages import read_stage
 from tests.pipeline_data import map_config, read_tiles, tiny_checkpoint
 from tests.test_vrt import linear_power, read_chip, write_cog
@@ -203,6 +203,12 @@ def test_map_item_collection_matches_the_stacked_db_chips(
     assert [(f["scene_uri"], f["reason"].split(":")[0]) for f in failures] == [
         (str(malformed), f"STAC {malformed} is malformed JSON")
     ]
+    # the same items again: the same run id (item ids, hrefs), committed scenes are skipped, not rewritten
+    mosaics = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in stac_run.rglob("mosaic.tif")}
+    assert len(mosaics) == 2
+    assert run_map(map_config(f"input=[{stac_inputs['collection']},{malformed}]", f"output={stac_out}", *common)) == 1
+    assert [p for p in stac_out.iterdir() if p.is_dir()] == [stac_run]
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in stac_run.rglob("mosaic.tif")} == mosaics
     for chip in CHIPS:
         got, transform, crs = _mosaic(stac_run, f"S1_{chip}")
         want, want_transform, want_crs = _mosaic(chip_run, f"{chip}_S1Hand")
@@ -313,3 +319,18 @@ def test_item_collection_over_http_and_from_a_list_file(stac_inputs: dict[str, A
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_stac_1_1_band_fields_and_names() -> None:
+    """STAC 1.1 `bands` (with `eo:common_name`) and asset-level unit/scale/offset/nodata; B8 finds B08."""
+    item = pystac.Item("s2", None, None, WHEN, {})
+    asset = pystac.Asset("B08.tif", roles=["data"])
+    asset.extra_fields.update(
+        bands=[{"name": "B08", "eo:common_name": "nir", "scale": 0.0001}], offset=-0.1, nodata=0, unit="1"
+    )
+    item.add_asset("nir", asset)
+    item.add_asset("thumbnail", pystac.Asset("B08.png", roles=["thumbnail"]))
+    source = band_source(item, "B8", "nir", "s3://bucket/items/s2.json", {})
+    assert source.uri == "s3://bucket/items/B08.tif"
+    assert (source.convert, source.scale, source.offset, source.nodata) == ("native", 0.0001, -0.1, 0.0)
+    assert asset_names("nir", asset) == ["nir", "B08"]

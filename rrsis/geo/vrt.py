@@ -1,9 +1,8 @@
 """One scene from several single-band rasters: a GDAL VRT (XML text, never a copied raster) that stacks them.
 
 The scene grid is the finest band's grid (smallest pixel area; the first such band on a tie); coarser bands
-are resampled on read by GDAL (bilinear). Every band of the stack is Float32 with NaN as
-nodata, named by its band name (the band description, so `resolve_bands` finds it by name), and converted on
-read:
+are resampled on read by GDAL (bilinear). Every band of the stack is Float32 with NaN as nodata, named by
+its band name (the band description, so `resolve_bands` finds it by name), and converted on read:
 
 - `native`: `value * scale + offset` (`ComplexSource` `ScaleRatio`/`ScaleOffset`), e.g. Sentinel-2 L2A
   digital numbers -> reflectance (scale 1e-4, offset -0.1 from processing baseline 04.00).
@@ -12,7 +11,8 @@ read:
   metadata (`RRSIS_DB_FACTOR`); `rrsis.geo.raster.read_window` / `read_decimated` (every reader of scene
   pixels: tiles, quicklooks, scene statistics) apply it with numpy. GDAL 3.10 (rasterio 1.4's) has a `dB`
   pixel function, but it computes fact·log10(|x|) (a negative value becomes a finite dB, a nodata value a
-  number) and a derived band made the windowed read 5-10x slower than the stacked file here; numpy adds ~10 %.
+  number) and a derived band made the windowed read 5-10x slower than the stacked file here (numpy's cost is
+  in `bench/read_tiles.py`'s second row).
 
 The XML is the scene's URI: `open_raster`/`read_info`/`read_window` open it like a file on any worker, the
 run id hashes it (item id, asset hrefs, grid), and nothing has to be written next to read-only inputs.

@@ -108,9 +108,14 @@ def default_bands(item: pystac.Item) -> list[str]:
 
 
 def _raster_band(asset: pystac.Asset) -> dict[str, Any]:
-    entries = asset.extra_fields.get("raster:bands") or asset.extra_fields.get("bands") or [{}]
+    """unit/scale/offset/nodata of the asset's first band: `raster:bands` (STAC 1.0) or `bands` (1.1), where
+    1.1 also allows them on the asset itself (the band's own value wins)."""
+    fields = asset.extra_fields
+    entries = fields.get("raster:bands") or fields.get("bands") or [{}]
     first = entries[0] if entries and isinstance(entries[0], dict) else {}
-    return dict(first)
+    found = {k: fields[k] for k in ("unit", "scale", "offset", "nodata") if fields.get(k) is not None}
+    found.update({k.removeprefix("raster:"): v for k, v in first.items() if v is not None})
+    return found
 
 
 def _is_sar(item: pystac.Item, asset: pystac.Asset) -> bool:
@@ -123,7 +128,7 @@ def band_source(item: pystac.Item, band: str, key: str, base: str, units: Mappin
     href = make_absolute_href(asset.href, item.get_self_href() or base)
     raster = _raster_band(asset)
     unit_key = f"item {item.id} asset {key!r} raster:bands unit"
-    unit = raster.get("unit") or raster.get("raster:unit")
+    unit = raster.get("unit")
     if not unit and band in units:
         unit, unit_key = units[band], f"units.{band}"
     if not unit and _is_sar(item, asset):

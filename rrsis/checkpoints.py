@@ -17,9 +17,8 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -28,16 +27,14 @@ from torch import nn
 from rrsis import __version__, storage
 from rrsis.checkpoint_header import FORMAT_VERSION, KIND
 from rrsis.config.load import to_dict
-from rrsis.data.normalize import (
-    SCENE_RULES,
-    NormStats,
-    SceneMeasures,
-    apply_stats,
-    measure_scene,
-    scene_measures_needed,
-)
+from rrsis.data.normalize import SCENE_RULES
+from rrsis.data.normalize import NormSource as NormSource  # re-exported: normalisation lives with the data
+from rrsis.data.normalize import norm_for_scene as norm_for_scene
+from rrsis.data.normalize import normalize_image as normalize_image
+from rrsis.data.normalize import scene_norm as scene_norm
+from rrsis.data.normalize import split_norm as split_norm
 from rrsis.data.otsu import NO_GATE, gate_band
-from rrsis.errors import CheckpointError, ConfigError, InputError, RrsisError
+from rrsis.errors import CheckpointError, ConfigError, RrsisError
 from rrsis.models.config import ModelConfig
 from rrsis.models.registry import build_model
 from rrsis.models.sam.checkpoint import decoder_payload
@@ -66,14 +63,6 @@ class Checkpoint:
 
 
 OPTIONAL_ENTRIES = {"norm", "gate"}  # added later with a default: older files of the same format still load
-
-
-class NormSource(Protocol):
-    """Anything carrying per-band statistics: a Checkpoint or `rrsis.data.normalize.NormStats`."""
-
-    norm_mean: list[float]
-    norm_std: list[float]
-    nodata_fill: float
 
 
 def git_commit() -> str:
@@ -242,48 +231,6 @@ def checkpoint_from_model(
         norm=norm,
         gate="" if gate in NO_GATE else gate,
     )
-
-
-def normalize_image(stats: NormSource, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(C,H,W) raw values -> float32 (x - mean) / std per band; invalid or NaN pixels get `nodata_fill`.
-
-    A scene-normalised checkpoint cannot normalise a tile by itself: pass `scene_norm(ckpt, uri, bands)`."""
-    norm = getattr(stats, "norm", "split")
-    if norm in SCENE_RULES:
-        raise CheckpointError(f"this checkpoint normalises per scene (norm={norm}): use scene_norm(ckpt, uri, bands)")
-    try:
-        return apply_stats(
-            stats.norm_mean, stats.norm_std, stats.nodata_fill, image, valid, getattr(stats, "anchor", None)
-        )
-    except InputError as exc:
-        raise CheckpointError(str(exc)) from exc
-
-
-def scene_norm(ckpt: Checkpoint, uri: str, bands: list[int]) -> NormStats:
-    """The statistics to normalise scene `uri` (1-based `bands`) with: the checkpoint's own for a "split"
-    model, the scene's robust statistics (one decimated read, the same for every tile) for a "scene" one,
-    the checkpoint's own anchored on the scene's Otsu thresholds (one decimated read) for an "otsu" one.
-    A scene without statistics is an InputError naming it."""
-    stats, thresholds = scene_measures_needed(ckpt.norm, "")
-    measures = measure_scene(uri, bands, stats=stats, thresholds=thresholds)
-    if measures.error:
-        raise InputError(measures.error)
-    return norm_for_scene(ckpt, measures)
-
-
-def norm_for_scene(ckpt: Checkpoint, measures: SceneMeasures) -> NormStats:
-    """`scene_norm` from the scene's `measure_scene`; the training split's statistics when the scene has
-    none (no valid pixel), or the checkpoint normalises by its split."""
-    if ckpt.norm == "otsu" and measures.thresholds is not None:
-        return split_norm(ckpt).anchored(measures.thresholds)
-    if ckpt.norm == "scene" and measures.stats is not None:
-        return NormStats(list(ckpt.bands), *measures.stats, float(ckpt.nodata_fill))
-    return split_norm(ckpt)
-
-
-def split_norm(ckpt: Checkpoint) -> NormStats:
-    """The training split's statistics stored in the checkpoint (every checkpoint has them, `norm=scene` too)."""
-    return NormStats(list(ckpt.bands), list(ckpt.norm_mean), list(ckpt.norm_std), float(ckpt.nodata_fill))
 
 
 def save_decoder_checkpoint(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import rasterio
@@ -15,7 +16,7 @@ from rasterio.enums import MaskFlags
 
 from rrsis.data.otsu import NO_GATE, otsu_threshold
 from rrsis.data.pairs import SampleRef, iter_blocks, read_sample
-from rrsis.errors import InputError
+from rrsis.errors import CheckpointError, InputError
 from rrsis.geo.raster import open_raster, read_decimated
 
 MIN_STD = 1e-6  # a constant band would divide by zero; keep it finite
@@ -225,3 +226,60 @@ def sample_stats(stats: NormStats, ref: SampleRef) -> NormStats:
     if stats.norm == "otsu":
         return stats.anchored(otsu_thresholds(sample_pixels(ref)))
     return stats
+
+
+class NormSource(Protocol):
+    """Anything carrying per-band statistics: a checkpoint (`rrsis.checkpoints.Checkpoint`) or `NormStats`."""
+
+    norm_mean: list[float]
+    norm_std: list[float]
+    nodata_fill: float
+
+
+class StatsSource(NormSource, Protocol):
+    """A model's normalisation as stored with it (`rrsis.checkpoints.Checkpoint`): bands, split statistics, rule."""
+
+    bands: list[str]
+    norm: str
+
+
+def normalize_image(stats: NormSource, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(C,H,W) raw values -> float32 (x - mean) / std per band; invalid or NaN pixels get `nodata_fill`.
+
+    A scene-normalised checkpoint cannot normalise a tile by itself: pass `scene_norm(ckpt, uri, bands)`."""
+    norm = getattr(stats, "norm", "split")
+    if norm in SCENE_RULES:
+        raise CheckpointError(f"this checkpoint normalises per scene (norm={norm}): use scene_norm(ckpt, uri, bands)")
+    try:
+        return apply_stats(
+            stats.norm_mean, stats.norm_std, stats.nodata_fill, image, valid, getattr(stats, "anchor", None)
+        )
+    except InputError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def scene_norm(ckpt: StatsSource, uri: str, bands: list[int]) -> NormStats:
+    """The statistics to normalise scene `uri` (1-based `bands`) with: the checkpoint's own for a "split"
+    model, the scene's robust statistics (one decimated read, the same for every tile) for a "scene" one,
+    the checkpoint's own anchored on the scene's Otsu thresholds (one decimated read) for an "otsu" one.
+    A scene without statistics is an InputError naming it."""
+    stats, thresholds = scene_measures_needed(ckpt.norm, "")
+    measures = measure_scene(uri, bands, stats=stats, thresholds=thresholds)
+    if measures.error:
+        raise InputError(measures.error)
+    return norm_for_scene(ckpt, measures)
+
+
+def norm_for_scene(ckpt: StatsSource, measures: SceneMeasures) -> NormStats:
+    """`scene_norm` from the scene's `measure_scene`; the training split's statistics when the scene has
+    none (no valid pixel), or the checkpoint normalises by its split."""
+    if ckpt.norm == "otsu" and measures.thresholds is not None:
+        return split_norm(ckpt).anchored(measures.thresholds)
+    if ckpt.norm == "scene" and measures.stats is not None:
+        return NormStats(list(ckpt.bands), *measures.stats, float(ckpt.nodata_fill))
+    return split_norm(ckpt)
+
+
+def split_norm(ckpt: StatsSource) -> NormStats:
+    """The training split's statistics stored in the checkpoint (every checkpoint has them, `norm=scene` too)."""
+    return NormStats(list(ckpt.bands), list(ckpt.norm_mean), list(ckpt.norm_std), float(ckpt.nodata_fill))

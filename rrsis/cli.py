@@ -6,6 +6,7 @@ Expected failures (`RrsisError`) print one line and exit 2; `--debug` shows the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rrsis {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (env RRSIS_LOG_LEVEL)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Ray's own warnings and log lines too (env RRSIS_VERBOSE=1)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="JOB")
     for job in _RUN_JOBS:
         _add_common(sub.add_parser(job, help=JOBS[job][2]))
@@ -98,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if args.verbose:
+        os.environ["RRSIS_VERBOSE"] = "1"
     setup_logging(args.log_level)
     try:
         return _dispatch(args)

@@ -30,6 +30,11 @@ def configure_storage(cfg: StorageConfig) -> None:
         os.environ["AWS_ENDPOINT_URL"] = cfg.endpoint_url  # GDAL's /vsis3/ and Ray workers read it
 
 
+def verbose() -> bool:
+    """`rrsis --verbose` (env RRSIS_VERBOSE=1): Ray's own warnings and log lines are shown too."""
+    return os.environ.get("RRSIS_VERBOSE", "") not in ("", "0")
+
+
 def connect_ray(cfg: RayConfig, *, min_cpus: int = 0) -> str:
     """Connect and return how: "running" (this process already had Ray), "cluster" (RAY_ADDRESS or
     `cfg.address`) or "embedded" (a new local Ray on 127.0.0.1 with `cfg.num_cpus`, else at least
@@ -38,6 +43,7 @@ def connect_ray(cfg: RayConfig, *, min_cpus: int = 0) -> str:
 
     if ray.is_initialized():
         return "running"
+    quiet = not verbose()  # Ray's own log lines and warnings (token auth) are noise to a user; --verbose
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         ray.init(address=address, configure_logging=False)
@@ -48,6 +54,8 @@ def connect_ray(cfg: RayConfig, *, min_cpus: int = 0) -> str:
         os.environ.setdefault(name, value)
     # address="local": always a new instance, even when /tmp/ray/ray_current_cluster names another Ray.
     kwargs: dict[str, Any] = {"address": "local", "_node_ip_address": "127.0.0.1", "include_dashboard": False}
+    if quiet:
+        kwargs["logging_level"] = logging.ERROR
     num_cpus = cfg.num_cpus or (max(min_cpus, os.cpu_count() or 1) if min_cpus else 0)
     if num_cpus:
         kwargs["num_cpus"] = num_cpus
@@ -56,6 +64,7 @@ def connect_ray(cfg: RayConfig, *, min_cpus: int = 0) -> str:
     for attempt in range(1, 4):  # a loaded machine can miss Ray's 15 s agent start-up deadline: retry
         try:
             ray.init(**kwargs)
+            logging.getLogger("ray.data").setLevel(logging.INFO)  # Ray Data's progress stays
             return "embedded"
         except Exception as exc:
             if attempt == 3 or "timed out during startup" not in str(exc):

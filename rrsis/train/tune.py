@@ -241,6 +241,8 @@ def run_tune(cfg: TuneConfig) -> int:
             raise
         log.warning("%s (waiting for the cluster to scale up)", exc)  # an autoscaler may still add such a node
     results = build_tuner(cfg).fit()
+    if mode == "embedded":
+        ray.shutdown()  # this job's own Ray: stopped now, so its exit logs come before the result, not after
     out = experiment_uri(cfg)
     errors = [r for r in results if r.error is not None]
     for r in errors:

@@ -1,9 +1,10 @@
-"""Checks a search runs on the driver before any trial starts: each one a single line naming the key to set.
+"""Checks run before any data is loaded or any trial starts: each one a single line naming the key to set.
 
-A Tune trial fails far from the user (in a Ray worker, after the cluster started, once per trial), so
-`rrsis tune` checks first what `rrsis train` would trip over: the data root, the weights files and text
-encoders the family loads, that the family reports the metric the search ranks by, and that a trial fits
-on one node of the cluster at all (Ray would otherwise keep it PENDING forever).
+`build_recipe` runs `check_inputs` first (the data root, the weights files and text encoders the family
+loads), so `rrsis train` fails on a missing input before it builds a model. A Tune trial fails far from the
+user (in a Ray worker, after the cluster started, once per trial), so `rrsis tune` also checks on the driver
+that the family reports the metric the search ranks by and that a trial fits on one node of the cluster at
+all (Ray would otherwise keep it PENDING forever).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rrsis.config.train import TrainConfig
 from rrsis.errors import ConfigError, InputError, ModelError
 from rrsis.models.sam.arch import RANDOM_INIT_PRESETS
 from rrsis.models.text_path import resolve_text_encoder
-from rrsis.train.recipes import has_validation
+from rrsis.train.grounding import val_samples
 
 
 def _exists(uri: str) -> bool:
@@ -60,6 +61,15 @@ def check_inputs(cfg: TrainConfig, prefix: str = "") -> None:
             raise ConfigError(f"config error: key '{key}': SAM {sam.model_type} needs its weights; set {key}=<.pth>")
         if sam.decoder_checkpoint:
             _need(sam.decoder_checkpoint, f"{prefix}model.sam.decoder_checkpoint", "decoder checkpoint")
+
+
+def has_validation(cfg: TrainConfig) -> bool:
+    """Whether the family evaluates a validation split each epoch (the SAM decoder never does)."""
+    if cfg.model.name == "waterland":
+        return bool(cfg.data.val_events) or cfg.data.val_fraction > 0
+    if cfg.model.name in ("danet", "grounding"):
+        return bool(val_samples(cfg))
+    return False
 
 
 def check_metric(metric: str, cfg: TrainConfig) -> None:

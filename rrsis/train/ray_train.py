@@ -44,7 +44,8 @@ from rrsis.session import configure_storage, connect_ray
 from rrsis.storage import s3
 from rrsis.storage.uri import local_path
 from rrsis.train.fit import STATE_FILE, Distribution, Epoch, best_index, fit_recipe, format_record
-from rrsis.train.recipes import build_recipe, model_file, score_attribute
+from rrsis.train.preflight import check_inputs
+from rrsis.train.recipes import build_recipe, check_family, model_file, score_attribute
 
 log = get_logger(__name__)
 
@@ -228,6 +229,8 @@ def fit(cfg: TrainConfig) -> int:
     """Run the distributed training described by `cfg`; prints where the run folder and best model are."""
     cfg = for_workers(cfg)
     configure_storage(cfg.storage)
+    check_family(cfg)
+    check_inputs(cfg)  # on the driver: one line before Ray starts, not once per worker
     connect_ray(cfg.ray)
     storage.put_bytes(storage.join(run_dir(cfg), "config.yaml"), to_yaml(cfg).encode())
     log.info(

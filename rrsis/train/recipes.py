@@ -48,6 +48,7 @@ from rrsis.train import danet, loop
 from rrsis.train import grounding as g
 from rrsis.train import sam_decoder as sd
 from rrsis.train.optim import build_optimizer, build_scheduler
+from rrsis.train.preflight import check_inputs, has_validation
 from rrsis.train.waterland import make_checkpoint, prepare_waterland
 
 log = get_logger(__name__)
@@ -92,11 +93,16 @@ def model_file(cfg: TrainConfig) -> str:
     return "decoder.pt" if cfg.model.name == "sam_decoder" else "model.pt"
 
 
+def check_family(cfg: TrainConfig) -> None:
+    if cfg.model.name not in FAMILIES:
+        allowed = ", ".join(FAMILIES)
+        raise ConfigError(f"config error: key 'model.name': {cfg.model.name!r} does not train; allowed: {allowed}")
+
+
 def score_attribute(cfg: TrainConfig) -> str:
     """The metric that ranks checkpoints (higher is better): the family's validation metric, else the epoch."""
+    check_family(cfg)
     name = cfg.model.name
-    if name not in FAMILIES:
-        raise ConfigError(f"config error: key 'model.name': {name!r} does not train; allowed: {', '.join(FAMILIES)}")
     if cfg.optim.monitor == "last" or name == "sam_decoder":
         return "epoch"
     if not has_validation(cfg):
@@ -106,18 +112,10 @@ def score_attribute(cfg: TrainConfig) -> str:
     return "val_miou" if name == "danet" else "val_box_acc@0.5"
 
 
-def has_validation(cfg: TrainConfig) -> bool:
-    """Whether the family evaluates a validation split each epoch (the SAM decoder never does)."""
-    if cfg.model.name == "waterland":
-        return bool(cfg.data.val_events) or cfg.data.val_fraction > 0
-    if cfg.model.name in ("danet", "grounding"):
-        return bool(g.val_samples(cfg))
-    return False
-
-
 def build_recipe(cfg: TrainConfig, device: torch.device) -> Recipe:
     """The recipe of `cfg.model.name`, its model on `device` (seed the RNG before calling)."""
-    score_attribute(cfg)  # names the key when the family does not train
+    check_family(cfg)
+    check_inputs(cfg)  # a missing data root, weights file or text encoder: one line, before any model is built
     if cfg.data.train_fraction < 1.0 and cfg.model.name != "sam_decoder":
         raise ConfigError("config error: key 'data.train_fraction': only model.name=sam_decoder subsamples its data")
     if cfg.model.name != "waterland" and (cfg.optim.amp or cfg.optim.grad_accum > 1):

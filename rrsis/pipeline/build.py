@@ -41,6 +41,7 @@ class StageRun:
 
 @dataclass(frozen=True)
 class PipelineResources:
+    plan: StageRun
     read: StageRun
     infer: StageRun
     refine: StageRun
@@ -90,7 +91,9 @@ def resources_for(
     if cluster is None:
         cluster = ray.cluster_resources() if ray.is_initialized() else {}
     cluster = {**cluster, "GPU": gpus_available}
+    planners = max(1, min(4, int(cpus_available or 0) // 16))  # one per 16 CPUs of the cluster, 1 to 4
     return PipelineResources(
+        plan=StageRun(ray_options("map.plan", cluster), planners),
         read=StageRun(ray_options("map.read", cluster, num_cpus=cfg.read_num_cpus)),
         infer=StageRun(
             ray_options("map.infer", cluster, num_cpus=cfg.infer.num_cpus, num_gpus=cfg.infer.num_gpus),
@@ -198,7 +201,11 @@ def map_dataset(
     tile_nbytes = tile_bytes(plan.in_bands, cfg.tiling.tile_px)
     block_tiles = block_tiles_for(tile_nbytes, res.batch_size)
     ds: ray.data.Dataset = ray.data.from_items(scene_rows, override_num_blocks=max(1, len(scene_rows)))
-    ds = ds.flat_map(expand_scene, fn_kwargs={"plan": plan}, **res.read.options)  # type: ignore[arg-type]
+    # A few planning tasks at a time, holding no CPU: planning runs far ahead of any model (a scene's metadata
+    # in ~50 ms) and is bounded by the object-store cap; planners holding CPUs kept the write stage from
+    # starting (Ray Data's CPU budget) until every scene was planned.
+    planners = ray.data.TaskPoolStrategy(size=res.plan.pool_size)
+    ds = ds.flat_map(expand_scene, fn_kwargs={"plan": plan}, compute=planners, **res.plan.options)  # type: ignore[arg-type]
     ds = map_stage(ds, read_stage, res.read, block_tiles)
     ds = map_stage(
         ds,

@@ -17,7 +17,7 @@ from typing import Any
 
 from rrsis import storage
 from rrsis.errors import ConfigError, InputError, RrsisError
-from rrsis.geo.raster import RasterInfo, read_info, resolve_bands
+from rrsis.geo.raster import RasterInfo, read_info, resolve_bands, scene_label
 from rrsis.geo.tiling import plan_tiles
 from rrsis.pipeline.inputs import SceneRef
 from rrsis.storage.uri import local_path
@@ -107,14 +107,16 @@ def choose_bands(info: RasterInfo, requested: Sequence[str], model_bands: Sequen
         except InputError:
             if info.count != len(model_bands):
                 raise InputError(
-                    f"scene {info.uri} has {info.count} bands; the model needs {len(model_bands)} "
+                    f"scene {scene_label(info.uri)} has {info.count} bands; the model needs {len(model_bands)} "
                     f"({', '.join(model_bands)}): set `bands` to choose them"
                 ) from None
             bands = list(range(1, info.count + 1))
     else:
         bands = resolve_bands(info, [])
     if len(bands) != in_bands:
-        raise InputError(f"scene {info.uri}: {len(bands)} band(s) selected ({bands}) but the model takes {in_bands}")
+        raise InputError(
+            f"scene {scene_label(info.uri)}: {len(bands)} band(s) selected ({bands}) but the model takes {in_bands}"
+        )
     return bands
 
 
@@ -122,7 +124,7 @@ def scene_info(uri: str) -> RasterInfo:
     """A scene's metadata with the checks every task needs (readable, georeferenced); InputError otherwise."""
     info = read_info(uri)
     if not info.crs:
-        raise InputError(f"scene {uri} has no CRS: outputs could not be georeferenced")
+        raise InputError(f"scene {scene_label(uri)} has no CRS: outputs could not be georeferenced")
     return info
 
 
@@ -151,7 +153,7 @@ def plan_scene(
             crs=info.crs,
         )
     except ConfigError as exc:
-        raise InputError(f"scene {scene.uri}: {exc}") from exc
+        raise InputError(f"scene {scene_label(scene.uri)}: {exc}") from exc
     band_text = ",".join(str(b) for b in bands)
     rows = []
     for tile in tiles:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from rrsis import storage
+from rrsis.checkpoint_header import read_header
 from rrsis.config.map import MapConfig
 from rrsis.errors import ConfigError
 from rrsis.pipeline.context import RunContext
@@ -49,6 +50,16 @@ def task_prepare(cfg: MapConfig) -> Callable[[MapConfig, list[SceneRef]], TaskRu
     return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
 
 
+def input_bands(cfg: MapConfig) -> list[str] | None:
+    """The band names a STAC item must provide: the config's named bands, else the water-land checkpoint's
+    (read from its header, without torch); None lets an item offer its own (`sar:polarizations`)."""
+    named = [str(b) for b in cfg.bands if not str(b).isdigit()]
+    if named or cfg.task != "waterland":
+        return named or None
+    header = read_header(cfg.infer.checkpoint)
+    return [str(b) for b in (header or {}).get("bands") or []] or None
+
+
 def check_existing(cfg: MapConfig, run_prefix: str) -> None:
     """`resume=false` refuses a run folder that already has outputs (`overwrite=true` recomputes them)."""
     if cfg.resume or cfg.overwrite:
@@ -65,7 +76,7 @@ def run_map(cfg: MapConfig) -> int:
     """Map every scene of `cfg.input` with the task `cfg.task`; see the module docstring."""
     start = time.perf_counter()
     configure_storage(cfg.storage)
-    scenes, problems = resolve_inputs(list(cfg.input))
+    scenes, problems = resolve_inputs(list(cfg.input), bands=input_bands(cfg))
     failures = [Failure("", p.item, "", "input", p.reason) for p in problems]
     for f in failures:
         log.warning("input %s skipped: %s", f.scene_uri, f.reason)

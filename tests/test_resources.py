@@ -102,7 +102,8 @@ def test_map_dataset_caps_its_own_object_store_use_in_blocks_of_several_tiles() 
     ds = map_dataset(rows, plan, cfg, resources_for(cfg, 0.0, cluster=LAPTOP), model="m")
     block = MIN_BLOCK_TILES * 2048 * 2048 * (4 * 4 + 1 + 4 + 1)  # image f32 x4, valid, prob f32, mask
     assert ds.context.execution_options.resource_limits.object_store_memory == BLOCKS_IN_FLIGHT * block
-    assert ds.context.target_max_block_size == block  # a block is one batch of pixels, never several merged
+    read = MIN_BLOCK_TILES * 2048 * 2048 * (4 * 4 + 1)  # one read batch: image f32 x4, valid
+    assert ds.context.target_max_block_size == int(0.9 * read)  # one read batch per block, never two merged
     context = ray.data.DataContext.get_current()
     assert (context.execution_options.resource_limits.object_store_memory, context.target_max_block_size) == before
 

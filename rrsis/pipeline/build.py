@@ -146,7 +146,12 @@ def block_tiles_for(tile_nbytes: int, batch_size: int) -> int:
     return max(batch_size, MIN_BLOCK_TILES, min(MAX_BLOCK_TILES, TARGET_BLOCK_BYTES // tile_nbytes))
 
 
-def bound_object_store(ds: ray.data.Dataset, block_nbytes: int) -> int:
+def read_block_bytes(bands: int, tile_px: int, block_tiles: int) -> int:
+    """Pixel bytes of one read batch (image f32 per band + valid): the biggest block of the pipeline."""
+    return block_tiles * tile_px * tile_px * (4 * max(1, bands) + 1)
+
+
+def bound_object_store(ds: ray.data.Dataset, block_nbytes: int, read_nbytes: int | None = None) -> int:
     """Cap `ds`'s object store use at a few blocks of pixels: memory then does not grow with the scene.
 
     Without a cap Ray Data lets reads run ahead of a slow inference actor until a fraction of the object
@@ -155,9 +160,12 @@ def bound_object_store(ds: ray.data.Dataset, block_nbytes: int) -> int:
     process-global `DataContext`, so other datasets of the same driver keep their settings.
     """
     limit = max(MIN_OBJECT_STORE_BYTES, BLOCKS_IN_FLIGHT * block_nbytes)
-    # A scene enters as one block of tile rows; each stage's batches must leave as blocks of their own, not
-    # be merged up to Ray Data's default 128 MB block, or a block would hold several batches of pixels.
-    ds.context.target_max_block_size = max(block_nbytes, 1 << 20)
+    # A scene enters as one block of tile rows and one read task works through it, so every read batch must
+    # leave as a block of its own: Ray Data merges a task's outputs until they exceed the target block size
+    # (and slices a block past 1.5 x the target). 0.9 x one read batch: one batch always exceeds it, is never
+    # sliced, and the later stages' batches (smaller: the image is dropped) stay one block per input block.
+    read_nbytes = read_nbytes or block_nbytes
+    ds.context.target_max_block_size = max(int(0.9 * read_nbytes), 1 << 20)
     options = ds.context.execution_options
     options.resource_limits = options.resource_limits.copy(object_store_memory=limit)
     return limit
@@ -228,7 +236,7 @@ def map_dataset(
         fn_constructor_kwargs={"task": cfg.task, "options": options, "keep_prob": cfg.outputs.probability},
     )
     ds = map_stage(ds, write_stage, res.write, block_tiles, fn_kwargs={"model": model})
-    bound_object_store(ds, block_tiles * tile_nbytes)
+    bound_object_store(ds, block_tiles * tile_nbytes, read_block_bytes(plan.in_bands, cfg.tiling.tile_px, block_tiles))
     return ds
 
 

@@ -130,9 +130,9 @@ def _called(stage, batch) -> set[int]:  # type: ignore[no-untyped-def]
 @needs_two_cores
 @pytest.mark.slow
 def test_embedded_ray_keeps_the_claimed_core_for_the_inference_actor(tmp_path: Path) -> None:
-    """An embedded Ray started on every core; a reservation of one core; once an actor claims it, the fence moves the driver,
-    raylet and every worker to the other cores; `lift` gives them all back."""
-    script = f"""
+    """An embedded Ray started on every core; a reservation of one core; once an actor claims it, the fence
+    moves the driver, raylet and every worker to the other cores; `lift` gives them all back."""
+    script = """
 import json, os, time, ray
 from rrsis.config.common import RayConfig
 from rrsis.pipeline import cores
@@ -153,7 +153,7 @@ class Claimer:
         return [list(self.cores.cores), sorted(os.sched_getaffinity(0))]
 
 task = ray.remote(num_cpus=1)(lambda: sorted(os.sched_getaffinity(0)))
-seen = {{"reserved": [list(g) for g in res.groups], "others": list(res.others), "task before": ray.get(task.remote())}}
+seen = {"reserved": [list(g) for g in res.groups], "others": list(res.others), "task before": ray.get(task.remote())}
 first, second = Claimer.remote(res.groups, res.lock_dir), Claimer.remote(res.groups, res.lock_dir)
 seen["first"], seen["second"] = ray.get(first.claim.remote()), ray.get(second.claim.remote())
 time.sleep(1.0)  # a few fence rounds

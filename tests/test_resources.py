@@ -32,7 +32,7 @@ def test_cpu_only_cluster_runs_everything_on_cpu_anywhere() -> None:
 def test_gpu_and_cpu_node_types_are_both_used() -> None:
     opts = stage_options(GPU_AND_CPU_NODES)
     assert opts["infer"]["num_gpus"] == 1.0 and "resources" not in opts["infer"]  # GPU nodes
-    for cpu_stage in ("plan", "read", "refine", "write", "products"):  # pinned to the CPU node type by a sliver of cpu_pool
+    for cpu_stage in ("plan", "read", "refine", "write", "products"):  # on the CPU node type: a sliver of cpu_pool
         assert opts[cpu_stage]["resources"] == {CPU_POOL_RESOURCE: CPU_POOL_SLICE}
         assert "num_gpus" not in opts[cpu_stage]
 

@@ -302,3 +302,13 @@ def test_a_disk_that_fills_mid_run_ends_it_with_one_line_exit_1(tmp_path: Path, 
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("rrsis: write: [Errno 28] No space left on device"), last
     assert "committed scenes in" in last and "rerun the same command" in last
+
+
+def test_cuda_asked_without_cuda_is_one_line_exit_2_before_ray(tmp_path: Path) -> None:
+    env = dict(os.environ, RAY_ADDRESS="", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-m", "rrsis.cli", "map", "infer.device=cuda", f"output={tmp_path}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, lines
+    assert "key 'infer.device'" in lines[0] and "no CUDA device" in lines[0]
+    assert not list(tmp_path.iterdir())  # nothing started, nothing written

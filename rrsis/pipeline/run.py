@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -60,6 +61,16 @@ def input_bands(cfg: MapConfig) -> list[str] | None:
     return [str(b) for b in (header or {}).get("bands") or []] or None
 
 
+def check_device(cfg: MapConfig) -> None:
+    """CUDA asked for a run on this machine's own Ray: checked here, one line before anything starts. (On a
+    cluster the driver may have no GPU while the workers do: the inference actors check it there.)"""
+    if cfg.infer.device.startswith("cuda") and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        # imported here: rrsis.devices imports torch (~400 MB), which a map driver otherwise never loads
+        from rrsis.devices import resolve_device
+
+        resolve_device(cfg.infer.device, key="infer.device")
+
+
 def check_existing(cfg: MapConfig, run_prefix: str) -> None:
     """`resume=false` refuses a run folder that already has outputs (`overwrite=true` recomputes them)."""
     if cfg.resume or cfg.overwrite:
@@ -80,6 +91,7 @@ def run_map(cfg: MapConfig) -> int:
     failures = [Failure("", p.item, "", "input", p.reason) for p in problems]
     for f in failures:
         log.warning("input %s skipped: %s", f.scene_uri, f.reason)
+    check_device(cfg)
     prepared = task_prepare(cfg)(cfg, scenes)
     run_prefix = storage.join(cfg.output, prepared.run_id)
     with RunLease(run_prefix, cfg.lease_stale_s) as lease:

@@ -28,6 +28,7 @@ from transformers import AutoTokenizer
 
 from rrsis import storage
 from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, model_config_from_dict
+from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError
 from rrsis.geo.raster import resolve_bands
 from rrsis.geo.tiling import PixelWindow, plan_tiles
@@ -53,7 +54,7 @@ class GroundingStage:
         import torch
 
         torch.set_num_threads(max(1, threads))
-        dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        dev = resolve_device(device, key="infer.device")
         self.model: Any = build_from_checkpoint(load_checkpoint(checkpoint)).to(dev)
         self.query, self.value_max = query, value_max
 

@@ -141,14 +141,13 @@ class InferStage:
         import torch
 
         from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, norm_for_scene, normalize_image
+        from rrsis.devices import resolve_device
 
         self.normalize_image, self.norm_for_scene = normalize_image, norm_for_scene
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device, key="infer.device")
         self.batch_invariant = batch_invariant
         self.trim_free_bytes = int(trim_free_mb) << 20  # see `infer.trim_free_mb` (rrsis.config.map)
         self.ckpt = load_checkpoint(checkpoint)

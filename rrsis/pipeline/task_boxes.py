@@ -131,12 +131,12 @@ class SamBoxStage:
         # torch and SAM are imported in the SAM actor only (the CPU stages import this module too)
         import torch
 
+        from rrsis.devices import resolve_device
         from rrsis.models.sam.predictor import SamTilePredictor
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(resolve_device(device, key="infer.device"))
         cfg = sam_config_from_dict(sam)
         self.predictor = SamTilePredictor.from_config(cfg, checkpoint or None, decoder_checkpoint or None, device)
 

@@ -33,6 +33,7 @@ from rasterio.windows import Window
 
 from rrsis import storage
 from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, model_config_from_dict
+from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError
 from rrsis.geo.raster import open_raster
 from rrsis.models.danet.predictor import DanetPredictor, scale_to_input
@@ -67,8 +68,7 @@ class DanetInferStage:
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(resolve_device(device, key="infer.device"))
         model: Any = build_from_checkpoint(load_checkpoint(checkpoint))
         self.predictor = DanetPredictor(model, device=device)
         self.query = self.predictor.embed_query(query)

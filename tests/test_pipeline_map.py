@@ -16,12 +16,13 @@ from pathlib import Path
 import boto3
 import pytest
 import rasterio
+from rasterio.transform import from_origin
 
 from rrsis import storage
 from rrsis.pipeline.cores import process_tree
 from rrsis.pipeline.manifest import read_table
 from rrsis.pipeline.run import run_map
-from tests.pipeline_data import map_config, tiny_checkpoint, write_scene
+from tests.pipeline_data import UTM_ORIGIN, map_config, tiny_checkpoint, write_scene
 
 REPO = Path(__file__).resolve().parents[1]
 TILING = ["tiling.tile_px=32", "tiling.overlap_px=8", "infer.batch_size=4"]
@@ -133,6 +134,7 @@ def test_s3_multi_scene_with_bad_scenes(
         ):
             mosaic = src.read()
             assert mosaic.shape == (2, height, width) and src.crs.to_epsg() == 32630
+            assert src.transform == from_origin(*UTM_ORIGIN, 10.0, 10.0)  # the scene's grid, not a tile window's
         stats = json.loads(storage.get_bytes(f"{run}/{name}/stats.json"))
         scene_rows = [m for m in manifest if m["scene_id"] == name]
         assert stats["water_px"] == int((mosaic[0] == 1).sum()) == sum(m["water_px"] for m in scene_rows)

@@ -197,8 +197,9 @@ def expand_scene(row: dict[str, Any], *, plan: PlanArgs) -> list[dict[str, Any]]
     """One scene row -> its tile rows, on a Ray worker: metadata checks, the tiling, and (`verify`) one
     listing of the scene's tiles so that tiles with a sidecar from an earlier attempt are verified, not read.
 
-    Every row carries the scene's grid (`scene_width`, `scene_height`) and tile count (`scene_tiles`), so the
-    driver learns a scene from its first tile and knows when it has them all. An unusable scene becomes a
+    Every row carries the scene's grid (`scene_width`, `scene_height`, `scene_transform_a..f`; a tile's own
+    `transform_*` is its window's) and tile count (`scene_tiles`), so the driver learns a scene from whichever
+    of its tiles comes first and knows when it has them all. An unusable scene becomes a
     single row with an empty `tile_id`, `status` failed and the reason: the other scenes go on.
     """
     scene = SceneRef(str(row["scene_id"]), str(row["scene_uri"]))
@@ -218,8 +219,10 @@ def expand_scene(row: dict[str, Any], *, plan: PlanArgs) -> list[dict[str, Any]]
     except Exception as exc:  # any unusable scene is a failure row; the run goes on
         return [failure_row(scene, one_line(exc), plan.tile_px)]
     info = scene_plan.info
+    grid = {f"scene_transform_{k}": float(v) for k, v in zip("abcdef", info.transform[:6], strict=True)}
     for r in rows:
         r.update(
+            grid,
             scene_tiles=len(rows),
             scene_width=info.width,
             scene_height=info.height,
@@ -236,7 +239,8 @@ def failure_row(scene: SceneRef, reason: str, tile_px: int) -> dict[str, Any]:
     row: dict[str, Any] = {"scene_id": scene.scene_id, "row": 0, "col": 0, "tile_id": ""}
     for name in ("win", "core"):
         row.update({f"{name}_col_off": 0, f"{name}_row_off": 0, f"{name}_width": tile_px, f"{name}_height": tile_px})
-    row.update({f"transform_{k}": v for k, v in zip("abcdef", (1.0, 0.0, 0.0, 0.0, -1.0, 0.0), strict=True)})
+    for name in ("transform", "scene_transform"):
+        row.update({f"{name}_{k}": v for k, v in zip("abcdef", (1.0, 0.0, 0.0, 0.0, -1.0, 0.0), strict=True)})
     row.update(crs="", scene_uri=scene.uri, bands="1", key="", scene_tiles=0, scene_width=0, scene_height=0)
     row.update(status="failed", reason=reason, verify=False)
     return row

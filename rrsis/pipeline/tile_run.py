@@ -83,7 +83,7 @@ def scene_from_row(row: dict[str, Any], run_prefix: str) -> dict[str, Any]:
         "width": int(row["scene_width"]),
         "height": int(row["scene_height"]),
         "crs": str(row["crs"]),
-        "transform": tuple(float(row[f"transform_{k}"]) for k in "abcdef"),
+        "transform": tuple(float(row[f"scene_transform_{k}"]) for k in "abcdef"),  # the scene's, not the tile's
         "bands": [int(b) for b in str(row["bands"]).split(",")],
     }
 

@@ -132,7 +132,7 @@ def _ray_env() -> dict[str, str]:
 def test_driver_killed_after_commits_rerun_reads_no_tile_of_committed_scenes(tmp_path: Path, ray_session: None) -> None:
     scenes = _many_scenes(tmp_path / "scenes", 6, 120)
     ckpt = tiny_checkpoint(tmp_path / "model.pt")
-    args = [f"input=[{','.join(scenes)}]", f"infer.checkpoint={ckpt}", *TILING]
+    args = [f"input=[{','.join(scenes)}]", f"infer.checkpoint={ckpt}", *TILING, "wave_scenes=2"]  # 3 waves
     assert run_map(map_config(*args, f"output={tmp_path / 'clean'}")) == 0
     (clean,) = (tmp_path / "clean").iterdir()
 

@@ -89,6 +89,9 @@ class MapConfig:
     verify: str = choice("quick", "quick", "full")
     # one driver per run folder: a lease (`<run>/_lease.json`) not refreshed for this long is taken over
     lease_stale_s: float = bounded(120.0, 2.0, 86400.0)
+    # scenes per Ray Data execution: the driver's memory follows one wave, not the run (each wave loads the
+    # model again: keep a wave many minutes long); resource-like, it never changes the run id
+    wave_scenes: int = bounded(64, 1, 1_000_000)
     tiling: TilingConfig = field(default_factory=TilingConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)

@@ -154,8 +154,10 @@ class Claimer:
 
 task = ray.remote(num_cpus=1)(lambda: sorted(os.sched_getaffinity(0)))
 seen = {"reserved": [list(g) for g in res.groups], "others": list(res.others), "task before": ray.get(task.remote())}
-first, second = Claimer.remote(res.groups, res.lock_dir), Claimer.remote(res.groups, res.lock_dir)
-seen["first"], seen["second"] = ray.get(first.claim.remote()), ray.get(second.claim.remote())
+first = Claimer.remote(res.groups, res.lock_dir)
+seen["first"] = ray.get(first.claim.remote())  # constructed (and claimed) before the second one exists
+second = Claimer.remote(res.groups, res.lock_dir)
+seen["second"] = ray.get(second.claim.remote())
 time.sleep(1.0)  # a few fence rounds
 seen["driver"], seen["task"] = sorted(os.sched_getaffinity(0)), ray.get(task.remote())
 seen["first again"] = ray.get(first.claim.remote())

@@ -86,11 +86,6 @@ def conform_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     return _conform(dedupe_tiles(rows), MANIFEST_SCHEMA)
 
 
-def conform_tiles(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Tile rows as the manifest stores them (deduplicated, ordered, plain Python values)."""
-    return conform_table(rows).to_pylist()  # type: ignore[no-any-return]
-
-
 def table_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")

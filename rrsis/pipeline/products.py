@@ -26,7 +26,6 @@ import numpy as np
 import orjson
 import rasterio
 import rasterio.features
-from affine import Affine
 from PIL import Image
 from rasterio.enums import Resampling
 
@@ -226,18 +225,3 @@ def scene_products(
 def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     return fn(*args), time.perf_counter() - start
-
-
-def scene_record(plan: Any) -> dict[str, Any]:
-    """The plain-data view of a `ScenePlan` that products need (it travels to a Ray task)."""
-    info = plan.info
-    return {
-        "scene_id": plan.scene_id,
-        "uri": plan.uri,
-        "prefix": plan.prefix,
-        "width": info.width,
-        "height": info.height,
-        "crs": info.crs,
-        "transform": tuple(Affine(*info.transform[:6])[:6]),
-        "bands": list(plan.bands),
-    }

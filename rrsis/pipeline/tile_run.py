@@ -166,11 +166,15 @@ class SceneTracker:
         background = self.backgrounds.pop(record["scene_id"], None)
         self._resolved(record["scene_id"])
         if failure:  # its manifest part (the run manifest lists every tile), but no commit: a rerun retries it
-            storage.put_bytes(part_key(self.run_prefix, record["scene_id"]), table_bytes(conform_table(tiles)))
+            self._uncommitted_part(record, tiles)
             return
         extra = self.spec.extra_products
         ref = products_task(record, tiles, self.outputs, background, self.num_cpus, extra)
         self.pending[record["scene_id"]] = (record, tiles, ref)
+
+    def _uncommitted_part(self, scene: dict[str, Any], tiles: list[dict[str, Any]]) -> None:
+        """A failed scene's manifest part (the run manifest lists every tile) without a commit record."""
+        storage.put_bytes(part_key(self.run_prefix, scene["scene_id"]), table_bytes(conform_table(tiles)))
 
     def _resolved(self, scene_id: str) -> None:
         self.unresolved.discard(scene_id)
@@ -198,7 +202,7 @@ class SceneTracker:
         except Exception as exc:  # a products task failing must not lose the other scenes
             reason = one_line(exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause else exc)
             self.failures.append(Failure(scene["scene_id"], scene["uri"], "", "products", reason))
-            storage.put_bytes(part_key(self.run_prefix, scene["scene_id"]), table_bytes(conform_table(tiles)))
+            self._uncommitted_part(scene, tiles)
             return
         self.records[scene["scene_id"]] = commit_scene(self.run_prefix, scene, tiles, result)
 

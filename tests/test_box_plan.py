@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from rrsis.errors import InputError
 from rrsis.geo.tiling import plan_tiles
 from rrsis.pipeline.box_inputs import BoxRecord, read_boxes, world_to_pixel
-from rrsis.pipeline.box_plan import plan_box_groups
+from rrsis.pipeline.box_plan import owner, plan_box_groups
 
 # UTM-like north-up transform: 300 m pixels, origin (100000, 5000000)
 TF = (300.0, 0.0, 100000.0, 0.0, -300.0, 5000000.0)
@@ -80,22 +81,66 @@ def test_boxes_that_do_not_fit_together_split_into_groups_and_oversized_boxes_fa
     assert "tiling.tile_px=256" in reasons["huge"] and "outside the scene" in reasons["outside"]
 
 
-def test_every_box_is_planned_exactly_once_and_seen_whole() -> None:
-    rng = np.random.default_rng(0)
+def test_nearby_boxes_in_different_tiles_share_one_window_and_far_boxes_do_not() -> None:
+    tiles = _tiles()
+    boxes = [
+        BoxRecord("a", 180.0, 20.0, 220.0, 60.0),  # centre (200, 40): tile (0, 0)
+        BoxRecord("b", 240.0, 200.0, 300.0, 250.0),  # centre (270, 225): tile (1, 1); union 180..300 x 20..250
+        BoxRecord("far", 800.0, 400.0, 850.0, 450.0),  # centre (825, 425): tile (1, 3)
+    ]
+    groups, failures = plan_box_groups(tiles, boxes, 1000, 600, TF)
+    assert failures == []
+    assert [(g.group_id, [b.box_id for b in g.boxes]) for g in groups] == [
+        ("r00001_c00001_g0", ["a", "b"]),  # owned by b's tile (the larger box), one window for both
+        ("r00001_c00003_g0", ["far"]),
+    ]
+    shared = groups[0].tile.window
+    assert (shared.width, shared.height) == (256, 256)
+    assert (shared.col_off, shared.row_off) == (180, 20)  # tile (1, 1)'s window (208, 208) shifted to hold a
+    assert groups[0].boxes_in_window().tolist() == [[0.0, 0.0, 40.0, 40.0], [60.0, 180.0, 120.0, 230.0]]
+
+
+def reference_packs(boxes: list[BoxRecord], size_px: int) -> set[frozenset[str]]:
+    """The packing rule written plainly: largest first, first earlier window that still fits, all windows
+    tried (no grid index); a union fits when its outward-rounded extent is at most `size_px` per axis."""
+    packs: list[list[BoxRecord]] = []
+    for box in sorted(boxes, key=lambda b: (-(b.x2 - b.x1) * (b.y2 - b.y1), b.box_id)):
+        for pack in packs:
+            members = [*pack, box]
+            w = math.ceil(max(b.x2 for b in members)) - math.floor(min(b.x1 for b in members))
+            h = math.ceil(max(b.y2 for b in members)) - math.floor(min(b.y1 for b in members))
+            if w <= size_px and h <= size_px:
+                pack.append(box)
+                break
+        else:
+            packs.append([box])
+    return {frozenset(b.box_id for b in pack) for pack in packs}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_box_is_planned_exactly_once_and_seen_whole(seed: int) -> None:
+    rng = np.random.default_rng(seed)
     tiles = _tiles()
     boxes = []
     for i in range(300):
-        w, h = rng.integers(1, 200, 2)
-        x, y = rng.integers(0, 1000 - w), rng.integers(0, 600 - h)
+        w, h = rng.uniform(1, 200, 2)
+        x, y = rng.uniform(0, 1000 - w), rng.uniform(0, 600 - h)
         boxes.append(BoxRecord(f"b{i}", float(x), float(y), float(x + w), float(y + h)))
     groups, failures = plan_box_groups(tiles, boxes, 1000, 600, TF)
     assert failures == []
     planned = [b.box_id for g in groups for b in g.boxes]
     assert sorted(planned) == sorted(b.box_id for b in boxes)
+    assert {frozenset(b.box_id for b in g.boxes) for g in groups} == reference_packs(boxes, 256)
+    assert any(len({owner(tiles, *b.centre_xy) for b in g.boxes}) > 1 for g in groups)  # windows span tiles
     for g in groups:
         win = g.tile.window
+        assert (win.width, win.height) == (256, 256)
+        assert 0 <= win.col_off <= 1000 - 256 and 0 <= win.row_off <= 600 - 256
         for b in g.boxes:
             assert win.col_off <= b.x1 and b.x2 <= win.col_end and win.row_off <= b.y1 and b.y2 <= win.row_end
-            cx, cy = b.centre_xy
-            core = g.tile.core
-            assert core.col_off <= cx < core.col_end and core.row_off <= cy < core.row_end
+    # the group's tile owns its largest box's centre
+    for g in groups:
+        first = min(g.boxes, key=lambda b: (-(b.x2 - b.x1) * (b.y2 - b.y1), b.box_id))
+        cx, cy = first.centre_xy
+        core = g.tile.core
+        assert core.col_off <= cx < core.col_end and core.row_off <= cy < core.row_end

@@ -1,13 +1,14 @@
-"""Which tile segments which box, and through which window: the rule that keeps one mask per box.
+"""Which boxes share one SAM window, and where that window lies: the rule that keeps one mask per box.
 
-Decision (issue 7, item 5): a box belongs to the tile whose *core* contains its centre, and that tile's
-fixed-size read window is shifted (never resized) so it covers every box it owns; SAM then sees each box
-whole, embeds the window once and decodes all its boxes. A box that crosses a tile border is therefore
-segmented once, by one tile, never as two halves. When the owned boxes do not fit in one window
-together, they are split greedily (largest first) into several groups of the same tile, each with its own
-shifted window. A box larger than the window cannot be seen whole and is reported as a failure naming
-`tiling.tile_px`; a box whose centre lies outside the scene is reported too. Boxes are clipped to the
-scene. Pure geometry, no I/O.
+Each box is segmented once, whole: SAM sees it entirely inside one fixed-size read window (the tile's size,
+shifted, never resized), embeds that window once and decodes every box of the window. Boxes whose union fits
+one window share it (one image-encoder forward), whether or not their centres fall in the same tile; boxes
+far apart get a window each. Packing is greedy, largest box first: a box joins the first earlier window that
+can still hold it together with its boxes, else it opens a new one. A window belongs to the tile whose core
+holds the centre of its first (largest) box and is that tile's window shifted minimally to cover its boxes,
+so a box crossing tile borders is still one mask. A box larger than the window cannot be seen whole and is
+reported as a failure naming `tiling.tile_px`; a box whose centre lies outside the scene is reported too.
+Boxes are clipped to the scene. Pure geometry, no I/O.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rrsis.pipeline.box_inputs import BoxRecord
 
 @dataclass(frozen=True)
 class BoxGroup:
-    """Boxes one tile segments against one embedding; `tile.window` is the shifted read window."""
+    """Boxes segmented against one embedding; `tile` is the owning tile with its shifted read window."""
 
     tile: Tile
     group: int
@@ -87,6 +88,34 @@ def _with_window(tile: Tile, window: PixelWindow, scene_transform: tuple[float, 
     return replace(tile, window=window, transform=(a, b, c, d, e, f))
 
 
+@dataclass(frozen=True)
+class Pack:
+    """A window being filled: the tile it belongs to, its current (shifted) window, its boxes so far and
+    their union (`extent`, so a new box is tried against two boxes, not all of them)."""
+
+    tile: Tile
+    window: PixelWindow
+    boxes: list[BoxRecord]
+    extent: BoxRecord
+
+    def add(self, box: BoxRecord, width_px: int, height_px: int) -> Pack | None:
+        """This pack with `box` added, or None when the union no longer fits one window."""
+        win = cover(self.tile.window, [self.extent, box], width_px, height_px)
+        if win is None:
+            return None
+        e = self.extent
+        union = BoxRecord("", min(e.x1, box.x1), min(e.y1, box.y1), max(e.x2, box.x2), max(e.y2, box.y2))
+        return Pack(self.tile, win, [*self.boxes, box], union)
+
+
+def _cell(box: BoxRecord, window: PixelWindow) -> tuple[int, int]:
+    """Grid cell (window-sized) of the box centre. Two boxes whose union fits one window have centres less
+    than a window apart on each axis, so a box only needs the packs first seeded in its own and the 8
+    neighbouring cells: planning stays linear in the number of boxes, not quadratic."""
+    cx, cy = box.centre_xy
+    return math.floor(cx / window.width), math.floor(cy / window.height)
+
+
 def plan_box_groups(
     tiles: list[Tile],
     boxes: list[BoxRecord],
@@ -95,39 +124,49 @@ def plan_box_groups(
     scene_transform: tuple[float, ...],
 ) -> tuple[list[BoxGroup], list[tuple[str, str]]]:
     """Box groups (tile order, then group index) and failures as (box_id, one-line reason)."""
-    owned: dict[str, list[BoxRecord]] = {}
     by_id = {t.tile_id: t for t in tiles}
     failures: list[tuple[str, str]] = []
+    placed: list[tuple[Tile, BoxRecord]] = []
     for box in boxes:
         cx, cy = box.centre_xy
         tile = owner(tiles, cx, cy)
         if tile is None:
             failures.append((box.box_id, f"box centre ({cx:.1f}, {cy:.1f}) is outside the scene"))
             continue
-        owned.setdefault(tile.tile_id, []).append(clip_box(box, width_px, height_px))
-    groups: list[BoxGroup] = []
-    for tile in tiles:
-        members = sorted(owned.get(tile.tile_id, []), key=lambda b: (-(b.x2 - b.x1) * (b.y2 - b.y1), b.box_id))
-        packs: list[tuple[PixelWindow, list[BoxRecord]]] = []
-        for box in members:
-            for k, (_, pack) in enumerate(packs):
-                win = cover(tile.window, [*pack, box], width_px, height_px)
-                if win is not None:
-                    packs[k] = (win, [*pack, box])
-                    break
-            else:
-                win = cover(tile.window, [box], width_px, height_px)
-                if win is None:
-                    failures.append(
-                        (
-                            box.box_id,
-                            f"box is {box.x2 - box.x1:.0f}x{box.y2 - box.y1:.0f} px, larger than "
-                            f"tiling.tile_px={tile.window.width}: raise tiling.tile_px to segment it whole",
-                        )
+        placed.append((tile, clip_box(box, width_px, height_px)))
+    placed.sort(key=lambda tb: (-(tb[1].x2 - tb[1].x1) * (tb[1].y2 - tb[1].y1), tb[1].box_id))
+    packs: list[Pack] = []
+    near: dict[tuple[int, int], list[int]] = {}  # grid cell of a pack's first box centre -> pack indexes
+    for tile, box in placed:
+        size = tile.window
+        cell = _cell(box, size)
+        candidates = sorted(
+            k for dx in (-1, 0, 1) for dy in (-1, 0, 1) for k in near.get((cell[0] + dx, cell[1] + dy), [])
+        )
+        for k in candidates:
+            grown = packs[k].add(box, width_px, height_px)
+            if grown is not None:
+                packs[k] = grown
+                break
+        else:
+            win = cover(tile.window, [box], width_px, height_px)
+            if win is None:
+                failures.append(
+                    (
+                        box.box_id,
+                        f"box is {box.x2 - box.x1:.0f}x{box.y2 - box.y1:.0f} px, larger than "
+                        f"tiling.tile_px={size.width}: raise tiling.tile_px to segment it whole",
                     )
-                else:
-                    packs.append((win, [box]))
-        for k, (win, pack) in enumerate(packs):
-            ordered = tuple(sorted(pack, key=lambda b: b.box_id))
-            groups.append(BoxGroup(_with_window(by_id[tile.tile_id], win, scene_transform), k, ordered))
+                )
+                continue
+            near.setdefault(cell, []).append(len(packs))
+            packs.append(Pack(tile, win, [box], box))
+    order = {t.tile_id: i for i, t in enumerate(tiles)}
+    groups: list[BoxGroup] = []
+    count: dict[str, int] = {}
+    for pack in sorted(packs, key=lambda p: order[p.tile.tile_id]):  # stable: creation order within a tile
+        k = count.get(pack.tile.tile_id, 0)
+        count[pack.tile.tile_id] = k + 1
+        ordered = tuple(sorted(pack.boxes, key=lambda b: b.box_id))
+        groups.append(BoxGroup(_with_window(by_id[pack.tile.tile_id], pack.window, scene_transform), k, ordered))
     return groups, failures

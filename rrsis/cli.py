@@ -50,8 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--submit-config", default=None, help="YAML of the submit section (SubmitConfig)")
     submit.add_argument("--no-wait", action="store_true", help="return right after submission")
     _add_common(submit)
-    report = sub.add_parser("report", help="(re)build a map run's report.html, STAC catalog and GeoParquet polygons")
-    report.add_argument("run_uri", help="the run folder, <output>/<run_id> (local path or s3://)")
+    report = sub.add_parser(
+        "report", help="(re)build a run's report.html (map runs: also a STAC catalog and GeoParquet polygons)"
+    )
+    report.add_argument(
+        "run_uri",
+        help="the run folder (local path or s3://): map <output>/<run_id>, train <output>/<run_name>, "
+        "tune <output>/<name>, eval <output>",
+    )
     jobs = sub.add_parser("jobs", help="follow and control submitted jobs")
     jobs.add_argument("action", choices=["status", "logs", "stop", "list"])
     jobs.add_argument("job_id", nargs="?", default=None)
@@ -80,11 +86,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return jobs_from_cli(args)
     if args.command == "report":
-        from rrsis.report import build_report
+        from rrsis.report import build_report, run_kind
 
         page = build_report(args.run_uri)
         run = page.rsplit("/", 1)[0]
-        print(f"rrsis report: {page}; STAC catalog {run}/catalog.json; polygons {run}/polygons/", flush=True)
+        extra = f"; STAC catalog {run}/catalog.json; polygons {run}/polygons/" if run_kind(run) == "map" else ""
+        print(f"rrsis report: {page}{extra}", flush=True)
         return 0
     raise AssertionError(args.command)
 

@@ -164,4 +164,5 @@ def test_rrsis_report_on_a_folder_that_is_not_a_run_is_one_line(
         folder.mkdir()
     assert main(["report", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "no summary.json" in err and str(folder) in err
+    assert err.count("\n") == 0 and "not a finished rrsis run" in err and str(folder) in err
+    assert all(name in err for name in ("summary.json", "results.parquet", "metrics.jsonl", "metrics.json"))

@@ -39,7 +39,8 @@ img.thumb{display:block;background:#eee}
 .chart text,.map text{font-size:11px;fill:#333}
 .axis{stroke:#555} .grid{stroke:#e4e4e4} .sea{fill:#f3f8fc;stroke:#9ab}
 .fp{fill:#1f77b4;fill-opacity:.45;stroke:#1f77b4} .fp.failed{fill:#d62728;stroke:#d62728}
-a .fp:hover{fill-opacity:.8} .note{color:#666;font-size:12px} pre{background:#f7f7f7;padding:8px;overflow:auto}
+a .fp:hover{fill-opacity:.8} .wide{overflow-x:auto;max-width:100%}
+.note{color:#666;font-size:12px} pre{background:#f7f7f7;padding:8px;overflow:auto}
 """
 SCRIPT = """
 document.querySelectorAll('table.sortable th.sort').forEach(function (th, col) {

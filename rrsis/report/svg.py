@@ -7,7 +7,7 @@ and it stays crisp at any zoom. Every chart labels its axes and states its unit.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 
 from rrsis.report.run import SceneFacts
@@ -38,16 +38,17 @@ def fmt(v: float) -> str:
     return f"{v:.2g}"
 
 
-def _frame(title: str, body: list[str], xlabel: str, ylabel: str) -> str:
+def _frame(title: str, body: list[str], xlabel: str, ylabel: str, height: float = H) -> str:
     parts = [
-        f'<svg class="chart" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="{escape(title)}">',
+        f'<svg class="chart" width="{W}" height="{height:.0f}" viewBox="0 0 {W} {height:.0f}" role="img" '
+        f'aria-label="{escape(title)}">',
         f'<text x="{W / 2}" y="16" text-anchor="middle" class="title">{escape(title)}</text>',
         *body,
-        f'<text x="{LEFT + (W - LEFT - RIGHT) / 2}" y="{H - 6}" text-anchor="middle">{escape(xlabel)}</text>',
+        f'<text x="{LEFT + (W - LEFT - RIGHT) / 2}" y="{height - 6:.0f}" text-anchor="middle">{escape(xlabel)}</text>',
     ]
     if ylabel:
         parts.append(
-            f'<text transform="translate(14 {TOP + (H - TOP - BOTTOM) / 2}) rotate(-90)" '
+            f'<text transform="translate(14 {TOP + (height - TOP - BOTTOM) / 2:.0f}) rotate(-90)" '
             f'text-anchor="middle">{escape(ylabel)}</text>'
         )
     parts.append("</svg>")
@@ -89,8 +90,9 @@ def bar_chart(values: dict[str, float], title: str, xlabel: str) -> str:
             f'fill="{PALETTE[i % len(PALETTE)]}"><title>{escape(name)}: {v:.3f}</title></rect>'
         )
         body.append(f'<text x="{LEFT + sx * v + 4:.1f}" y="{y + row * 0.65:.1f}">{fmt(v)}</text>')
-    body += _x_axis(ticks, sx, LEFT, TOP + len(values) * row + 2)
-    return _frame(title, body, xlabel, "")
+    axis_y = TOP + len(values) * row + 2
+    body += _x_axis(ticks, sx, LEFT, axis_y)
+    return _frame(title, body, xlabel, "", height=min(H, axis_y + BOTTOM))
 
 
 def step_chart(points: Sequence[tuple[float, int]], title: str, xlabel: str, ylabel: str) -> str:
@@ -202,3 +204,92 @@ def area_label(s: SceneFacts) -> str:
         return f"not mapped ({s.failure})"
     p = s.product
     return f"{float(p.get('water_km2', 0.0)):.3f} km² ({100 * float(p.get('water_fraction', 0.0)):.1f} %)"
+
+
+def axis_range(lo: float, hi: float, count: int = 5, integer: bool = False) -> tuple[float, float, list[float]]:
+    """Round ticks covering [lo, hi] (not forced to start at 0): (low end, high end, ticks)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return 0.0, 1.0, [0.0, 1.0]
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        pad = 1.0 if integer else abs(lo) * 0.05 or 0.5
+        lo, hi = lo - pad, hi + pad
+    step = nice_ticks(hi - lo, count, integer=integer)[1]
+    first, last = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
+    n = round((last - first) / step)
+    return first, last, [first + i * step for i in range(n + 1)]
+
+
+def fmt_tick(v: float, step: float) -> str:
+    """A tick label with as many decimals as the step needs, so neighbouring ticks never read the same."""
+    if abs(v) >= 1e5 or (0 < abs(v) < 1e-4):
+        return f"{v:.3g}"
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 0
+    return f"{v:,.{decimals}f}"
+
+
+def line_chart(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    mark_x: float | None = None,
+    mark_label: str = "",
+    integer_x: bool = False,
+) -> str:
+    """One line with dots per series (legend above the plot); `mark_x` draws a dashed vertical marker.
+
+    The y axis covers the data's range (not forced to 0), so small changes of a loss stay visible.
+    Non-finite values are left out of a line.
+    """
+    clean = {
+        name: [(float(x), float(y)) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+        for name, pts in series.items()
+    }
+    clean = {k: v for k, v in clean.items() if v}
+    if not clean:
+        return ""
+    xs = [x for pts in clean.values() for x, _ in pts]
+    ys = [y for pts in clean.values() for _, y in pts]
+    x_lo, x_hi, xt = axis_range(min(xs), max(xs), integer=integer_x)
+    y_lo, y_hi, yt = axis_range(min(ys), max(ys))
+    ystep = yt[1] - yt[0]
+    legend_rows = math.ceil(len(clean) / 3)
+    top = TOP + 14 * legend_rows
+    plot_w, plot_h = W - LEFT - RIGHT, H - top - BOTTOM
+    sx, sy = plot_w / (x_hi - x_lo), plot_h / (y_hi - y_lo)
+    y0 = top + plot_h
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return LEFT + sx * (x - x_lo), y0 - sy * (y - y_lo)
+
+    body = []
+    for t in yt:
+        _, y = px(x_lo, t)
+        body.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + plot_w}" y2="{y:.1f}" class="grid"/>')
+        body.append(f'<text x="{LEFT - 5}" y="{y + 4:.1f}" text-anchor="end">{fmt_tick(t, ystep)}</text>')
+    body.append(f'<line x1="{LEFT}" y1="{y0}" x2="{LEFT + plot_w}" y2="{y0}" class="axis"/>')
+    body.append(f'<line x1="{LEFT}" y1="{y0}" x2="{LEFT}" y2="{top}" class="axis"/>')
+    for t in xt:
+        x, _ = px(t, y_lo)
+        body.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y0 + 4}" class="axis"/>')
+        body.append(f'<text x="{x:.1f}" y="{y0 + 15}" text-anchor="middle">{fmt(t)}</text>')
+    if mark_x is not None and x_lo <= mark_x <= x_hi:
+        x, _ = px(mark_x, y_lo)
+        body.append(
+            f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{top}" stroke="#555" stroke-dasharray="4 3" class="mark">'
+            f"<title>{escape(mark_label)}</title></line>"
+        )
+    for i, (name, pts) in enumerate(clean.items()):
+        color = PALETTE[i % len(PALETTE)]
+        coords = [px(x, y) for x, y in pts]
+        d = " ".join(f"{'M' if j == 0 else 'L'}{x:.1f},{y:.1f}" for j, (x, y) in enumerate(coords))
+        body.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="2" class="series"/>')
+        for (x, y), (vx, vy) in zip(coords, pts, strict=True):
+            body.append(
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}" class="point">'
+                f"<title>{escape(name)} at {fmt(vx)}: {vy:.4g}</title></circle>"
+            )
+        lx, ly = LEFT + (i % 3) * (plot_w / 3), TOP + 14 * (i // 3)
+        body.append(f'<rect x="{lx:.1f}" y="{ly - 8}" width="10" height="10" fill="{color}"/>')
+        body.append(f'<text x="{lx + 14:.1f}" y="{ly + 1}">{escape(name)}</text>')
+    return _frame(title, body, xlabel, ylabel)

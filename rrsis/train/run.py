@@ -5,21 +5,25 @@ before any data is read). Then the family's recipe runs through the one epoch lo
 plainly, or with `train.enabled=true` on Ray Train workers (`rrsis.train.ray_train.fit`).
 
 Plain run folder `<output>/<run_name>/` (local or s3://): `config.yaml`, `metrics.jsonl` (one line per epoch),
-`best.pt` (by the family's ranking metric, `rrsis.train.fit.is_better`) and `last.pt`.
+`best.pt` (by the family's ranking metric, `rrsis.train.fit.is_better`) and `last.pt`; then `report.html`
+(`rrsis.report`: per-epoch plots, the best checkpoint, the config).
 """
 
 from __future__ import annotations
 
 from rrsis.config.train import TrainConfig
 from rrsis.devices import resolve_device
+from rrsis.report import report_run
 from rrsis.session import configure_storage
 from rrsis.train import ray_train
 from rrsis.train.fit import run_plain
+from rrsis.train.recipes import score_attribute
 
 
 def run_train(cfg: TrainConfig) -> int:
     resolve_device(cfg.device)
     configure_storage(cfg.storage)
-    if cfg.train.enabled:  # every family: its recipe inside a Ray Train TorchTrainer
-        return ray_train.fit(cfg)
-    return run_plain(cfg)
+    # every family: its recipe plainly, or inside a Ray Train TorchTrainer
+    code = ray_train.fit(cfg) if cfg.train.enabled else run_plain(cfg)
+    report_run(ray_train.run_dir(cfg), kind="train", rank_by=score_attribute(cfg))
+    return code

@@ -30,12 +30,13 @@ import yaml
 from omegaconf import OmegaConf
 
 from rrsis import storage
-from rrsis.config.load import to_yaml, validate
+from rrsis.config.load import to_dict, to_yaml, validate
 from rrsis.config.train import TrainConfig
 from rrsis.config.tune import TuneConfig
 from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError, InputError, RrsisError
 from rrsis.log import get_logger
+from rrsis.report import report_run
 from rrsis.session import configure_storage, connect_ray
 from rrsis.train.fit import STATE_FILE, Epoch, fit_recipe
 from rrsis.train.preflight import check_fits, check_inputs, check_metric
@@ -270,4 +271,5 @@ def run_tune(cfg: TuneConfig) -> int:
     print(
         f"best trial {params} ({cfg.metric}={best_score}); train config: {storage.join(out, 'best_train.yaml')}{where}"
     )
+    report_run(out, config=to_dict(cfg), kind="tune")
     return 0

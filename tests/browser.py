@@ -50,6 +50,17 @@ PROBE = """
     images: imgs.map(i => ({src: i.getAttribute('src'), naturalWidth: i.naturalWidth, loading: i.loading})),
     failures: Array.from(document.querySelectorAll('table.failures tbody tr')).map(tr => tr.innerText),
     svgs: document.querySelectorAll('svg').length,
+    charts: Array.from(document.querySelectorAll('svg.chart')).map(svg => ({
+      label: svg.getAttribute('aria-label'),
+      width: svg.getBoundingClientRect().width, height: svg.getBoundingClientRect().height,
+      points: svg.querySelectorAll('circle.point').length, bars: svg.querySelectorAll('rect title').length,
+    })),
+    tables: Object.fromEntries(Array.from(document.querySelectorAll('table')).map((t, i) => [
+      t.classList.length ? t.classList[t.classList.length - 1] : 'table' + i,
+      Array.from(t.tBodies.length ? t.tBodies[0].rows : []).map(tr => ({
+        id: tr.id, cls: tr.className, cells: Array.from(tr.cells).map(td => td.innerText.trim()),
+      })),
+    ])),
     body: document.body.innerText,
   });
 })()
@@ -64,6 +75,8 @@ class Rendered:
     failures: list[str]
     svgs: int
     body: str
+    charts: list[dict[str, Any]] = field(default_factory=list)  # every svg.chart: label, rendered size, marks
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # table class -> rows (id, cls, cells)
     requests: list[str] = field(default_factory=list)
 
 

@@ -111,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.verbose:
         os.environ["RRSIS_VERBOSE"] = "1"
+    # imported here like every job's modules: `rrsis --help` stays free of boto3 and the configs (~1.4 s)
+    from rrsis.session import quiet_libraries
+
+    quiet_libraries()  # before any job reads a GeoTIFF with OpenCV or starts Ray
     setup_logging(args.log_level)
     try:
         return _dispatch(args)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +125,21 @@ def ray_options(
 def stage_options(cluster: Mapping[str, float], prefix: str = "map.") -> dict[str, dict[str, Any]]:
     """Default options of every stage whose name starts with `prefix`, keyed by the short name."""
     return {n[len(prefix) :]: ray_options(n, cluster) for n in STAGES if n.startswith(prefix)}
+
+
+def cpu_scale(held_cpus: float, cluster_cpus: float) -> float:
+    """The factor (at most 1) by which every map stage's CPU request is scaled so that the CPUs the stages
+    hold at once (`held_cpus`: the actor pools plus one read and one write task) fit in `cluster_cpus`.
+
+    An embedded Ray gives itself at least 4 logical CPUs, so the default stages fit on a 2-core laptop; a
+    cluster's CPUs are fixed (a 2-CPU head), and stages that do not fit would wait forever. Scaling them all
+    alike oversubscribes the cluster's cores the same way. Rounded down to Ray's CPU grain (1e-4), so the
+    scaled requests never add up to more than the cluster has; 1.0 when they already fit. A cluster
+    without CPUs (0) gives 0: nothing can be scaled to fit it, the caller says so.
+    """
+    if held_cpus <= cluster_cpus or held_cpus <= 0:
+        return 1.0
+    return max(0.0, math.floor(cluster_cpus / held_cpus * 1e4) / 1e4)
 
 
 def worker_resources(name: str, cluster: Mapping[str, float], *, num_cpus: float | None = None) -> dict[str, Any]:

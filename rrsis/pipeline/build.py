@@ -8,6 +8,7 @@ Ray's object store.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,9 @@ from rrsis.pipeline.plan import PlanArgs, expand_scene
 from rrsis.pipeline.products import quicklook_background, scene_products
 from rrsis.pipeline.scene_inputs import SceneKey
 from rrsis.pipeline.stages import InferStage, RefineStage, read_stage, write_stage
-from rrsis.resources import ray_options
+from rrsis.resources import cpu_scale, ray_options
+
+log = logging.getLogger("rrsis.map")
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,10 @@ def resources_for(
 
     `infer.num_gpus = -1` means 1 per actor if GPUs exist. `cluster` (default: the connected Ray's
     resources) decides whether CPU stages ask for the `cpu_pool` node type. Actor pools hold their CPUs for
-    the whole run, so the pools plus one read and one write task must fit the cluster, and a products task
-    the cluster at all, or the run would wait forever: that is a ConfigError naming the keys.
+    the whole run, so the pools plus one read and one write task must fit the cluster, or the run would wait
+    forever: when they do not (a 2-CPU head), every stage's CPUs are scaled down alike
+    (`rrsis.resources.cpu_scale`, one log line naming the keys). A products task must fit the cluster at
+    all: else a ConfigError naming the key.
     """
     needed = (
         cfg.infer.pool_size * cfg.infer.num_cpus
@@ -77,12 +82,17 @@ def resources_for(
         + cfg.read_num_cpus
         + cfg.write_num_cpus
     )
-    if cpus_available is not None and needed > cpus_available:
-        raise ConfigError(
-            f"config error: keys 'infer.pool_size' x 'infer.num_cpus' + 'refine.pool_size' x 'refine.num_cpus' + "
-            f"'read_num_cpus' + 'write_num_cpus' = {needed:g} CPUs but the Ray cluster has {cpus_available:g}; "
-            "lower them (fractions are fine) or give Ray more CPUs (ray.num_cpus)"
-        )
+    held = (
+        "'infer.pool_size' x 'infer.num_cpus' + 'refine.pool_size' x 'refine.num_cpus' + 'read_num_cpus' + "
+        "'write_num_cpus'"
+    )
+    scale = 1.0 if cpus_available is None else cpu_scale(needed, cpus_available)
+    if scale <= 0:
+        raise ConfigError(f"config error: keys {held} = {needed:g} CPUs but the Ray cluster has no CPU")
+    if scale < 1:
+        log.info("the map's stages hold %g CPUs at once (keys %s) and the Ray cluster has %g: every stage's CPUs "
+                 "scaled by %g to fit; set those keys to size the stages yourself", needed, held, cpus_available,
+                 scale)  # fmt: skip
     if cpus_available is not None and cfg.products_num_cpus > cpus_available:
         raise ConfigError(
             f"config error: key 'products_num_cpus' = {cfg.products_num_cpus:g} CPUs but the Ray cluster has "
@@ -94,13 +104,13 @@ def resources_for(
     planners = max(1, min(4, int(cpus_available or 0) // 16))  # one per 16 CPUs of the cluster, 1 to 4
     return PipelineResources(
         plan=StageRun(ray_options("map.plan", cluster), planners),
-        read=StageRun(ray_options("map.read", cluster, num_cpus=cfg.read_num_cpus)),
+        read=StageRun(ray_options("map.read", cluster, num_cpus=cfg.read_num_cpus * scale)),
         infer=StageRun(
-            ray_options("map.infer", cluster, num_cpus=cfg.infer.num_cpus, num_gpus=cfg.infer.num_gpus),
+            ray_options("map.infer", cluster, num_cpus=cfg.infer.num_cpus * scale, num_gpus=cfg.infer.num_gpus),
             pool_size=cfg.infer.pool_size,
         ),
-        refine=StageRun(ray_options("map.refine", cluster, num_cpus=cfg.refine.num_cpus), cfg.refine.pool_size),
-        write=StageRun(ray_options("map.write", cluster, num_cpus=cfg.write_num_cpus)),
+        refine=StageRun(ray_options("map.refine", cluster, num_cpus=cfg.refine.num_cpus * scale), cfg.refine.pool_size),
+        write=StageRun(ray_options("map.write", cluster, num_cpus=cfg.write_num_cpus * scale)),
         batch_size=cfg.infer.batch_size,
     )
 

@@ -16,7 +16,8 @@ from rasterio.enums import Resampling
 from rrsis.errors import InputError
 from rrsis.geo.raster import gdal_options, open_raster, read_decimated, read_info, read_window, stack_bands
 from rrsis.geo.tiling import PixelWindow
-from rrsis.geo.vrt import BandSource, conversion_for_unit, is_vrt_xml, vrt_label
+from rrsis.geo.units import conversion_for_unit
+from rrsis.geo.vrt import BandSource, is_vrt_xml, vrt_label
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples" / "sen1floods11"
 S1_CHIP = SAMPLES / "S1Hand" / "India_900498_S1Hand.tif"

@@ -8,6 +8,8 @@ from rrsis.config.boxes import BoxesConfig
 from rrsis.config.common import RayConfig, StorageConfig
 from rrsis.config.fields import bounded, choice
 from rrsis.config.referring import ReferringConfig
+from rrsis.errors import ConfigError
+from rrsis.geo.units import ALLOWED_UNITS, is_known_unit
 
 
 @dataclass
@@ -20,8 +22,6 @@ class TilingConfig:
     blend: str = choice("crop", "crop")
 
     def validate(self, prefix: str) -> None:
-        from rrsis.errors import ConfigError
-
         if self.overlap_px >= self.tile_px:
             raise ConfigError(
                 f"config error: key '{prefix}overlap_px': value {self.overlap_px} must be smaller than "
@@ -82,6 +82,17 @@ class MapConfig:
     output: str = "outputs"
     run_id: str = ""  # empty: a deterministic id from the config and inputs
     bands: list[str] = field(default_factory=list)  # names or 1-based indexes; empty: the model's band list
+    # The unit of input bands that do not declare one (every band of a plain raster; a STAC asset without a
+    # raster:bands unit), converted on read to the model's (dB for the SAR models): db, linear (power),
+    # amplitude, reflectance, 1; "" = plain rasters are in the model's units already, STAC assets follow
+    # their catalog's conventions (SAR: linear power). Spellings: rrsis.geo.units.UNITS.
+    units: str = ""
+    # digital numbers -> values as value * input_scale + input_offset (plain rasters; STAC assets without a
+    # raster:bands scale/offset), e.g. Sentinel-2 L2A from processing baseline 04.00: 0.0001 and -0.1
+    input_scale: float = 1.0
+    input_offset: float = 0.0
+    # the CRS of the GCPs of rasters georeferenced only by GCPs that carry no CRS (e.g. EPSG:4326)
+    gcp_crs: str = ""
     resume: bool = True
     overwrite: bool = False
     # resume: "quick" skips every scene with a commit record (`<run>/_commits/`) without reading its tiles and
@@ -107,3 +118,22 @@ class MapConfig:
     products_num_cpus: float = bounded(1.0, 0.0, 256.0)  # per scene's products task (mosaic, vectors, quicklook)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+
+    def validate(self, prefix: str) -> None:
+        """`units` and `gcp_crs` name something the readers know (one line naming the key otherwise)."""
+        if self.units and not is_known_unit(self.units):
+            raise ConfigError(
+                f"config error: key '{prefix}units': unknown unit {self.units!r}; allowed: {ALLOWED_UNITS}, "
+                "or empty for the model's own"
+            )
+        if self.gcp_crs:
+            # rasterio (GDAL) only for this key, so loading a config imports no GDAL unless it is set
+            from rasterio.crs import CRS
+            from rasterio.errors import CRSError
+
+            try:
+                CRS.from_user_input(self.gcp_crs)
+            except CRSError as exc:
+                raise ConfigError(
+                    f"config error: key '{prefix}gcp_crs': {self.gcp_crs!r} is not a CRS; e.g. gcp_crs=EPSG:4326"
+                ) from exc

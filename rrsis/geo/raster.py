@@ -18,6 +18,7 @@ import numpy as np
 import rasterio
 import rasterio.errors
 from affine import Affine
+from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
@@ -25,6 +26,7 @@ from rasterio.windows import Window
 from rrsis import storage
 from rrsis.errors import InputError
 from rrsis.geo.tiling import PixelWindow
+from rrsis.geo.units import conversion_for_unit
 from rrsis.geo.vrt import BandSource, build_stack_vrt, db_factors, is_vrt_xml, to_db, vrt_label, vrt_sources
 from rrsis.geo.warp import has_gcps_only, warped_vrt_xml
 
@@ -116,6 +118,61 @@ def stack_bands(sources: Sequence[BandSource], label: str) -> str:
         options.update(gdal_options(source.uri))
     with rasterio.Env(**options):
         return build_stack_vrt(sources, label, paths)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What a map config declares for plain rasters that do not say it themselves: the unit of their bands
+    (`units`, "" = already the model's), a scale/offset for digital numbers, and the CRS of GCPs that carry
+    none (`gcp_crs`). STAC items use `units`, `scale` and `offset` where an asset declares none."""
+
+    units: str = ""
+    scale: float = 1.0
+    offset: float = 0.0
+    gcp_crs: str = ""
+
+    def conversion(self) -> str:
+        return conversion_for_unit(self.units, "units") if self.units else "native"
+
+    def rescales(self) -> bool:
+        return self.scale != 1.0 or self.offset != 0.0
+
+
+def declared_scene(uri: str, declared: Declared) -> str:
+    """The scene URI of a plain raster: `uri` itself when nothing is declared, else a VRT (XML text) that
+    applies the declaration on read: a stack of the file's bands converted to the model's units (linear ->
+    dB, value * scale + offset; `rrsis.geo.vrt`), or for a raster georeferenced only by GCPs a warped VRT
+    (`rrsis.geo.warp`) using `gcp_crs` when its GCPs carry no CRS. Opens the file once (header only);
+    InputError, one line naming the file, when it cannot be opened or the declaration cannot apply."""
+    convert = declared.conversion()
+    if convert == "native" and not declared.rescales() and not declared.gcp_crs:
+        return uri
+    path = gdal_path(uri)
+    with raster_env(uri):
+        try:
+            src = rasterio.open(path)
+        except (rasterio.errors.RasterioError, OSError) as exc:
+            raise InputError(f"cannot open raster {uri}: {_first_line(exc)}") from exc
+        with src:
+            if has_gcps_only(src):
+                if declared.rescales():
+                    raise InputError(
+                        f"raster {uri} is georeferenced by GCPs only: input_scale/input_offset cannot be applied "
+                        "through its warped view; scale it first (e.g. gdal_translate -scale)"
+                    )
+                try:
+                    gcp_crs = CRS.from_user_input(declared.gcp_crs) if declared.gcp_crs else None
+                except rasterio.errors.CRSError as exc:
+                    raise InputError(f"gcp_crs: {declared.gcp_crs!r} is not a CRS: {_first_line(exc)}") from exc
+                return warped_vrt_xml(src, path, gcp_crs=gcp_crs, convert=convert, label=uri)
+            if convert == "native" and not declared.rescales():
+                return uri
+            names = [desc or "" for desc in src.descriptions]
+    sources = [
+        BandSource(name, uri, band=i + 1, convert=convert, scale=declared.scale, offset=declared.offset)
+        for i, name in enumerate(names)
+    ]
+    return stack_bands(sources, uri)
 
 
 def raster_env(uri: str) -> contextlib.AbstractContextManager[Any]:

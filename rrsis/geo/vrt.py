@@ -25,7 +25,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape, quoteattr, unescape
 
 import numpy as np
 import rasterio
@@ -33,28 +33,14 @@ import rasterio.errors
 from rasterio.enums import MaskFlags
 
 from rrsis.errors import InputError
+from rrsis.geo.units import CONVERSIONS
 
 VRT_PREFIX = "<VRTDataset"
 LABEL_KEY = "RRSIS_SCENE"
 
-# unit spellings (lower case) -> conversion; anything else is refused with the key that carried it
-UNITS: dict[str, str] = {
-    "db": "native",
-    "decibel": "native",
-    "decibels": "native",
-    "linear": "power",
-    "power": "power",
-    "linear power": "power",
-    "amplitude": "amplitude",
-    "linear amplitude": "amplitude",
-    "reflectance": "native",
-    "1": "native",
-    "none": "native",
-}
-CONVERSIONS = ("native", "power", "amplitude")
 DB_FACTOR_KEY = "RRSIS_DB_FACTOR"  # no colon: GDAL splits metadata items at ":" as at "="
-_DB_FACTOR = {"power": 10, "amplitude": 20}
-_SOURCE_RE = re.compile(r"<SourceFilename[^>]*>([^<]*)</SourceFilename>")
+DB_FACTORS = {"power": 10, "amplitude": 20}
+_SOURCE_RE = re.compile(r"<(SourceFilename|SourceDataset)[^>]*>([^<]*)</\1>")  # stacked and warped VRTs
 _LABEL_RE = re.compile(r"<MDI key=\"RRSIS_SCENE\">([^<]*)</MDI>")
 
 
@@ -75,28 +61,20 @@ class BandSource:
     nodata: float | None = None
 
 
-def conversion_for_unit(unit: str, key: str) -> str:
-    """The conversion to the model's units (dB for SAR) for a declared unit; InputError naming `key` if unknown."""
-    conversion = UNITS.get(unit.strip().lower())
-    if conversion is None:
-        allowed = "dB, linear (power), amplitude, reflectance, 1"
-        raise InputError(f"{key}: unknown unit {unit!r}; allowed: {allowed}")
-    return conversion
-
-
 def is_vrt_xml(uri: str) -> bool:
     return uri.lstrip().startswith(VRT_PREFIX)
 
 
 def vrt_sources(xml: str) -> list[str]:
     """The GDAL paths the VRT reads (for the GDAL options remote sources need)."""
-    return [m.group(1) for m in _SOURCE_RE.finditer(xml)]
+    return [unescape(m.group(2)) for m in _SOURCE_RE.finditer(xml)]
 
 
 def vrt_label(xml: str) -> str:
-    """A short name for a VRT scene in messages: its `RRSIS_SCENE` metadata, else 'VRT'."""
+    """A short name for a VRT scene in messages: "stack"/"warped" and its `RRSIS_SCENE` metadata."""
     found = _LABEL_RE.search(xml)
-    return f"stack {found.group(1)}" if found else "VRT stack"
+    kind = "warped" if 'subClass="VRTWarpedDataset"' in xml[:200] else "stack"
+    return f"{kind} {unescape(found.group(1))}" if found else f"VRT {kind}"
 
 
 @dataclass(frozen=True)
@@ -178,8 +156,8 @@ def _source_xml(source: BandSource, path: str, grid: _Grid, scene: _Grid) -> str
 def _band_xml(index: int, source: BandSource, body: str) -> str:
     desc = f"<Description>{escape(source.name)}</Description><NoDataValue>nan</NoDataValue>"
     meta = ""
-    if source.convert in _DB_FACTOR:
-        meta = f'<Metadata><MDI key="{DB_FACTOR_KEY}">{_DB_FACTOR[source.convert]}</MDI></Metadata>'
+    if source.convert in DB_FACTORS:
+        meta = f'<Metadata><MDI key="{DB_FACTOR_KEY}">{DB_FACTORS[source.convert]}</MDI></Metadata>'
     return f'<VRTRasterBand dataType="Float32" band="{index}">{desc}{meta}{body}</VRTRasterBand>'
 
 

@@ -9,6 +9,10 @@ that matches nothing is reported the same way.
 A STAC Item, ItemCollection, Catalog or Collection JSON (`.json`, local, s3:// or http(s)://) gives one scene
 per item: its bands stacked into a VRT (`rrsis.pipeline.stac`), its id the item id. An item that cannot be a
 scene (a band missing, an href that does not open, an unknown unit) is an input problem naming the item.
+
+What the config declares for plain rasters (`units`, `input_scale`/`input_offset`, `gcp_crs`:
+`rrsis.geo.raster.Declared`) makes each of them a VRT scene that applies it on read
+(`rrsis.geo.raster.declared_scene`; one header read per file, here in the driver); its id stays the file's.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 
 from rrsis import storage
 from rrsis.errors import InputError, StorageError
+from rrsis.geo.raster import Declared, declared_scene
 from rrsis.pipeline.stac import is_stac_input, stac_scenes
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
@@ -115,12 +120,17 @@ def scene_id_for(uri: str) -> str:
 
 
 def resolve_inputs(
-    items: list[str], bands: Sequence[str] | None = None, units: Mapping[str, str] | None = None
+    items: list[str],
+    bands: Sequence[str] | None = None,
+    units: Mapping[str, str] | None = None,
+    declared: Declared = Declared(),
 ) -> tuple[list[SceneRef], list[InputProblem]]:
     """Expand every item, drop duplicate URIs (first wins), and give each scene a unique id.
 
     `bands` (the checkpoint's band names) pick the assets of STAC items (default: an item's
-    `sar:polarizations`); `units` gives a band's unit where an item declares none (e.g. {"VV": "dB"}).
+    `sar:polarizations`); `units` gives a band's unit where an item declares none (e.g. {"VV": "dB"});
+    `declared` (the config's `units`, scale/offset, `gcp_crs`) applies to plain rasters and, after `units`,
+    to STAC assets.
     Two different URIs with the same id (file name or item id) get their id suffixed with 8 hex digits of the
     URI's SHA-1, so ids stay deterministic whatever the order of the inputs.
     """
@@ -128,7 +138,7 @@ def resolve_inputs(
     problems: list[InputProblem] = []
 
     def add_stac(uri: str) -> None:
-        scenes, bad = stac_scenes(uri, bands, units)
+        scenes, bad = stac_scenes(uri, bands, units, declared)
         found_ids.extend((s.uri, _UNSAFE.sub("_", s.item_id).strip("_") or "item") for s in scenes)
         problems.extend(InputProblem(where, reason) for where, reason in bad)
         if not scenes and not bad:
@@ -156,7 +166,11 @@ def resolve_inputs(
             continue
         if not found and text and not had_stac:
             problems.append(InputProblem(str(item), f"input {item!r} matches no raster ({', '.join(RASTER_SUFFIXES)})"))
-        found_ids += [(uri, scene_id_for(uri)) for uri in found]
+        for uri in found:
+            try:
+                found_ids.append((declared_scene(uri, declared), scene_id_for(uri)))
+            except InputError as exc:
+                problems.append(InputProblem(uri, str(exc)))
     seen: set[str] = set()
     unique: list[tuple[str, str]] = []
     for uri, sid in found_ids:

@@ -20,6 +20,7 @@ from rrsis import storage
 from rrsis.checkpoint_header import read_header
 from rrsis.config.map import MapConfig
 from rrsis.errors import ConfigError
+from rrsis.geo.raster import Declared
 from rrsis.pipeline.context import RunContext
 from rrsis.pipeline.inputs import SceneRef, resolve_inputs
 from rrsis.pipeline.lease import LEASE, RunLease
@@ -87,7 +88,8 @@ def run_map(cfg: MapConfig) -> int:
     """Map every scene of `cfg.input` with the task `cfg.task`; see the module docstring."""
     start = time.perf_counter()
     configure_storage(cfg.storage)
-    scenes, problems = resolve_inputs(list(cfg.input), bands=input_bands(cfg))
+    declared = Declared(cfg.units, cfg.input_scale, cfg.input_offset, cfg.gcp_crs)
+    scenes, problems = resolve_inputs(list(cfg.input), bands=input_bands(cfg), declared=declared)
     failures = [Failure("", p.item, "", "input", p.reason) for p in problems]
     for f in failures:
         log.warning("input %s skipped: %s", f.scene_uri, f.reason)

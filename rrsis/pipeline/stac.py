@@ -6,10 +6,11 @@ compared without leading zeros (`B2` = `B02`, `B8A` = `B08A`). Relative hrefs re
 location (its self link, else the file it was read from). Each scene's URI is the VRT XML built by
 `rrsis.geo.raster.stack_bands`, its id the item id.
 
-Units (`rrsis.geo.vrt.UNITS`): an asset's `raster:bands[0].unit` if given, else the caller's `units[band]`,
-else the conventions of the large catalogs: SAR bands (`sar:polarizations`) are linear power (RTC) and are
-converted to dB, the unit of every SAR model here; a SAR item of `sar:product_type` GRD without a unit is
-refused (uncalibrated digital numbers). Other bands pass as `value * scale + offset` from `raster:bands`.
+Units (`rrsis.geo.units.UNITS`): an asset's `raster:bands[0].unit` if given, else the caller's `units[band]`,
+else the config's `units` (`rrsis.geo.raster.Declared`, which gives a scale/offset too), else the
+conventions of the large catalogs: SAR bands (`sar:polarizations`) are linear power (RTC) and are converted
+to dB, the unit of every SAR model here; a SAR item of `sar:product_type` GRD without a unit is refused
+(uncalibrated digital numbers). Other bands pass as `value * scale + offset` from `raster:bands`.
 Every problem is one line for that item (or file); the other items go on.
 """
 
@@ -28,8 +29,9 @@ from pystac.utils import make_absolute_href
 
 from rrsis import storage
 from rrsis.errors import InputError, StorageError
-from rrsis.geo.raster import stack_bands
-from rrsis.geo.vrt import BandSource, conversion_for_unit
+from rrsis.geo.raster import Declared, stack_bands
+from rrsis.geo.units import conversion_for_unit
+from rrsis.geo.vrt import BandSource
 
 STAC_SUFFIXES = (".json", ".geojson")
 _S2_NAME = re.compile(r"^b0*(\d+a?)$")
@@ -122,8 +124,13 @@ def _is_sar(item: pystac.Item, asset: pystac.Asset) -> bool:
     return bool(asset.extra_fields.get("sar:polarizations") or item.properties.get("sar:polarizations"))
 
 
-def band_source(item: pystac.Item, band: str, key: str, base: str, units: Mapping[str, str]) -> BandSource:
-    """The BandSource of one matched asset: absolute href, unit conversion, scale/offset, nodata."""
+def band_source(
+    item: pystac.Item, band: str, key: str, base: str, units: Mapping[str, str], declared: Declared = Declared()
+) -> BandSource:
+    """The BandSource of one matched asset: absolute href, unit conversion, scale/offset, nodata.
+
+    Where the asset declares no unit (scale, offset): `units[band]`, else `declared.units` (the config's
+    `units`; `declared.scale`, `declared.offset`), else the catalog conventions."""
     asset = item.assets[key]
     href = make_absolute_href(asset.href, item.get_self_href() or base)
     raster = _raster_band(asset)
@@ -131,6 +138,8 @@ def band_source(item: pystac.Item, band: str, key: str, base: str, units: Mappin
     unit = raster.get("unit")
     if not unit and band in units:
         unit, unit_key = units[band], f"units.{band}"
+    if not unit and declared.units:
+        unit, unit_key = declared.units, "units"
     if not unit and _is_sar(item, asset):
         if str(item.properties.get("sar:product_type", "")).upper() == "GRD":
             raise InputError(
@@ -144,13 +153,19 @@ def band_source(item: pystac.Item, band: str, key: str, base: str, units: Mappin
         name=band,
         uri=href,
         convert=convert,
-        scale=float(raster.get("scale", 1.0)),
-        offset=float(raster.get("offset", 0.0)),
+        scale=float(raster.get("scale", declared.scale)),
+        offset=float(raster.get("offset", declared.offset)),
         nodata=None if nodata is None or isinstance(nodata, str) else float(nodata),
     )
 
 
-def item_scene(item: pystac.Item, base: str, bands: Sequence[str] | None, units: Mapping[str, str]) -> StacScene:
+def item_scene(
+    item: pystac.Item,
+    base: str,
+    bands: Sequence[str] | None,
+    units: Mapping[str, str],
+    declared: Declared = Declared(),
+) -> StacScene:
     """One item -> one scene (VRT of the bands); InputError naming the item and what it has otherwise."""
     names = list(bands) if bands else default_bands(item)
     if not names:
@@ -164,7 +179,7 @@ def item_scene(item: pystac.Item, base: str, bands: Sequence[str] | None, units:
             if _is_data(a)
         )
         raise InputError(f"item {item.id}: no asset for band(s) {', '.join(missing)}; it has: {has or 'no data asset'}")
-    sources = [band_source(item, band, str(matched[band]), base, units) for band in names]
+    sources = [band_source(item, band, str(matched[band]), base, units, declared) for band in names]
     return StacScene(item.id, base, stack_bands(sources, item.id))
 
 
@@ -217,14 +232,17 @@ def _reason(exc: BaseException) -> str:
 
 
 def stac_scenes(
-    uri: str, bands: Sequence[str] | None = None, units: Mapping[str, str] | None = None
+    uri: str,
+    bands: Sequence[str] | None = None,
+    units: Mapping[str, str] | None = None,
+    declared: Declared = Declared(),
 ) -> tuple[list[StacScene], list[tuple[str, str]]]:
     """Every item of the STAC file `uri` as a scene, and (where, reason) for each item that is not one."""
     items, problems = read_items(uri)
     scenes = []
     for item in items:
         try:
-            scenes.append(item_scene(item, uri, bands, units or {}))
+            scenes.append(item_scene(item, uri, bands, units or {}, declared))
         except InputError as exc:
             problems.append((f"{uri}#{item.id}", str(exc)))
     return scenes, problems

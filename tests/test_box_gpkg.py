@@ -14,7 +14,9 @@ from rrsis.config.map import MapConfig
 from rrsis.errors import InputError
 from rrsis.geo.raster import read_info
 from rrsis.pipeline.box_inputs import BoxRecord, read_boxes
-from rrsis.pipeline.run_boxes import plan_scene_rows
+from rrsis.pipeline.inputs import SceneRef
+from rrsis.pipeline.plan import scene_row
+from rrsis.pipeline.run_boxes import box_plan, expand_boxes
 
 # north-up, 300 m pixels, origin (100000, 5000000): pixel (col, row) = ((x - 100000) / 300, (5000000 - y) / 300)
 TF = (300.0, 0.0, 100000.0, 0.0, -300.0, 5000000.0)
@@ -129,8 +131,9 @@ def test_gpkg_boxes_plan_on_the_real_scene(samples: Path, tmp_path: Path) -> Non
     path = write_gpkg(tmp_path / "boxes.gpkg", [(gpb(wkb_polygon(ring), epsg, None), "across")], epsg=epsg)
     cfg = MapConfig(task="boxes", input=[scene])
     cfg.tiling.tile_px, cfg.tiling.overlap_px = 256, 32
-    rows, failures = plan_scene_rows(cfg, BoxesConfig(path=str(path)), scene, "rgb", str(tmp_path / "run"))
-    assert failures == [] and len(rows) == 1
+    plan = box_plan(cfg, BoxesConfig(path=str(path)), str(tmp_path / "run"))
+    rows = expand_boxes(scene_row(SceneRef("rgb", scene), verify=False), plan=plan)  # as a planning task does
+    assert json.loads(rows[0]["notes"]) == [] and len(rows) == 1  # no box failed to plan
     assert rows[0]["box_ids"] == '["across"]' and rows[0]["tile_id"] == "r00001_c00001"
     ox, oy = rows[0]["win_col_off"], rows[0]["win_row_off"]
     assert json.loads(rows[0]["boxes"]) == [pytest.approx([230 - ox, 300 - oy, 330 - ox, 380 - oy])]

@@ -195,7 +195,7 @@ def test_the_fence_is_lifted_just_before_the_last_scenes_products(
     monkeypatch.setattr(tile_run, "products_task", lambda scene, *args: events.append(f"products {scene['scene_id']}"))
     cfg = map_config(f"output={tmp_path}", "outputs.quicklook=false")
     spec = tile_run.TileSpec(cfg, "m", plan, "water")
-    tracker = tile_run.SceneTracker(plan.run_prefix, spec, [s.scene_id for s in resolved])
+    tracker = tile_run.SceneTracker(plan.run_prefix, tile_run.tile_task(spec), [s.scene_id for s in resolved])
     tracker.on_last = lambda: events.append("lift")
     for row in rows:
         tracker.add({**row, "status": "written", "valid_px": 1})

@@ -15,7 +15,9 @@ from rrsis.config.load import load_config
 from rrsis.config.map import MapConfig
 from rrsis.errors import ConfigError
 from rrsis.pipeline.run import run_map
-from rrsis.pipeline.run_boxes import split_done
+from rrsis.pipeline.inputs import SceneRef
+from rrsis.pipeline.plan import scene_row
+from rrsis.pipeline.run_boxes import box_plan, expand_boxes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +37,7 @@ def test_map_boxes_one_mask_per_box(samples: Path, tmp_path: Path, ray_session: 
     assert run_map(cfg) == 0  # `rrsis map` dispatches task: boxes to run_boxes
 
     (run_dir,) = (tmp_path / "out").iterdir()
-    manifest = pq.read_table(io.BytesIO((run_dir / "boxes_manifest.parquet").read_bytes())).to_pylist()
+    manifest = pq.read_table(io.BytesIO((run_dir / "manifest.parquet").read_bytes())).to_pylist()
     assert sorted(r["box_id"] for r in manifest) == ["across", "cloud", "small"]  # one row each: no halves
     assert {r["status"] for r in manifest} == {"written"}
     across = next(r for r in manifest if r["box_id"] == "across")
@@ -57,11 +59,12 @@ def test_map_boxes_one_mask_per_box(samples: Path, tmp_path: Path, ray_session: 
 
 
 def _outputs(run_dir: Path) -> dict[str, bytes]:
-    """Every product of the run except the sidecars (they record timings) and the run-level tables."""
+    """Every product of the scenes except the sidecars and commit records (they record timings); not the run's
+    own tables and report."""
     return {
         str(p.relative_to(run_dir)): p.read_bytes()
         for p in sorted(run_dir.rglob("*"))
-        if p.is_file() and not p.name.endswith((".json", ".parquet"))
+        if p.is_file() and p.parent != run_dir and not p.name.endswith((".json", ".parquet"))
     }
 
 
@@ -75,8 +78,13 @@ def _resume_recomputes_only_what_is_missing(cfg: MapConfig, run_dir: Path, manif
     lost = {lost_tif, lost_vectors}
     Path(lost_vectors[: -len(".tif")] + ".geojson").unlink()
     cfg.run_id = run_dir.name  # the same run
+    assert run_map(cfg) == 0  # the scene is committed: skipped without reading any of its groups
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["scenes_resumed"], summary["boxes_verified"], summary["boxes_computed"]) == (1, 0, 0)
+    assert not Path(lost_tif).exists()
+    cfg.verify = "full"  # re-checks every group of every scene, committed ones included
     assert run_map(cfg) == 0
-    rerun = pq.read_table(io.BytesIO((run_dir / "boxes_manifest.parquet").read_bytes())).to_pylist()
+    rerun = pq.read_table(io.BytesIO((run_dir / "manifest.parquet").read_bytes())).to_pylist()
     computed = sorted(r["box_id"] for r in rerun if r["status"] == "written")
     assert computed == sorted(r["box_id"] for r in manifest if r["key"] in lost) and computed
     assert sorted(r["box_id"] for r in rerun if r["status"] == "skipped") == sorted(
@@ -90,6 +98,8 @@ def _resume_recomputes_only_what_is_missing(cfg: MapConfig, run_dir: Path, manif
     cfg.resume = False
     with pytest.raises(ConfigError, match="resume=true to continue"):
         run_map(cfg)
-    cfg.overwrite = True
-    rows = [{"key": r["key"]} for r in manifest]
-    assert split_done(rows, cfg, None, str(run_dir), ["RGB.byte"]) == (rows, [])  # overwrite: recompute all
+    # a rerun's planning flags every group with a sidecar for verification; overwrite=true (verify off) none
+    scene = SceneRef("RGB.byte", str(REPO / "data" / "samples" / "rasterio" / "RGB.byte.tif"))
+    plan = box_plan(cfg, cfg.boxes, str(run_dir))
+    assert all(r["resume"] for r in expand_boxes(scene_row(scene, verify=True), plan=plan))
+    assert not any(r["resume"] for r in expand_boxes(scene_row(scene, verify=False), plan=plan))

@@ -62,7 +62,7 @@ def test_map_referring_writes_polygons_carrying_the_query(samples: Path, tmp_pat
     for f in vectors["features"]:
         assert f["properties"]["query"] == "the bright clouds"
         assert 0.0 <= f["properties"]["score"] <= 1.0
-    manifest = pq.read_table(io.BytesIO((run_dir / "boxes_manifest.parquet").read_bytes())).to_pylist()
+    manifest = pq.read_table(io.BytesIO((run_dir / "manifest.parquet").read_bytes())).to_pylist()
     assert len(manifest) == n and {r["status"] for r in manifest} == {"written"}
     assert (run_dir / "RGB.byte" / "mosaic.tif").exists()
 

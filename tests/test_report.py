@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -18,6 +19,7 @@ from rrsis.config.load import load_config, to_dict
 from rrsis.config.map import MapConfig
 from rrsis.pipeline.run import run_map
 from rrsis.report import build_report, validate_catalog
+from rrsis.report.run import load_run
 from tests.browser import Rendered, ensure_chromium, external_urls, open_page
 from tests.test_report_units import decode_wkb
 
@@ -79,6 +81,8 @@ def check_page(rendered: Rendered, run: Path, summary: dict) -> None:
         assert img["src"] == f"{product['scene_id']}/quicklook.png"
         assert img["naturalWidth"] > 0 and img["loading"] == "lazy"
     assert rendered.svgs >= 4  # map + timing plots
+    charts = {c["label"]: c for c in rendered.charts}
+    assert charts["tiles finished over time"]["width"] > 0 and charts["busy time per stage (summed over workers)"]
 
 
 def test_demo_report_in_chromium(demo_run: Path, chromium: str, tmp_path: Path) -> None:
@@ -91,6 +95,9 @@ def test_demo_report_in_chromium(demo_run: Path, chromium: str, tmp_path: Path) 
     assert "No failures." in rendered.body
     assert "waterland@" in rendered.body  # the model id from the manifest
     assert "<dt>task</dt><dd>waterland</dd>" in (demo_run / "report.html").read_text()  # from config.yaml
+    facts = load_run(str(demo_run))  # every tile's write time on the timeline, once
+    assert facts.tile_timeline[-1][1] == summary["tiles"] and facts.timeline[-1][1] == summary["tiles"]
+    assert set(facts.stage_busy_s) >= {"read", "infer", "refine", "write", "mosaic", "vectors", "quicklook"}
 
 
 def test_catalog_validates_and_geoparquet_reads_back(demo_run: Path) -> None:
@@ -150,3 +157,53 @@ def test_rrsis_report_on_an_s3_run(
     table = ds.dataset(f"{run.removeprefix('s3://')}/polygons", format="parquet", filesystem=fs).to_table()
     summary = json.loads(storage.get_bytes(f"{run}/summary.json"))
     assert table.num_rows == summary["products"][0]["polygons"]
+
+
+def flip_box_layout(run: Path, copy: Path) -> Path:
+    """A copy of a boxes run in the other manifest layout: `manifest.parquet` with box rows and the scenes in
+    summary.json (the shared executor), or `boxes_manifest.parquet` and a summary without scenes (before)."""
+    shutil.copytree(run, copy)
+    if (copy / "manifest.parquet").exists():
+        (copy / "manifest.parquet").rename(copy / "boxes_manifest.parquet")
+        summary = json.loads((copy / "summary.json").read_text())
+        summary.pop("products", None)
+        (copy / "summary.json").write_text(json.dumps(summary))
+    else:
+        (copy / "boxes_manifest.parquet").rename(copy / "manifest.parquet")
+    for name in ("report.html", "catalog.json", "collection.json", "polygons"):
+        target = copy / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    return copy
+
+
+def test_report_of_a_boxes_run_reads_either_manifest(
+    ray_session: None, chromium: str, samples: Path, tmp_path: Path
+) -> None:
+    boxes_csv = tmp_path / "boxes.csv"
+    boxes_csv.write_text("id,x1,y1,x2,y2\ncloud,369,139,419,201\nacross,230,300,330,380\nsmall,500,450,540,480\n")
+    overrides = [f"output={tmp_path / 'out'}", f"boxes.path={boxes_csv}", "infer.torch_threads=1", "infer.device=cpu"]
+    cfg = load_config(MapConfig, REPO / "configs/map/sam_boxes.yaml", overrides)
+    assert run_map(cfg) == 0
+    run = only_run(tmp_path / "out")
+    build_report(str(run), config=to_dict(cfg))
+    for folder in (run, flip_box_layout(run, tmp_path / "flipped")):
+        if folder != run:
+            assert main(["report", str(folder)]) == 0
+        rendered = open_page(chromium, folder / "report.html", tmp_path / f"{folder.name}.png")
+        assert rendered.requests and all(u.startswith(f"file://{folder}/") for u in rendered.requests)
+        (row,) = rendered.tables["scenes"]
+        assert row["id"] == "scene-RGB.byte"
+        assert row["cells"][1].startswith("RGB.byte") and row["cells"][3:7] == ["-"] * 4  # no areas for boxes
+        assert row["cells"][7:10] == ["3", "0", "0"]  # boxes computed, resumed, failed
+        (img,) = rendered.images
+        assert img["src"] == "RGB.byte/quicklook.png" and img["naturalWidth"] > 0
+        assert "3 boxes: 3 computed, 0 resumed, 0 failed" in rendered.body and "boxes computed" in rendered.body
+        busy = next(c for c in rendered.charts if c["label"].startswith("busy time per stage"))
+        assert busy["bars"] == 4  # cfpg, sam, mbo, write
+        assert validate_catalog(str(folder / "catalog.json")) == 3
+        table = ds.dataset(str(folder / "polygons"), format="parquet").to_table()
+        features = json.loads((folder / "RGB.byte" / "boxes.geojson").read_text())["features"]
+        assert table.num_rows == sum(f["geometry"] is not None for f in features) > 0

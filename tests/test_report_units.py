@@ -3,6 +3,7 @@ and `rrsis report` on a folder that is not a run."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from rrsis.cli import main
 from rrsis.report.geoparquet import geometry_wkb, write_polygons
 from rrsis.report.page import render
-from rrsis.report.run import RunFacts, SceneFacts, failure_groups
+from rrsis.report.run import RunFacts, SceneFacts, cumulative, failure_groups
 from rrsis.report.svg import nice_ticks
 from tests.browser import external_urls
 
@@ -166,3 +167,13 @@ def test_rrsis_report_on_a_folder_that_is_not_a_run_is_one_line(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not a finished rrsis run" in err and str(folder) in err
     assert all(name in err for name in ("summary.json", "results.parquet", "metrics.jsonl", "metrics.json"))
+
+
+def test_cumulative_counts_every_offset_once_in_few_points() -> None:
+    assert cumulative([3.0, 1.0, 2.0]) == [(1.0, 1), (2.0, 2), (3.0, 3)]
+    assert cumulative([]) == []
+    offsets = [i * 0.5 for i in range(1001)]
+    curve = cumulative(offsets, points=100)
+    assert len(curve) <= 102 and curve[-1] == (500.0, 1001)
+    assert all(b[0] >= a[0] and b[1] > a[1] for a, b in itertools.pairwise(curve))
+    assert all(n == sum(1 for o in offsets if o <= t) for t, n in curve)  # each point is the true count

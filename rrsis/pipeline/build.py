@@ -9,10 +9,11 @@ Ray's object store.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import ray
 import ray.data
 
@@ -257,16 +258,22 @@ def background_task(scene: dict[str, Any], num_cpus: float | None = None) -> Any
     return remote.remote(scene["uri"], int(scene["bands"][0]), int(scene["width"]), int(scene["height"]))
 
 
+#: A task's per-scene products: (scene record, its manifest rows, `outputs`, quicklook background) -> result
+ProductsFn = Callable[[dict[str, Any], list[dict[str, Any]], dict[str, bool], Any], dict[str, Any]]
+
+
 def scene_products_committable(
     scene: dict[str, Any],
     tiles: list[dict[str, Any]],
     outputs: dict[str, bool],
     background: Any = None,
     extra: tuple[Any, dict[str, Any]] | None = None,
+    products: ProductsFn = scene_products,
 ) -> dict[str, Any]:
-    """A scene's products, then the task's own per-scene product (`extra` = (function, kwargs), called with
-    the scene record and the products' result), then the SHA-256 of every product file for the commit."""
-    result = scene_products(scene, tiles, outputs, background)
+    """A scene's products (the task's `products`; the tile tasks' by default), then the task's own per-scene
+    product (`extra` = (function, kwargs), called with the scene record and the products' result), then the
+    SHA-256 of every product file for the commit."""
+    result = products(scene, tiles, outputs, background)
     if extra is not None:
         fn, kwargs = extra
         result.update(fn(scene, result, **kwargs))
@@ -281,9 +288,28 @@ def products_task(
     background: Any = None,
     num_cpus: float | None = None,
     extra: tuple[Any, dict[str, Any]] | None = None,
+    products: ProductsFn = scene_products,
 ) -> Any:
-    """Start the products of one scene (mosaic, vectors, quicklook, stats; streamed tile by tile) on a Ray
-    worker with the `map.products` resources; returns the ObjectRef of its stats dict."""
+    """Start the products of one scene (the tile tasks': mosaic, vectors, quicklook, stats; streamed tile by
+    tile) on a Ray worker with the `map.products` resources; returns the ObjectRef of its result dict."""
     options = ray_options("map.products", ray.cluster_resources(), num_cpus=num_cpus)
     remote = ray.remote(max_retries=2, **options)(scene_products_committable)
-    return remote.remote(scene, tiles, outputs, background, extra)
+    return remote.remote(scene, tiles, outputs, background, extra, products)
+
+
+def expand_batch(batch: pa.Table, *, expand: Callable[..., list[dict[str, Any]]], kwargs: dict[str, Any]) -> pa.Table:
+    """Scene rows -> all their work rows, `expand(scene_row, **kwargs)` on a worker (a task's plan)."""
+    return pa.Table.from_pylist([row for scene in batch.to_pylist() for row in expand(scene, **kwargs)])
+
+
+def scene_dataset(
+    scene_rows: list[dict[str, Any]],
+    expand: Callable[..., list[dict[str, Any]]],
+    kwargs: dict[str, Any],
+    res: StageRun,
+) -> ray.data.Dataset:
+    """Only scenes enter Ray Data; each expands into the task's work rows on a worker with `res`'s options
+    (the stage that then reads them: Ray Data fuses the two), scene metadata read on the cluster in parallel."""
+    ds: ray.data.Dataset = ray.data.from_items(scene_rows, override_num_blocks=max(1, len(scene_rows)))
+    fn_kwargs = {"expand": expand, "kwargs": kwargs}
+    return ds.map_batches(expand_batch, batch_size=1, batch_format="pyarrow", fn_kwargs=fn_kwargs, **res.options)  # type: ignore[arg-type]

@@ -21,8 +21,9 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -39,9 +40,37 @@ from rrsis.storage.uri import local_path
 
 COMMITS = "_commits"
 PARTS = "manifest"
-PRODUCT_KEYS = ("mosaic", "vectors", "quicklook", "stats", "referring_vectors")
+PRODUCT_KEYS = ("mosaic", "vectors", "quicklook", "stats", "referring_vectors", "query_boxes")
 PREFETCH = 16  # objects read ahead when a run is assembled from its parts and records
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PartFormat:
+    """What a task's manifest rows are: their schema (with `scene_id`, `key`, `status` and `checksum`
+    columns), how a scene's rows are conformed (deduplicated, ordered, typed), the unit a row counts
+    (`tiles`, `boxes`) and how a failed row is named in failures.parquet."""
+
+    schema: pa.Schema
+    conform: Callable[[Iterable[Mapping[str, Any]]], pa.Table]
+    unit: str
+    id_column: str = "tile_id"  # names a failed row in failures.parquet
+    row_stage: str = "tile"  # the stage of a failed row's failure
+
+
+TILE_PARTS = PartFormat(MANIFEST_SCHEMA, conform_table, "tiles")
+
+
+def conform_rows(
+    rows: Iterable[Mapping[str, Any]],
+    schema: pa.Schema,
+    unique: Callable[[Mapping[str, Any]], tuple[Any, ...]],
+    order: Callable[[Mapping[str, Any]], tuple[Any, ...]],
+) -> pa.Table:
+    """Rows as a `schema` table: one per `unique(row)` (the last attempt wins), sorted by `order(row)`."""
+    by_id = {unique(r): r for r in rows}
+    ordered = sorted(by_id.values(), key=order)
+    return pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in ordered], schema=schema)
 
 
 def commit_key(run_prefix: str, scene_id: str) -> str:
@@ -73,11 +102,19 @@ def read_record(uri: str) -> dict[str, Any]:
 
 
 def commit_scene(
-    run_prefix: str, scene: Mapping[str, Any], tiles: list[dict[str, Any]], products: Mapping[str, Any]
+    run_prefix: str,
+    scene: Mapping[str, Any],
+    tiles: list[dict[str, Any]],
+    products: Mapping[str, Any],
+    fmt: PartFormat = TILE_PARTS,
+    failures: Sequence[Mapping[str, str]] = (),
 ) -> dict[str, Any]:
-    """Write the scene's manifest part, then its commit record (the record last: it is the commit)."""
+    """Write the scene's manifest part, then its commit record (the record last: it is the commit).
+
+    `failures`: failure rows of a scene that is still a result (e.g. a box outside the scene); the record
+    keeps them, so a rerun that skips the scene reports them again."""
     scene_id = str(scene["scene_id"])
-    table = conform_table(tiles)
+    table = fmt.conform(tiles)
     data = table_bytes(table)
     part = part_key(run_prefix, scene_id)
     storage.put_bytes(part, data)
@@ -94,34 +131,41 @@ def commit_scene(
         "products": dict(products),
         "checksums": dict(products.get("checksums", {})),
     }
+    if failures:
+        record["failures"] = [dict(f) for f in failures]
     storage.put_bytes(commit_key(run_prefix, scene_id), json.dumps(record, indent=1, sort_keys=True).encode())
     return record
 
 
 def write_run_manifest(
-    run_prefix: str, scene_ids: Iterable[str], out_uri: str, before: Set[str] = frozenset()
+    run_prefix: str,
+    scene_ids: Iterable[str],
+    out_uri: str,
+    before: Set[str] = frozenset(),
+    fmt: PartFormat = TILE_PARTS,
 ) -> dict[str, int]:
     """Concatenate the scenes' manifest parts (in the given order) into one parquet file, one part at a time:
-    memory holds one scene's rows, never the run's. Returns the tile counts: `tiles`, `tiles_computed`
-    (written by this run), `tiles_skipped` (verified from an earlier attempt, or in a scene of `before`, the
-    scenes committed before this run) and `tiles_failed`."""
-    counts = {"tiles": 0, "tiles_computed": 0, "tiles_skipped": 0, "tiles_failed": 0}
+    memory holds one scene's rows, never the run's. Returns the row counts, named by `fmt.unit` (tiles:
+    `tiles`, `tiles_computed` (written by this run), `tiles_skipped` (verified from an earlier attempt, or
+    in a scene of `before`, the scenes committed before this run) and `tiles_failed`)."""
+    unit, schema = fmt.unit, fmt.schema
+    counts = {unit: 0, f"{unit}_computed": 0, f"{unit}_skipped": 0, f"{unit}_failed": 0}
     with tempfile.TemporaryDirectory(prefix="rrsis-manifest-") as tmp:
         path = os.path.join(tmp, "manifest.parquet")
-        with pq.ParquetWriter(path, MANIFEST_SCHEMA, compression="zstd") as writer:
+        with pq.ParquetWriter(path, schema, compression="zstd") as writer:
             for scene_id, data in prefetched(lambda s: _part_bytes(run_prefix, s), scene_ids):
                 if data is None:
                     continue
                 table = pq.read_table(io.BytesIO(data))
-                writer.write_table(table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA))
+                writer.write_table(table.select(schema.names).cast(schema))
                 status = table.column("status").to_pylist()
-                counts["tiles"] += len(status)
+                counts[unit] += len(status)
                 if scene_id in before:
-                    counts["tiles_skipped"] += len(status)
+                    counts[f"{unit}_skipped"] += len(status)
                     continue
-                counts["tiles_computed"] += status.count("written")
-                counts["tiles_skipped"] += status.count("skipped")
-                counts["tiles_failed"] += status.count("failed")
+                counts[f"{unit}_computed"] += status.count("written")
+                counts[f"{unit}_skipped"] += status.count("skipped")
+                counts[f"{unit}_failed"] += status.count("failed")
         storage.put_file(path, out_uri)
     return counts
 
@@ -148,16 +192,16 @@ def prefetched(fetch: Callable[[str], T], keys: Iterable[str], ahead: int = PREF
             yield first, future.result()
 
 
-def manifest_dataset(run_prefix: str) -> pads.Dataset:
-    """The run's manifest parts as one dataset (local or s3://)."""
+def manifest_dataset(run_prefix: str, schema: pa.Schema = MANIFEST_SCHEMA) -> pads.Dataset:
+    """The run's manifest parts as one dataset (local or s3://); `schema`: the task's (`PartFormat.schema`)."""
     base = storage.join(run_prefix, PARTS)
     if storage.is_remote(base):
         bucket, key = s3.split(base)
         endpoint = s3.endpoint_url()
         scheme = "http" if endpoint.startswith("http:") else "https"
         fs = S3FileSystem(endpoint_override=endpoint or None, scheme=scheme)
-        return pads.dataset(f"{bucket}/{key}", filesystem=fs, format="parquet", schema=MANIFEST_SCHEMA)
-    return pads.dataset(local_path(base), format="parquet", schema=MANIFEST_SCHEMA)
+        return pads.dataset(f"{bucket}/{key}", filesystem=fs, format="parquet", schema=schema)
+    return pads.dataset(local_path(base), format="parquet", schema=schema)
 
 
 def empty_manifest() -> pa.Table:

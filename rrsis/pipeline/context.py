@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,11 +42,34 @@ class RunContext:
     notes: dict[str, Any] = field(default_factory=dict)  # more for summary.json (e.g. the inference cores)
 
 
+#: Failures of one manifest row (a tile, a box): counted in their scene's "N of M tiles failed" line.
+ROW_STAGES = ("tile", "box")
+
+
+def water_line(p: dict[str, Any], target: str) -> str:
+    return f"{target} {p['water_km2']:.3f} km² ({100 * p['water_fraction']:.1f} %)"
+
+
+def water_totals(products: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"water_km2": sum(float(p.get("water_km2", 0.0)) for p in products)}
+
+
+@dataclass(frozen=True)
+class SummaryFormat:
+    """How a task's summary reads: what class 1 of its masks is (`target`), the unit its manifest rows count,
+    a scene's console line (what it mapped) and the run's totals in summary.json (the tile tasks: area)."""
+
+    target: str
+    unit: str = "tiles"
+    scene_line: Callable[[dict[str, Any], str], str] = water_line
+    totals: Callable[[list[dict[str, Any]]], dict[str, Any]] = water_totals
+
+
 def failure_groups(failures: list[Failure]) -> list[tuple[str, list[Failure]]]:
     """Scene-level failures grouped by reason (the file name taken out, so equal causes group), largest first."""
     groups: dict[str, list[Failure]] = defaultdict(list)
     for f in failures:
-        if f.tile_id and f.stage == "tile":
+        if f.tile_id and f.stage in ROW_STAGES:
             continue  # counted in its scene's "N of M tiles failed"
         reason = f.reason.replace(f.scene_uri, "<scene>") if f.scene_uri else f.reason
         groups[f"{f.stage}: {reason}"].append(f)
@@ -53,7 +77,7 @@ def failure_groups(failures: list[Failure]) -> list[tuple[str, list[Failure]]]:
 
 
 def finish_run(
-    ctx: RunContext, records: list[dict[str, Any]], counts: dict[str, int], compute_s: float, target: str
+    ctx: RunContext, records: list[dict[str, Any]], counts: dict[str, int], compute_s: float, fmt: SummaryFormat
 ) -> int:
     """Write failures.parquet and summary.json from the committed scenes' records, print the summary;
     0 when every scene was mapped, 1 otherwise."""
@@ -61,16 +85,17 @@ def finish_run(
     write_failures(storage.join(ctx.run_prefix, "failures.parquet"), [f.to_row() for f in failures])
     products = [r["products"] for r in records]
     failed_scenes = {f.scene_uri for f in failures if not f.tile_id}
+    unit = fmt.unit
     summary = {
         "run_id": ctx.run_id,
         "output": ctx.run_prefix,
-        "target": target,  # what class 1 of the masks is
+        "target": fmt.target,  # what class 1 of the masks is
         "scenes": len(ctx.scenes) + sum(1 for f in failures if f.stage == "input"),
         "scenes_ok": len(records),
         "scenes_failed": len(failed_scenes),
         **counts,
-        "water_km2": sum(float(p.get("water_km2", 0.0)) for p in products),
-        "tiles_per_s": counts.get("tiles_computed", 0) / compute_s if compute_s > 0 else 0.0,
+        **fmt.totals(products),
+        f"{unit}_per_s": counts.get(f"{unit}_computed", 0) / compute_s if compute_s > 0 else 0.0,
         "wall_s": time.perf_counter() - ctx.start,
         "timings_s": ctx.timings,
         **ctx.notes,
@@ -80,8 +105,7 @@ def finish_run(
     report = write_report(ctx)
     for p in products[:SCENE_LINES]:
         where = ", ".join(f"{k} {p[k]}" for k in ("mosaic", "vectors", "quicklook", "stats") if k in p)
-        share = f"{p['water_km2']:.3f} km² ({100 * p['water_fraction']:.1f} %)"
-        print(f"  {p['scene_id']}: {target} {share}; {where}")
+        print(f"  {p['scene_id']}: {fmt.scene_line(p, fmt.target)}; {where}")
     if len(products) > SCENE_LINES:
         print(f"  ... and {len(products) - SCENE_LINES} more scenes (summary.json lists them all)")
     for reason, group in failure_groups(failures):
@@ -90,7 +114,7 @@ def finish_run(
         print(f"  FAILED {len(group)} x {reason} ({items}{more})")
     if report:
         print(f"  report: {report}")
-    print(summary_line(summary), flush=True)
+    print(summary_line(summary, unit), flush=True)
     return 1 if failures else 0
 
 
@@ -106,13 +130,15 @@ def write_report(ctx: RunContext) -> str:
         return ""
 
 
-def summary_line(s: dict[str, Any]) -> str:
+def summary_line(s: dict[str, Any], unit: str = "tiles") -> str:
+    """The run's closing line; `unit`: what the manifest's rows are (tiles, boxes)."""
     status = "ok" if not s["scenes_failed"] else f"{s['scenes_failed']} FAILED (reasons above, failures.parquet)"
     resumed = f", {s['scenes_resumed']} scenes committed before" if s.get("scenes_resumed") else ""
+    area = f"{s.get('target', 'water')} {s['water_km2']:.3f} km², " if "water_km2" in s else ""
     return (
         f"rrsis map {s['run_id']}: {status}; scenes {s['scenes_ok']}/{s['scenes']} mapped{resumed}, "
-        f"tiles {s['tiles']} ({s['tiles_computed']} computed, {s['tiles_skipped']} resumed, "
-        f"{s['tiles_failed']} failed), {s.get('target', 'water')} {s['water_km2']:.3f} km², "
-        f"{s['tiles_per_s']:.1f} tiles/s, "
+        f"{unit} {s[unit]} ({s[f'{unit}_computed']} computed, {s[f'{unit}_skipped']} resumed, "
+        f"{s[f'{unit}_failed']} failed), {area}"
+        f"{s[f'{unit}_per_s']:.1f} {unit}/s, "
         f"{s['wall_s']:.1f} s; outputs: {s['output']}"
     )

@@ -93,12 +93,18 @@ def sidecar_key(key: str) -> str:
     return f"{key}.json"
 
 
-def choose_bands(info: RasterInfo, requested: Sequence[str], model_bands: Sequence[str], in_bands: int) -> list[int]:
-    """1-based bands for a scene: `requested` if given, else the model's band names, else all bands.
+def choose_bands(
+    info: RasterInfo, requested: Sequence[str], model_bands: Sequence[str], in_bands: int, first_bands: int = 0
+) -> list[int]:
+    """1-based bands for a scene: `requested` if given, else the model's band names, else all bands. With
+    `first_bands` (an RGB model that takes any band count from 1 to `first_bands`, so `in_bands` is not
+    checked): `requested` if given, else the scene's first `first_bands` bands.
 
     Model band names that the file does not carry as descriptions fall back to bands 1..n when the file has
     exactly as many bands as the model needs (many GeoTIFFs have no band descriptions).
     """
+    if first_bands and not requested and not model_bands:
+        return resolve_bands(info, list(range(1, min(first_bands, info.count) + 1)))
     if requested:
         bands = resolve_bands(info, list(requested))
     elif model_bands:
@@ -113,7 +119,7 @@ def choose_bands(info: RasterInfo, requested: Sequence[str], model_bands: Sequen
             bands = list(range(1, info.count + 1))
     else:
         bands = resolve_bands(info, [])
-    if len(bands) != in_bands:
+    if len(bands) != in_bands and not first_bands:
         raise InputError(
             f"scene {scene_label(info.uri)}: {len(bands)} band(s) selected ({bands}) but the model takes {in_bands}"
         )
@@ -137,10 +143,11 @@ def plan_scene(
     requested_bands: Sequence[str],
     model_bands: Sequence[str],
     in_bands: int,
+    first_bands: int = 0,
 ) -> tuple[ScenePlan, list[dict[str, Any]]]:
     """Metadata checks and tile rows of one scene; InputError (one line naming the file) when unusable."""
     info = scene_info(scene.uri)
-    bands = choose_bands(info, requested_bands, model_bands, in_bands)
+    bands = choose_bands(info, requested_bands, model_bands, in_bands, first_bands)
     prefix = storage.join(run_prefix, scene.scene_id)
     try:
         tiles = plan_tiles(
@@ -186,6 +193,7 @@ class PlanArgs:
     requested_bands: tuple[str, ...]
     model_bands: tuple[str, ...]
     in_bands: int
+    first_bands: int = 0  # no bands requested nor named by the model: the scene's first (`choose_bands`)
 
 
 def scene_row(scene: SceneRef, verify: bool) -> dict[str, Any]:
@@ -212,6 +220,7 @@ def expand_scene(row: dict[str, Any], *, plan: PlanArgs) -> list[dict[str, Any]]
             requested_bands=plan.requested_bands,
             model_bands=plan.model_bands,
             in_bands=plan.in_bands,
+            first_bands=plan.first_bands,
         )
         existing: set[str] = set()
         if row.get("verify"):

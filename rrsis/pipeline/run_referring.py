@@ -1,12 +1,17 @@
 """`rrsis map` with `task: referring`, `method: pslg_sam`: map a large scene with a sentence.
 
-Driver: query check (empty or longer than the grounding model reads -> one error line) -> tile rows of
-every scene -> Ray Data: read (CPU tasks) -> `GroundingStage` (actor pool, GPU when present: the tile's
-best box and score for the query) -> boxes back on the driver (a few numbers per tile, never pixels) ->
-per scene: keep boxes scoring >= `referring.min_score`, map them to scene pixels, NMS across tile overlaps
-(`referring_boxes`) -> `<run>/<scene_id>/query_boxes.csv` -> the `boxes` task (SAM + CFPG + MBO, masks,
-mosaic, polygons) on those boxes in the same run folder -> every polygon of `boxes.geojson` gets the query
-and its grounding score as attributes. A scene where no box passes is a valid, empty result.
+Two phases through the shared executor (`tile_run.execute`), each committing scene by scene:
+
+1. grounding (`grounding_task`, its books in `<run>/grounding/`): each scene expands into tile rows on a
+   worker (the tiling and checks of every task) -> read (CPU tasks) -> `GroundingStage` (actor pool, GPU when
+   present: the tile's best box and score for the query; a few numbers per tile, never pixels) -> per scene,
+   on a worker: keep boxes scoring >= `referring.min_score`, map them to scene pixels, NMS across tile
+   overlaps (`referring_boxes`) -> `<run>/<scene_id>/query_boxes.csv`, the scores in the commit record;
+2. the `boxes` task (SAM + CFPG + MBO, masks, mosaic, polygons) on those box files, in the run folder itself,
+   for the scenes phase 1 committed; its per-scene products end by giving every polygon of `boxes.geojson`
+   the query and its grounding score as attributes (`tag_scene`).
+
+A rerun skips what each phase committed. A scene where no box passes is a valid, empty result.
 `method: danet` maps a DANet mask per tile instead (`task_danet.py`). A scene that cannot be read is a failure
 row (failures.parquet), like in every task; the other scenes go on.
 """
@@ -15,34 +20,43 @@ from __future__ import annotations
 
 import copy
 import csv
-import dataclasses
 import functools
 import io
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray.data
 from transformers import AutoTokenizer
 
 from rrsis import storage
 from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, model_config_from_dict
+from rrsis.config.map import MapConfig
 from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError
-from rrsis.geo.raster import resolve_bands
-from rrsis.geo.tiling import PixelWindow, plan_tiles
+from rrsis.geo.tiling import PixelWindow
 from rrsis.models.grounding.encoders import text_encoder_path
-from rrsis.pipeline.build import cluster_gpus, map_stage, resources_for
-from rrsis.pipeline.context import RunContext
+from rrsis.pipeline.build import (
+    block_tiles_for,
+    bound_object_store,
+    map_stage,
+    read_block_bytes,
+    scene_dataset,
+    tile_bytes,
+)
+from rrsis.pipeline.commit import PartFormat, commit_key, conform_rows, read_record
+from rrsis.pipeline.context import RunContext, SummaryFormat, finish_run
 from rrsis.pipeline.inputs import SceneRef
-from rrsis.pipeline.plan import Failure, derive_run_id, one_line, scene_info
+from rrsis.pipeline.plan import PlanArgs, derive_run_id, expand_scene
 from rrsis.pipeline.referring_boxes import check_query, nms_across_tiles, to_scene, touches_internal_edge
-from rrsis.pipeline.run_boxes import run_boxes
+from rrsis.pipeline.run_boxes import boxes_line, boxes_resources, boxes_task, no_totals
 from rrsis.pipeline.stages import read_stage
 from rrsis.pipeline.task_boxes import to_rgb
 from rrsis.pipeline.task_table import TaskRun
-from rrsis.session import EMBEDDED_MIN_CPUS, connect_ray
+from rrsis.pipeline.tile_run import Launch, MapTask, execute
 
 Batch = dict[str, np.ndarray]
 
@@ -129,6 +143,132 @@ def tag_polygons(uri: str, query: str, scores: dict[str, float]) -> None:
     storage.put_bytes(uri, json.dumps(fc).encode())
 
 
+GROUNDING = "grounding"  # phase 1's books: <run>/grounding/{_commits,manifest}/, <run>/grounding/manifest.parquet
+GROUNDING_SCHEMA = pa.schema(
+    [
+        ("scene_id", pa.string()),
+        ("tile_id", pa.string()),
+        ("key", pa.string()),
+        ("status", pa.string()),  # written | failed
+        ("reason", pa.string()),
+        ("checksum", pa.string()),  # empty: a tile's grounding writes no file
+        ("row", pa.int64()),
+        ("col", pa.int64()),
+        ("win_col_off", pa.int64()),
+        ("win_row_off", pa.int64()),
+        ("win_width", pa.int64()),
+        ("win_height", pa.int64()),
+        ("box_x1", pa.float64()),
+        ("box_y1", pa.float64()),
+        ("box_x2", pa.float64()),
+        ("box_y2", pa.float64()),
+        ("score", pa.float64()),  # NaN: no box (a failed read)
+        ("read_s", pa.float64()),
+    ]
+)
+
+
+def conform_grounding(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """A scene's grounding rows: one per tile (last attempt wins), in tile order."""
+    return conform_rows(rows, GROUNDING_SCHEMA, lambda r: (r["key"],), lambda r: (r["scene_id"], r["row"], r["col"]))
+
+
+GROUNDING_PARTS = PartFormat(GROUNDING_SCHEMA, conform_grounding, "tiles")
+
+
+def grounding_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest row of one grounded tile: its window, best box (tile pixels) and score."""
+    box = [float(v) for v in np.asarray(row["box"]).reshape(4)]
+    status = "failed" if str(row["status"]) == "failed" else "written"
+    plain = {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in GROUNDING_SCHEMA.names if k in row}
+    return [{**plain, "status": status, "checksum": "", "score": float(row["score"]),
+             **{f"box_{n}": v for n, v in zip(("x1", "y1", "x2", "y2"), box, strict=True)}}]  # fmt: skip
+
+
+def grounding_dataset(
+    rows: list[dict[str, Any]], launch: Launch, *, cfg: MapConfig, plan: PlanArgs, query: str
+) -> ray.data.Dataset:
+    """A wave's scene rows -> grounded tile rows: plan + read (CPU tasks, fused) -> `GroundingStage`."""
+    res = launch.res
+    ds = scene_dataset([{**r, "verify": False} for r in rows], expand_scene, {"plan": plan}, res.read)
+    ds = map_stage(ds, read_stage, res.read, res.batch_size)
+    kwargs = {
+        "checkpoint": cfg.referring.checkpoint,
+        "query": query,
+        "value_max": cfg.boxes.value_max,
+        "device": cfg.infer.device,
+        "threads": cfg.infer.torch_threads or max(1, int(res.infer.num_cpus)),
+    }
+    ds = map_stage(ds, GroundingStage, res.infer, res.batch_size, fn_constructor_kwargs=kwargs)
+    block = block_tiles_for(tile_bytes(3, cfg.tiling.tile_px), res.batch_size)
+    bound_object_store(ds, block * tile_bytes(3, cfg.tiling.tile_px), read_block_bytes(3, cfg.tiling.tile_px, block))
+    return ds
+
+
+def query_boxes(
+    scene: dict[str, Any],
+    rows: list[dict[str, Any]],
+    outputs: dict[str, bool],
+    background: Any = None,
+    *,
+    min_score: float,
+    nms_iou: float,
+) -> dict[str, Any]:
+    """Phase 1's per-scene product: the scene's boxes (`select_boxes`) as `query_boxes.csv`; their grounding
+    scores go into the commit record, for phase 2's polygons."""
+    cands = [{**r, "box": [r["box_x1"], r["box_y1"], r["box_x2"], r["box_y2"]]} for r in rows]
+    selected = select_boxes(cands, int(scene["width"]), int(scene["height"]), min_score, nms_iou)
+    out = storage.join(str(scene["prefix"]), "query_boxes.csv")
+    storage.put_bytes(out, boxes_csv(selected).encode())
+    scores = {f"q{k:04d}": s for k, (_, s) in enumerate(selected)}
+    return {"scene_id": scene["scene_id"], "scene_uri": scene["uri"], "query_boxes": out, "scores": scores}
+
+
+def tag_scene(scene: dict[str, Any], result: dict[str, Any], *, query: str, books: str) -> dict[str, Any]:
+    """Phase 2's last per-scene product: the query and each box's grounding score on its polygons."""
+    scores = read_record(commit_key(books, str(scene["scene_id"])))["products"]["scores"]
+    tag_polygons(str(result["vectors"]), query, scores)
+    return {"objects": len(scores)}
+
+
+def grounding_task(cfg: MapConfig, run_prefix: str, query: str) -> MapTask:
+    t = cfg.tiling
+    plan = PlanArgs(run_prefix, t.tile_px, t.overlap_px, tuple(cfg.bands), (), 0, first_bands=3)
+    r = cfg.referring
+    return MapTask(
+        cfg,
+        functools.partial(grounding_dataset, cfg=cfg, plan=plan, query=query),
+        grounding_rows,
+        SummaryFormat("referred"),
+        parts=GROUNDING_PARTS,
+        products=functools.partial(query_boxes, min_score=r.min_score, nms_iou=r.nms_iou),
+        resources=boxes_resources,
+        quicklook=False,
+        ledger=GROUNDING,
+    )
+
+
+def referring_tasks(cfg: MapConfig, run_prefix: str, query: str) -> tuple[MapTask, MapTask]:
+    """(grounding, boxes): phase 2 reads phase 1's box files and scores."""
+    boxes_cfg = copy.deepcopy(cfg)
+    boxes_cfg.boxes.path = storage.join(run_prefix, "{scene_id}", "query_boxes.csv")
+    tag = (tag_scene, {"query": query, "books": storage.join(run_prefix, GROUNDING)})
+    return grounding_task(cfg, run_prefix, query), boxes_task(boxes_cfg, run_prefix, extra=tag)
+
+
+def run_referring(ctx: RunContext, query: str) -> int:
+    """Ground the query on every tile, keep one box per object per scene, then run the boxes task on them in
+    the same run folder; see the module docstring."""
+    grounding, boxes = referring_tasks(ctx.cfg, ctx.run_prefix, query)
+    first = execute(ctx, grounding)
+    grounded = {str(r["scene_id"]) for r in first.records}
+    second = execute(ctx, boxes, [s for s in ctx.scenes if s.scene_id in grounded])
+    counts = {**second.counts, **{f"grounding_{k}": v for k, v in first.counts.items()}}
+    ctx.notes["query"] = query
+    fmt = SummaryFormat("referred", unit="boxes", scene_line=boxes_line, totals=no_totals)
+    return finish_run(ctx, second.records, counts, first.compute_s + second.compute_s, fmt)
+
+
 def prepare(cfg: Any, scenes: list[SceneRef]) -> TaskRun:
     """Checks (a grounding checkpoint, the query's length in the model's own tokens) and the run id."""
     if not cfg.referring.checkpoint:
@@ -145,64 +285,3 @@ def prepare(cfg: Any, scenes: list[SceneRef]) -> TaskRun:
     query = checked_query(cfg, ckpt.model_config)
     run_id = referring_run_id(cfg, [s.uri for s in scenes])
     return TaskRun(run_id, functools.partial(run_referring, query=query))
-
-
-def run_referring(ctx: RunContext, query: str) -> int:
-    """Ground the query on every tile, keep one box per object per scene, then run the boxes task on them in
-    the same run folder; see the module docstring."""
-    cfg, prefix = ctx.cfg, ctx.run_prefix
-    rows: list[dict[str, Any]] = []
-    size_of: dict[str, tuple[int, int]] = {}
-    for scene in ctx.scenes:
-        try:
-            info = scene_info(scene.uri)
-            bands = ",".join(str(b) for b in resolve_bands(info, list(cfg.bands) or [1, 2, 3][: min(3, info.count)]))
-            tiles = plan_tiles(
-                info.width,
-                info.height,
-                cfg.tiling.tile_px,
-                cfg.tiling.overlap_px,
-                scene_id=scene.scene_id,
-                scene_transform=info.transform,
-                crs=info.crs,
-            )
-        except Exception as exc:  # any unusable scene is a failure row; the others go on
-            ctx.failures.append(Failure(scene.scene_id, scene.uri, "", "plan", one_line(exc)))
-            continue
-        size_of[scene.scene_id] = (info.width, info.height)
-        rows.extend({**tile.to_row(), "scene_uri": scene.uri, "bands": bands} for tile in tiles)
-    per_scene: dict[str, list[dict[str, Any]]] = {scene_id: [] for scene_id in size_of}
-    if rows:
-        connect_ray(cfg.ray, min_cpus=EMBEDDED_MIN_CPUS)
-        res = resources_for(cfg, cluster_gpus())
-        ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // res.batch_size)))
-        ds = map_stage(ds, read_stage, res.read, res.batch_size)
-        kwargs = {
-            "checkpoint": cfg.referring.checkpoint,
-            "query": query,
-            "value_max": cfg.boxes.value_max,
-            "device": cfg.infer.device,
-            "threads": cfg.infer.torch_threads or max(1, int(res.infer.num_cpus)),
-        }
-        ds = map_stage(ds, GroundingStage, res.infer, res.batch_size, fn_constructor_kwargs=kwargs)
-        for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-            ctx.lease.check()
-            for i in range(len(batch["tile_id"])):
-                per_scene[str(batch["scene_id"][i])].append({k: batch[k][i] for k in batch})
-    scores_of: dict[str, dict[str, float]] = {}
-    for scene_id, scene_rows in per_scene.items():
-        w, h = size_of[scene_id]
-        selected = select_boxes(scene_rows, w, h, cfg.referring.min_score, cfg.referring.nms_iou)
-        storage.put_bytes(storage.join(prefix, scene_id, "query_boxes.csv"), boxes_csv(selected).encode())
-        scores_of[scene_id] = {f"q{k:04d}": s for k, (_, s) in enumerate(selected)}
-    boxes_cfg = copy.deepcopy(cfg)
-    boxes_cfg.boxes.path = storage.join(prefix, "{scene_id}", "query_boxes.csv")
-    planned = [s for s in ctx.scenes if s.scene_id in size_of]
-    rc = run_boxes(dataclasses.replace(ctx, cfg=boxes_cfg, scenes=planned), boxes_cfg.boxes)
-    for scene_id, scores in scores_of.items():
-        uri = storage.join(prefix, scene_id, "boxes.geojson")
-        if storage.exists(uri):
-            tag_polygons(uri, query, scores)
-    n = sum(len(s) for s in scores_of.values())
-    print(f"rrsis map referring: {query!r}: {n} objects in {len(scores_of)} scenes -> {prefix}", flush=True)
-    return rc

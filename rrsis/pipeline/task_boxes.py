@@ -101,9 +101,13 @@ def prompt_stage(batch: Batch, *, cfpg: dict[str, Any], value_max: float = 255.0
     cfg = CfpgConfig(**cfpg)
     rgb = np.stack([to_rgb(img, value_max) for img in batch["image"]])
     points, reasons = [], []
+    status = _row_status(batch)
     for i in range(len(rgb)):
         boxes = _boxes(batch, i)
-        if cfg.enabled and len(boxes):
+        if status[i] != "ok":  # failed upstream, or verified from an earlier attempt: nothing to prompt
+            points.append([None] * len(boxes))
+            reasons.append([str(status[i])] * len(boxes))
+        elif cfg.enabled and len(boxes):
             pts, results = cfpg_points(rgb[i], boxes, cfg, batch["valid"][i])
             points.append([None if np.isnan(p).any() else p.tolist() for p in pts])
             reasons.append([r.reason for r in results])
@@ -143,8 +147,13 @@ class SamBoxStage:
     def __call__(self, batch: Batch) -> Batch:
         start = time.perf_counter()
         masks, scores = [], []
+        status = _row_status(batch)
         for i in range(len(batch["rgb"])):
             boxes = _boxes(batch, i)
+            if status[i] != "ok":  # no embedding for a row that failed or was verified
+                masks.append(np.zeros((len(boxes), *batch["rgb"][i].shape[:2]), dtype=np.uint8))
+                scores.append([0.0] * len(boxes))
+                continue
             pts = [p if p is not None else [np.nan, np.nan] for p in json.loads(str(batch["points"][i]))]
             self.predictor.set_image(batch["rgb"][i], key=str(batch["group_id"][i]))
             m, s = self.predictor.predict(boxes, np.array(pts, dtype=np.float64).reshape(-1, 2))
@@ -163,12 +172,13 @@ def mbo_stage(batch: Batch, *, mbo: dict[str, Any], threads: int = 1) -> Batch:
     limit_threads(threads)
     cfg = MboConfig(**mbo)
     refined, rounds = [], []
+    status = _row_status(batch)
     for i in range(len(batch["rgb"])):
         masks = np.asarray(batch["box_masks"][i]).astype(bool)
         valid = batch["valid"][i]
         out_i, r_i = [], []
         for mask, box in zip(masks, _boxes(batch, i), strict=True):
-            if cfg.enabled:
+            if cfg.enabled and status[i] == "ok":
                 res = mbo_refine(batch["rgb"][i], mask & valid, box, cfg, valid)
                 out_i.append(res.mask)
                 r_i.append(res.iterations)
@@ -200,33 +210,36 @@ def write_boxes_stage(batch: Batch) -> Batch:
     """Per row: the window's mask (union of its boxes; 255 = nodata), a GeoJSON of one polygon per box, and
     last the sidecar (so a crash mid-write leaves no sidecar and the group is recomputed on resume).
 
-    A row that failed upstream (e.g. its read) keeps `status="failed"` and its reason and writes nothing.
+    A row that failed upstream (e.g. its read) keeps `status="failed"` and its reason and writes nothing, as
+    does a row verified from an earlier attempt (`skipped`). `checksum`: the SHA-256 of a written mask tile.
     """
     start = time.perf_counter()
     n = len(batch["rgb"])
-    status = np.asarray(batch["status"], dtype=object) if "status" in batch else np.full(n, "ok", dtype=object)
+    status = _row_status(batch)
     reason = np.asarray(batch["reason"], dtype=object) if "reason" in batch else np.full(n, "", dtype=object)
-    box_px = []
+    box_px, checksums = [], []
     for i in range(n):
         masks = np.asarray(batch["box_masks"][i]).astype(bool)
         areas = [int(m.sum()) for m in masks]
         box_px.append(json.dumps(areas))
-        if status[i] == "failed":
+        checksums.append("")
+        if status[i] != "ok":
             continue
         try:
-            _write_group(batch, i, masks, areas)
+            checksums[i] = _write_group(batch, i, masks, areas)
             status[i] = "written"
         except RrsisError as exc:
             status[i], reason[i] = "failed", f"write: {exc}"
     meta = {k: v for k, v in batch.items() if k not in PIXELS}
     meta.update(status=status.astype(str), reason=reason.astype(str), box_px=np.array(box_px))
+    meta["checksum"] = np.array(checksums)
     meta["write_s"] = np.full(n, (time.perf_counter() - start) / max(n, 1))
     return meta
 
 
 def read_prompt_stage(batch: Batch, **prompt: Any) -> Batch:
-    """read + CFPG in one CPU task: per window one task before SAM instead of two (less scheduling)."""
-    return prompt_stage(read_stage(batch), **prompt)
+    """resume check + read + CFPG in one CPU task: per window one task before SAM instead of three."""
+    return prompt_stage(read_stage(resume_stage(batch)), **prompt)
 
 
 def mbo_write_stage(batch: Batch, **mbo: Any) -> Batch:
@@ -243,7 +256,8 @@ def geojson_key(key: str) -> str:
 SIDECAR_META = ("box_ids", "scores", "cfpg_reasons", "mbo_iterations", "cfpg_s", "sam_s", "mbo_s")
 
 
-def _write_group(batch: Batch, i: int, masks: np.ndarray, areas: list[int]) -> None:
+def _write_group(batch: Batch, i: int, masks: np.ndarray, areas: list[int]) -> str:
+    """Write one group's mask tile, GeoJSON and (last) sidecar; returns the mask tile's SHA-256."""
     tile = Tile.from_row({k: v[i] for k, v in batch.items() if k not in PIXELS})
     union = masks.any(axis=0) if len(masks) else np.zeros(batch["valid"][i].shape, bool)
     pixels = np.where(batch["valid"][i], union.astype(np.uint8), NODATA).astype(np.uint8)
@@ -269,6 +283,12 @@ def _write_group(batch: Batch, i: int, masks: np.ndarray, areas: list[int]) -> N
         "meta": {**meta, "box_px": json.dumps(areas)},
     }
     storage.put_bytes(sidecar_key(key), json.dumps(record, sort_keys=True).encode())
+    return str(record["checksum"])
+
+
+def _row_status(batch: Batch) -> np.ndarray:
+    n = len(batch["key"])
+    return np.asarray(batch["status"], dtype=object).copy() if "status" in batch else np.full(n, "ok", dtype=object)
 
 
 def _plain(value: Any) -> Any:
@@ -298,6 +318,28 @@ def verify_boxes_stage(batch: Batch) -> Batch:
         meta.append(text)
     out = dict(batch)
     out.update(done=done, sidecar_meta=np.array(meta))
+    return out
+
+
+def resume_stage(batch: Batch) -> Batch:
+    """Rows flagged `resume` (their group has a sidecar from an earlier attempt of the run) that verify
+    (`verify_boxes_stage`) become `skipped`, with the recorded per-box results and the mask tile's checksum in
+    `sidecar_meta` (JSON); they are not read, prompted, segmented or written again."""
+    n = len(batch["key"])
+    status = _row_status(batch)
+    meta = np.full(n, "", dtype=object)
+    flagged = np.flatnonzero(np.asarray(batch.get("resume", np.zeros(n, bool)), dtype=bool) & (status == "ok"))
+    if len(flagged):
+        checked = verify_boxes_stage({k: np.asarray(v)[flagged] for k, v in batch.items()})
+        for j, i in enumerate(flagged):
+            if checked["done"][j]:
+                status[i] = "skipped"
+                recorded = json.loads(str(checked["sidecar_meta"][j]))
+                meta[i] = json.dumps({**recorded, "checksum": str(checked["checksum"][j])})
+    out = dict(batch)
+    out.update(status=status.astype(str), sidecar_meta=meta.astype(str))
+    if "reason" not in out:
+        out["reason"] = np.full(n, "")
     return out
 
 

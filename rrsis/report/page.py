@@ -98,7 +98,7 @@ def scene_row(s: SceneFacts) -> str:
         f'<td class=scene data-v="{escape(s.scene_id)}">{name}</td>',
         td(footprint, s.bbox[1] if s.bbox else None),
     ]
-    if s.mapped:
+    if s.mapped and "water_km2" in p:
         area, frac = float(p.get("water_km2", 0.0)), 100 * float(p.get("water_fraction", 0.0))
         valid, nodata = float(p.get("valid_km2", 0.0)), 100 * float(p.get("nodata_fraction", 0.0))
         cells += [
@@ -125,6 +125,7 @@ def scene_row(s: SceneFacts) -> str:
 
 def scene_table(facts: RunFacts) -> str:
     target = escape(str(facts.summary.get("target") or "mapped"))
+    unit = escape(facts.unit)
     heads = [
         ("quicklook", ""),
         ("scene", "str"),
@@ -133,9 +134,9 @@ def scene_table(facts: RunFacts) -> str:
         (f"{target} % of valid", "num"),
         ("valid km²", "num"),
         ("nodata %", "num"),
-        ("tiles computed", "num"),
-        ("tiles resumed", "num"),
-        ("tiles failed", "num"),
+        (f"{unit} computed", "num"),
+        (f"{unit} resumed", "num"),
+        (f"{unit} failed", "num"),
         ("polygons", "num"),
         ("files", ""),
     ]
@@ -173,9 +174,23 @@ def plots_section(facts: RunFacts) -> str:
             "driver phases (wall clock)",
             "time, s",
         ),
-        svg.step_chart(facts.timeline, "tiles committed over time", "seconds since the run started", "tiles"),
+        svg.line_chart(
+            {
+                name: [(0.0, 0.0), *((t, float(n)) for t, n in points)]
+                for name, points in (
+                    ("tiles written", facts.tile_timeline),
+                    (f"{facts.unit} of committed scenes", facts.timeline),
+                )
+                if points
+            },
+            f"{facts.unit} finished over time",
+            "seconds since the run started",
+            facts.unit,
+            dots=False,
+            steps=True,
+        ),
         svg.histogram(
-            [100 * float(sc.product.get("water_fraction", 0.0)) for sc in facts.scenes if sc.mapped],
+            [100 * float(sc.product["water_fraction"]) for sc in facts.scenes if "water_fraction" in sc.product],
             10,
             100.0,
             f"scenes by {s.get('target') or 'mapped'} share",
@@ -184,10 +199,11 @@ def plots_section(facts: RunFacts) -> str:
         ),
     ]
     note = (
-        "Per-tile finish times are not recorded yet: the timeline steps once per committed scene (commit "
-        "record times; scenes committed before this run count at 0 s). Stage busy times are the manifest's "
-        "per-tile read/infer/refine/write shares of their batches (tiles computed in this run) and the "
-        "summary's per-scene product times, summed over workers, so they can exceed the wall time."
+        "Tiles finished over time: each tile file's write time (tiles written before this run count at 0 s), "
+        "and the tiles of each scene when its commit record was written (its products done). Stage busy "
+        "times are the manifest's per-tile read/infer/refine/write shares of their batches (tiles computed "
+        "in this run) and the summary's per-scene product times (mosaic, vectors, quicklook), summed over "
+        "workers, so they can exceed the wall time."
     )
     return f'<div class="figs">{"".join(f for f in figs if f)}</div><p class="note">{note}</p>'
 
@@ -197,15 +213,41 @@ def phases(summary: dict[str, Any]) -> dict[str, float]:
     return {k.removesuffix("_s"): float(v) for k, v in timings.items() if isinstance(v, int | float)}
 
 
+def checkpoint_of(cfg: dict[str, Any]) -> str:
+    """The model file the run mapped with: SAM's for a boxes run, else the inference checkpoint."""
+    if cfg.get("task") == "boxes":
+        sam = (cfg.get("boxes") or {}).get("sam") or {}
+        return f"SAM {sam.get('model_type', '')}: {sam.get('checkpoint') or 'random initialisation'}"
+    return str((cfg.get("infer") or {}).get("checkpoint") or "")
+
+
+def failed_text(facts: RunFacts) -> str:
+    s = facts.summary
+    if "scenes_failed" in s or "tiles_failed" in s:
+        return f"{s.get('scenes_failed', 0)} scenes and {s.get('tiles_failed', 0)} tiles failed"
+    return f"{len(facts.failures)} failures"
+
+
+def tiles_line(facts: RunFacts) -> str:
+    """The run's tile counts from the summary; a boxes run's box counts from its manifest."""
+    s = facts.summary
+    if facts.unit == "boxes":
+        n = {k: sum(sc.tiles.get(k, 0) for sc in facts.scenes) for k in ("written", "skipped", "failed")}
+        return f"{sum(n.values())} boxes: {n['written']} computed, {n['skipped']} resumed, {n['failed']} failed"
+    return (
+        f"{s.get('tiles', 0)}: {s.get('tiles_computed', 0)} computed, {s.get('tiles_skipped', 0)} resumed "
+        f"({s.get('tiles_verified', 0)} verified), {s.get('tiles_failed', 0)} failed"
+    )
+
+
 def header(facts: RunFacts) -> str:
     s, cfg = facts.summary, facts.config or {}
     failed = int(s.get("scenes_failed") or 0) + int(s.get("tiles_failed") or 0)
     status = (
         '<span class="ok">ok</span>'
         if not failed and not facts.failures
-        else f'<span class="bad">{s.get("scenes_failed", 0)} scenes and {s.get("tiles_failed", 0)} tiles failed</span>'
+        else f'<span class="bad">{failed_text(facts)}</span>'
     )
-    infer = cfg.get("infer") or {}
     inputs = [str(i) for i in cfg.get("input") or []]
     shown_inputs = "".join(f'<div title="{escape(i)}">{escape(i)}</div>' for i in inputs[:10]) + (
         f" and {len(inputs) - 10} more" if len(inputs) > 10 else ""
@@ -216,21 +258,23 @@ def header(facts: RunFacts) -> str:
         ("query", escape(str(cfg.get("query") or ""))),
         ("target class", escape(str(s.get("target") or ""))),
         ("model", escape(", ".join(facts.models) or "not recorded")),
-        ("checkpoint", escape(str(infer.get("checkpoint") or ""))),
+        ("checkpoint", escape(checkpoint_of(cfg))),
         ("inputs", shown_inputs),
         ("finished", escape(facts.finished.strftime("%Y-%m-%d %H:%M:%S UTC")) if facts.finished else "unknown"),
         ("wall time", f"{float(s.get('wall_s') or 0):.1f} s"),
-        ("throughput", f"{float(s.get('tiles_per_s') or 0):.2f} tiles/s (tiles computed / compute time)"),
+        (
+            "throughput",
+            f"{float(s['tiles_per_s']):.2f} tiles/s (tiles computed / compute time)" if "tiles_per_s" in s else "",
+        ),
         (
             "scenes",
             f"{s.get('scenes_ok', 0)} of {s.get('scenes', 0)} mapped, {s.get('scenes_resumed', 0)} committed before",
         ),
+        (escape(facts.unit), tiles_line(facts)),
         (
-            "tiles",
-            f"{s.get('tiles', 0)}: {s.get('tiles_computed', 0)} computed, {s.get('tiles_skipped', 0)} resumed "
-            f"({s.get('tiles_verified', 0)} verified), {s.get('tiles_failed', 0)} failed",
+            f"{escape(str(s.get('target') or 'mapped'))} area",
+            f"{float(s.get('water_km2') or 0):.3f} km²" if "water_km2" in s else "",
         ),
-        (f"{escape(str(s.get('target') or 'mapped'))} area", f"{float(s.get('water_km2') or 0):.3f} km²"),
         ("outputs", escape(facts.run_uri)),
         (
             "files",

@@ -29,15 +29,26 @@ from rrsis.storage.uri import local_path
 
 #: Per-tile busy times the manifest records (seconds, each tile's share of its batch).
 TILE_STAGES = ("read_s", "infer_s", "refine_s", "write_s")
+#: Per-window busy times of a boxes run's manifest (seconds; repeated on each box row of the window).
+BOX_STAGES = ("window_cfpg_s", "window_sam_s", "window_mbo_s", "window_write_s")
 #: Per-scene product times the summary records (seconds).
 PRODUCT_STAGES = ("mosaic_s", "vectors_s", "quicklook_s")
 #: The per-scene files of the summary's products.
 PRODUCT_FILES = ("mosaic", "vectors", "quicklook", "stats")
+#: A boxes run's per-scene files, where the summary does not list them (`boxes_manifest.parquet` runs).
+BOX_FILES = {"mosaic": "mosaic.tif", "vectors": "boxes.geojson", "quicklook": "quicklook.png"}
+#: Manifests a map run may have: one row per tile, or (boxes) one per box; the first that exists is read.
+MANIFESTS = ("manifest.parquet", "boxes_manifest.parquet")
 #: Points per footprint edge: enough to follow a projected scene's curved edges in WGS84.
 EDGE_POINTS = 8
 #: Commit records whose times are read for the timeline; above this the timeline is left out (one
 #: request per record on object storage).
 TIMELINE_MAX_COMMITS = 2000
+#: Tile files whose write times are listed for the per-tile timeline (1,000 per S3 listing request); a
+#: larger run keeps the per-scene commit steps only.
+TIMELINE_MAX_TILES = 200_000
+#: Points of a cumulative curve on the page (a large run's tile times are sampled down to these).
+CURVE_POINTS = 240
 
 Bbox = tuple[float, float, float, float]  # west, south, east, north (degrees)
 
@@ -71,6 +82,8 @@ class RunFacts:
     config: dict[str, Any] | None  # config.yaml of the run, when it has one
     finished: datetime | None  # when summary.json was written
     timeline: list[tuple[float, int]]  # (seconds since the run started, tiles committed so far)
+    unit: str = "tiles"  # what a manifest row is: tiles, or boxes (a boxes run)
+    tile_timeline: list[tuple[float, int]] = field(default_factory=list)  # (s since start, tiles written so far)
 
     @property
     def run_id(self) -> str:
@@ -143,8 +156,8 @@ def tile_counts(manifest: pa.Table | None) -> dict[str, dict[str, int]]:
 
 
 def busy_times(manifest: pa.Table | None, products: list[dict[str, Any]]) -> dict[str, float]:
-    """Busy seconds per stage: tile stages summed over the tiles computed in this run, product stages over
-    scenes. Summed over workers, so they can exceed the wall time."""
+    """Busy seconds per stage: tile (or box-window) stages summed over what was computed in this run, product
+    stages over scenes. Summed over workers, so they can exceed the wall time."""
     out: dict[str, float] = {}
     if manifest is not None and manifest.num_rows:
         written = (
@@ -153,6 +166,11 @@ def busy_times(manifest: pa.Table | None, products: list[dict[str, Any]]) -> dic
         for col in TILE_STAGES:
             if col in written.column_names:
                 out[col[:-2]] = float(pc.sum(written[col]).as_py() or 0.0)
+        if "key" in written.column_names and any(c in written.column_names for c in BOX_STAGES):
+            windows = {r["key"]: r for r in written.to_pylist()}  # a window's times are on each of its boxes
+            for col in BOX_STAGES:
+                if col in written.column_names:
+                    out[col.removeprefix("window_")[:-2]] = sum(float(r[col] or 0.0) for r in windows.values())
     for col in PRODUCT_STAGES:
         values = [float(p[col]) for p in products if isinstance(p.get(col), int | float)]
         if values:
@@ -181,6 +199,64 @@ def commit_timeline(run_uri: str, started: datetime | None, tiles_of: dict[str, 
     for t, n in points:
         total += n
         out.append((t, total))
+    return out
+
+
+def listed_times(prefix: str) -> dict[str, datetime]:
+    """Every object under `prefix` with its last write time: S3 listings carry it (no request per object),
+    local files are stat'ed."""
+    out: dict[str, datetime] = {}
+    if storage.is_remote(prefix):
+        bucket, key = s3.split(prefix)
+        for page in s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+            for obj in page.get("Contents", []):
+                out[f"s3://{bucket}/{obj['Key']}"] = obj["LastModified"]
+        return out
+    for uri in storage.list_prefix(prefix):
+        when = modified(uri)
+        if when is not None:
+            out[uri] = when
+    return out
+
+
+def cumulative(offsets: list[float], points: int = CURVE_POINTS) -> list[tuple[float, int]]:
+    """(t, count of offsets <= t), at most `points` samples, always ending at the last one."""
+    offsets = sorted(offsets)
+    if not offsets:
+        return []
+    every = max(1, len(offsets) // points)
+    out = [(offsets[i], i + 1) for i in range(every - 1, len(offsets), every)]
+    if out[-1][1] != len(offsets):
+        out.append((offsets[-1], len(offsets)))
+    return out
+
+
+def tile_timeline(run_uri: str, scene_ids: list[str], started: datetime | None) -> list[tuple[float, int]]:
+    """Tiles written over time, from the write times of the tile files (`<scene>/tiles/<tile_id>.tif`) of the
+    run: every tile once, a tile written before this run (resumed) at t = 0. Empty for runs above
+    TIMELINE_MAX_TILES tiles (stops listing there) or without a start time."""
+    if started is None:
+        return []
+    offsets: list[float] = []
+    for scene_id in scene_ids:
+        times = listed_times(storage.join(run_uri, scene_id, "tiles") + "/")
+        offsets += [max(0.0, (t - started).total_seconds()) for uri, t in times.items() if uri.endswith(".tif")]
+        if len(offsets) > TIMELINE_MAX_TILES:
+            return []
+    return cumulative(offsets)
+
+
+def box_products(run_uri: str, manifest: pa.Table) -> list[dict[str, Any]]:
+    """Per-scene entries of a boxes run whose summary does not list its scenes: each scene of the manifest
+    with the files found in its folder and its box count."""
+    out = []
+    for scene_id in sorted({str(s) for s in manifest["scene_id"].to_pylist()}):
+        rows = manifest.filter(pc.equal(manifest["scene_id"], scene_id))["status"].to_pylist()
+        product: dict[str, Any] = {"scene_id": scene_id, "boxes": sum(s in ("written", "skipped") for s in rows)}
+        for key, name in BOX_FILES.items():
+            if storage.exists(storage.join(run_uri, scene_id, name)):
+                product[key] = f"{scene_id}/{name}"  # relative to the run folder
+        out.append(product)
     return out
 
 
@@ -221,7 +297,15 @@ def load_run(run_uri: str) -> RunFacts:
         )
     summary = read_json(summary_uri)
     products = [p for p in summary.get("products", []) if isinstance(p, dict) and p.get("scene_id")]
-    manifest = read_parquet(storage.join(run_uri, "manifest.parquet"), ["scene_id", "status", "model", *TILE_STAGES])
+    columns = ["scene_id", "status", "model", "key", "box_id", *TILE_STAGES, *BOX_STAGES]
+    manifest = None
+    for name in MANIFESTS:
+        manifest = read_parquet(storage.join(run_uri, name), columns)
+        if manifest is not None:
+            break
+    unit = "boxes" if manifest is not None and "box_id" in manifest.column_names else "tiles"
+    if unit == "boxes" and not products and manifest is not None:
+        products = box_products(run_uri, manifest)
     fail_table = read_parquet(storage.join(run_uri, "failures.parquet"))
     failures = fail_table.to_pylist() if fail_table is not None else []
     counts = tile_counts(manifest)
@@ -272,6 +356,8 @@ def load_run(run_uri: str) -> RunFacts:
         config=config if isinstance(config, dict) else None,
         finished=finished,
         timeline=commit_timeline(run_uri, started, tiles_of),
+        unit=unit,
+        tile_timeline=tile_timeline(run_uri, [s.scene_id for s in scenes], started),
     )
 
 

@@ -55,12 +55,13 @@ def scene_item(facts: RunFacts, scene: SceneFacts, when: datetime, polygons_uri:
         "rrsis:model": model_of(facts),
         "rrsis:target": facts.summary.get("target", ""),
         "rrsis:scene_uri": scene.scene_uri,
-        "rrsis:area_km2": float(p.get("water_km2", 0.0)),
-        "rrsis:area_fraction": float(p.get("water_fraction", 0.0)),
-        "rrsis:valid_km2": float(p.get("valid_km2", 0.0)),
-        "rrsis:nodata_fraction": float(p.get("nodata_fraction", 0.0)),
-        "rrsis:tiles": {k: int(v) for k, v in sorted(scene.tiles.items())},
+        f"rrsis:{facts.unit}": {k: int(v) for k, v in sorted(scene.tiles.items())},
     }
+    if "water_km2" in p:  # mapped areas (a boxes run has none)
+        props["rrsis:area_km2"] = float(p.get("water_km2", 0.0))
+        props["rrsis:area_fraction"] = float(p.get("water_fraction", 0.0))
+        props["rrsis:valid_km2"] = float(p.get("valid_km2", 0.0))
+        props["rrsis:nodata_fraction"] = float(p.get("nodata_fraction", 0.0))
     if p.get("polygons") is not None:
         props["rrsis:polygons"] = int(p["polygons"])
     geometry = {"type": "Polygon", "coordinates": [[list(pt) for pt in scene.ring]]} if scene.ring else None

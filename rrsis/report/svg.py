@@ -1,4 +1,4 @@
-"""Small inline SVG figures for the run report: bar chart, step line, histogram and the footprint map.
+"""Small inline SVG figures for the run reports: bar chart, line chart, histogram and the footprint map.
 
 Hand-made SVG keeps the page self-contained and tiny (no plotting library, no fonts or scripts fetched),
 and it stays crisp at any zoom. Every chart labels its axes and states its unit.
@@ -95,25 +95,6 @@ def bar_chart(values: dict[str, float], title: str, xlabel: str) -> str:
     return _frame(title, body, xlabel, "", height=min(H, axis_y + BOTTOM))
 
 
-def step_chart(points: Sequence[tuple[float, int]], title: str, xlabel: str, ylabel: str) -> str:
-    """A cumulative count over time as a step line starting at (0, 0)."""
-    if not points:
-        return ""
-    xt = nice_ticks(max(p[0] for p in points) or 1.0)
-    yt = nice_ticks(max(p[1] for p in points) or 1, integer=True)
-    plot_w, plot_h = W - LEFT - RIGHT, H - TOP - BOTTOM
-    sx, sy = plot_w / xt[-1], plot_h / yt[-1]
-    y0 = TOP + plot_h
-    path, prev = [f"M{LEFT},{y0}"], 0
-    for t, n in points:
-        x = LEFT + sx * t
-        path.append(f"L{x:.1f},{y0 - sy * prev:.1f} L{x:.1f},{y0 - sy * n:.1f}")
-        prev = n
-    body = _y_axis(yt, sy, LEFT, y0, plot_w) + _x_axis(xt, sx, LEFT, y0)
-    body.append(f'<path d="{" ".join(path)}" fill="none" stroke="{PALETTE[0]}" stroke-width="2"/>')
-    return _frame(title, body, xlabel, ylabel)
-
-
 def histogram(values: Sequence[float], bins: int, vmax: float, title: str, xlabel: str, ylabel: str) -> str:
     """Counts of `values` in `bins` equal bins over [0, vmax]."""
     if not values:
@@ -203,6 +184,8 @@ def area_label(s: SceneFacts) -> str:
     if not s.mapped:
         return f"not mapped ({s.failure})"
     p = s.product
+    if "water_km2" not in p:
+        return f"{p['boxes']} boxes" if "boxes" in p else "mapped"
     return f"{float(p.get('water_km2', 0.0)):.3f} km² ({100 * float(p.get('water_fraction', 0.0)):.1f} %)"
 
 
@@ -235,8 +218,11 @@ def line_chart(
     mark_x: float | None = None,
     mark_label: str = "",
     integer_x: bool = False,
+    dots: bool = True,
+    steps: bool = False,
 ) -> str:
-    """One line with dots per series (legend above the plot); `mark_x` draws a dashed vertical marker.
+    """One line with dots per series (legend above the plot); `mark_x` draws a dashed vertical marker;
+    `steps` draws each series as a step line (counts over time).
 
     The y axis covers the data's range (not forced to 0), so small changes of a loss stay visible.
     Non-finite values are left out of a line.
@@ -282,9 +268,14 @@ def line_chart(
     for i, (name, pts) in enumerate(clean.items()):
         color = PALETTE[i % len(PALETTE)]
         coords = [px(x, y) for x, y in pts]
-        d = " ".join(f"{'M' if j == 0 else 'L'}{x:.1f},{y:.1f}" for j, (x, y) in enumerate(coords))
+        if steps:  # a count holds its value until the next point: horizontal, then vertical
+            d = f"M{coords[0][0]:.1f},{coords[0][1]:.1f} " + " ".join(
+                f"L{x:.1f},{coords[j][1]:.1f} L{x:.1f},{y:.1f}" for j, (x, y) in enumerate(coords[1:])
+            )
+        else:
+            d = " ".join(f"{'M' if j == 0 else 'L'}{x:.1f},{y:.1f}" for j, (x, y) in enumerate(coords))
         body.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="2" class="series"/>')
-        for (x, y), (vx, vy) in zip(coords, pts, strict=True):
+        for (x, y), (vx, vy) in zip(coords, pts, strict=True) if dots else ():
             body.append(
                 f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}" class="point">'
                 f"<title>{escape(name)} at {fmt(vx)}: {vy:.4g}</title></circle>"

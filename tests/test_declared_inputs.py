@@ -12,6 +12,7 @@ import pytest
 import rasterio
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
+from rasterio.warp import transform
 
 from rrsis.errors import ConfigError, InputError
 from rrsis.geo.raster import Declared, declared_scene, open_raster, read_info, read_window
@@ -123,6 +124,20 @@ def test_gcp_raster_without_a_gcp_crs_takes_the_declared_one(
     image, valid = read_scene(scene.uri)
     want_image, want_valid = read_scene(with_crs)
     assert (valid == want_valid).all() and (image == want_image).all()
+    # a declared grid: Web Mercator at 20 m; the footprint is the chip's, within one output pixel
+    (scene,), _ = resolve_inputs(
+        [no_crs], declared=Declared(gcp_crs="EPSG:4326", gcp_warp_crs="EPSG:3857", gcp_warp_res=20)
+    )
+    grid = read_info(scene.uri)
+    assert grid.crs == "EPSG:3857" and grid.res == (20.0, 20.0)
+    left, top = grid.transform[2], grid.transform[5]
+    right, bottom = left + 20.0 * grid.width, top - 20.0 * grid.height
+    lons, lats = transform(CRS.from_epsg(3857), CRS.from_epsg(4326), [left, right], [bottom, top])
+    with rasterio.open(S1_CHIP) as chip:
+        want_bounds = chip.bounds
+    deg = 20.0 / 111_320.0  # one output pixel in degrees of latitude (and more than one of longitude here)
+    for got, want in zip((lons[0], lats[0], lons[1], lats[1]), want_bounds, strict=True):
+        assert abs(got - want) <= deg, (got, want)
     # a GCP CRS of the file's own wins over the declared one
     assert declared_scene(with_crs, Declared(gcp_crs="EPSG:3857")) == declared_scene(
         with_crs, Declared(gcp_crs="EPSG:4326")
@@ -151,6 +166,11 @@ def test_unknown_unit_and_bad_gcp_crs_are_one_config_line() -> None:
     with pytest.raises(ConfigError) as err:
         map_config("gcp_crs=EPSG:999999")
     assert str(err.value) == "config error: key 'gcp_crs': 'EPSG:999999' is not a CRS; e.g. gcp_crs=EPSG:4326"
+    with pytest.raises(ConfigError) as err:
+        map_config("gcp_warp_crs=UTM")
+    assert str(err.value) == "config error: key 'gcp_warp_crs': 'UTM' is not a CRS; e.g. gcp_warp_crs=EPSG:4326"
+    with pytest.raises(ConfigError, match=r"^config error: key 'gcp_warp_res': value -10.0 is out of range"):
+        map_config("gcp_warp_res=-10")
     cfg = map_config("units=Linear Power", "gcp_crs=EPSG:4326", "input_scale=0.0001", "input_offset=-0.1")
     assert (cfg.units, cfg.gcp_crs, cfg.input_scale, cfg.input_offset) == ("Linear Power", "EPSG:4326", 1e-4, -0.1)
 

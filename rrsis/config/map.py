@@ -93,6 +93,10 @@ class MapConfig:
     input_offset: float = 0.0
     # the CRS of the GCPs of rasters georeferenced only by GCPs that carry no CRS (e.g. EPSG:4326)
     gcp_crs: str = ""
+    # the grid such rasters are warped to: a CRS ("" = the UTM zone of the scene centre) and a pixel size in
+    # its units (0 = the native pixel size)
+    gcp_warp_crs: str = ""
+    gcp_warp_res: float = bounded(0.0, 0.0)
     resume: bool = True
     overwrite: bool = False
     # resume: "quick" skips every scene with a commit record (`<run>/_commits/`) without reading its tiles and
@@ -120,20 +124,22 @@ class MapConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self, prefix: str) -> None:
-        """`units` and `gcp_crs` name something the readers know (one line naming the key otherwise)."""
+        """`units`, `gcp_crs` and `gcp_warp_crs` name something the readers know (one line naming the key)."""
         if self.units and not is_known_unit(self.units):
             raise ConfigError(
                 f"config error: key '{prefix}units': unknown unit {self.units!r}; allowed: {ALLOWED_UNITS}, "
                 "or empty for the model's own"
             )
-        if self.gcp_crs:
-            # rasterio (GDAL) only for this key, so loading a config imports no GDAL unless it is set
+        for key, text in (("gcp_crs", self.gcp_crs), ("gcp_warp_crs", self.gcp_warp_crs)):
+            if not text:
+                continue
+            # rasterio (GDAL) only for these keys, so loading a config imports no GDAL unless one is set
             from rasterio.crs import CRS
             from rasterio.errors import CRSError
 
             try:
-                CRS.from_user_input(self.gcp_crs)
+                CRS.from_user_input(text)
             except CRSError as exc:
                 raise ConfigError(
-                    f"config error: key '{prefix}gcp_crs': {self.gcp_crs!r} is not a CRS; e.g. gcp_crs=EPSG:4326"
+                    f"config error: key '{prefix}{key}': {text!r} is not a CRS; e.g. {key}=EPSG:4326"
                 ) from exc

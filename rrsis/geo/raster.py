@@ -123,13 +123,17 @@ def stack_bands(sources: Sequence[BandSource], label: str) -> str:
 @dataclass(frozen=True)
 class Declared:
     """What a map config declares for plain rasters that do not say it themselves: the unit of their bands
-    (`units`, "" = already the model's), a scale/offset for digital numbers, and the CRS of GCPs that carry
-    none (`gcp_crs`). STAC items use `units`, `scale` and `offset` where an asset declares none."""
+    (`units`, "" = already the model's), a scale/offset for digital numbers, the CRS of GCPs that carry none
+    (`gcp_crs`), and the grid GCP-only rasters are warped to (`gcp_warp_crs`, "" = UTM of the scene centre;
+    `gcp_warp_res` in its units, 0 = native). STAC items use `units`, `scale` and `offset` where an asset
+    declares none."""
 
     units: str = ""
     scale: float = 1.0
     offset: float = 0.0
     gcp_crs: str = ""
+    gcp_warp_crs: str = ""
+    gcp_warp_res: float = 0.0
 
     def conversion(self) -> str:
         return conversion_for_unit(self.units, "units") if self.units else "native"
@@ -137,15 +141,19 @@ class Declared:
     def rescales(self) -> bool:
         return self.scale != 1.0 or self.offset != 0.0
 
+    def warps(self) -> bool:
+        return bool(self.gcp_crs or self.gcp_warp_crs or self.gcp_warp_res)
+
 
 def declared_scene(uri: str, declared: Declared) -> str:
     """The scene URI of a plain raster: `uri` itself when nothing is declared, else a VRT (XML text) that
     applies the declaration on read: a stack of the file's bands converted to the model's units (linear ->
     dB, value * scale + offset; `rrsis.geo.vrt`), or for a raster georeferenced only by GCPs a warped VRT
-    (`rrsis.geo.warp`) using `gcp_crs` when its GCPs carry no CRS. Opens the file once (header only);
-    InputError, one line naming the file, when it cannot be opened or the declaration cannot apply."""
+    (`rrsis.geo.warp`) on the declared grid, with `gcp_crs` for GCPs that carry no CRS. Opens the file once
+    (header only); InputError, one line naming the file, when it cannot be opened or the declaration cannot
+    apply."""
     convert = declared.conversion()
-    if convert == "native" and not declared.rescales() and not declared.gcp_crs:
+    if convert == "native" and not declared.rescales() and not declared.warps():
         return uri
     path = gdal_path(uri)
     with raster_env(uri):
@@ -160,11 +168,10 @@ def declared_scene(uri: str, declared: Declared) -> str:
                         f"raster {uri} is georeferenced by GCPs only: input_scale/input_offset cannot be applied "
                         "through its warped view; scale it first (e.g. gdal_translate -scale)"
                     )
-                try:
-                    gcp_crs = CRS.from_user_input(declared.gcp_crs) if declared.gcp_crs else None
-                except rasterio.errors.CRSError as exc:
-                    raise InputError(f"gcp_crs: {declared.gcp_crs!r} is not a CRS: {_first_line(exc)}") from exc
-                return warped_vrt_xml(src, path, gcp_crs=gcp_crs, convert=convert, label=uri)
+                dst_crs = _crs_or_none(declared.gcp_warp_crs, "gcp_warp_crs")
+                gcp_crs = _crs_or_none(declared.gcp_crs, "gcp_crs")
+                res = declared.gcp_warp_res or None
+                return warped_vrt_xml(src, path, dst_crs, res=res, gcp_crs=gcp_crs, convert=convert, label=uri)
             if convert == "native" and not declared.rescales():
                 return uri
             names = [desc or "" for desc in src.descriptions]
@@ -173,6 +180,13 @@ def declared_scene(uri: str, declared: Declared) -> str:
         for i, name in enumerate(names)
     ]
     return stack_bands(sources, uri)
+
+
+def _crs_or_none(text: str, key: str) -> CRS | None:
+    try:
+        return CRS.from_user_input(text) if text else None
+    except rasterio.errors.CRSError as exc:
+        raise InputError(f"{key}: {text!r} is not a CRS: {_first_line(exc)}") from exc
 
 
 def raster_env(uri: str) -> contextlib.AbstractContextManager[Any]:

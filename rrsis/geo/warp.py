@@ -52,12 +52,14 @@ def warped_vrt_xml(
     source_path: str,
     dst_crs: CRS | None = None,
     *,
+    res: float | None = None,
     gcp_crs: CRS | None = None,
     convert: str = "native",
     label: str = "",
 ) -> str:
     """A GDAL VRTWarpedDataset (XML text) of `src` (GCPs only) on `dst_crs` (default: UTM of the GCP centre)
-    at the native pixel size; band descriptions and nodata carried over, float bands get NaN as nodata.
+    at pixel size `res` in its units (default: the native pixel size); band descriptions and nodata carried
+    over, float bands get NaN as nodata.
 
     `gcp_crs` is the CRS of GCPs that do not carry one (the file's own wins); without either, InputError.
     `convert` (`rrsis.geo.units.CONVERSIONS`): `power`/`amplitude` bands become Float32 and carry the dB
@@ -77,7 +79,7 @@ def warped_vrt_xml(
     if convert not in CONVERSIONS:
         raise InputError(f"raster {label or source_path}: unknown conversion {convert!r} ({CONVERSIONS})")
     crs = dst_crs or utm_crs(*gcp_centre(src, gcp_crs))
-    dst, width, height = calculate_default_transform(gcp_crs, crs, src.width, src.height, gcps=gcps)
+    dst, width, height = calculate_default_transform(gcp_crs, crs, src.width, src.height, gcps=gcps, resolution=res)
     gcp_xml = "".join(
         f'<GCP Id={quoteattr(str(g.id or ""))} Pixel="{g.col!r}" Line="{g.row!r}" X="{g.x!r}" Y="{g.y!r}" '
         f'Z="{float(g.z or 0.0)!r}"/>'

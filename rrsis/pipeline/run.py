@@ -88,7 +88,7 @@ def run_map(cfg: MapConfig) -> int:
     """Map every scene of `cfg.input` with the task `cfg.task`; see the module docstring."""
     start = time.perf_counter()
     configure_storage(cfg.storage)
-    declared = Declared(cfg.units, cfg.input_scale, cfg.input_offset, cfg.gcp_crs)
+    declared = Declared(cfg.units, cfg.input_scale, cfg.input_offset, cfg.gcp_crs, cfg.gcp_warp_crs, cfg.gcp_warp_res)
     scenes, problems = resolve_inputs(list(cfg.input), bands=input_bands(cfg), declared=declared)
     failures = [Failure("", p.item, "", "input", p.reason) for p in problems]
     for f in failures:

@@ -14,9 +14,9 @@ import rasterio.windows
 from rrsis.config.load import load_config
 from rrsis.config.map import MapConfig
 from rrsis.errors import ConfigError
-from rrsis.pipeline.run import run_map
 from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.plan import scene_row
+from rrsis.pipeline.run import run_map
 from rrsis.pipeline.run_boxes import box_plan, expand_boxes
 
 REPO = Path(__file__).resolve().parents[1]

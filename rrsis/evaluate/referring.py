@@ -1,4 +1,4 @@
-"""`rrsis eval` for referring models (grounding, PSLG-SAM, and any model with `predict_masks`).
+"""`rrsis eval` for referring models (grounding, PSLG-SAM, DANet).
 
 Outputs under `eval.output` (local or s3://): `metrics.json` (overall + per-category, from
 `rrsis.metrics.referring`), `samples.csv` (one row per expression) and `panels/best_*.png`, `worst_*.png`
@@ -28,6 +28,8 @@ from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError
 from rrsis.log import get_logger
 from rrsis.metrics.referring import ReferringMeter, SampleScore
+from rrsis.models.danet.model import Danet
+from rrsis.models.danet.predictor import DanetPredictor
 from rrsis.models.grounding.model import GroundingModel
 from rrsis.models.pslg_sam import PslgSam
 
@@ -43,16 +45,28 @@ class Prediction:
     scores: dict[str, Any]
 
 
-def predict_referring(model: nn.Module, images: list[np.ndarray], texts: list[str]) -> list[Prediction]:
-    """Run whichever referring interface `model` has."""
+Referring = nn.Module | DanetPredictor
+
+
+def referring_interface(model: nn.Module) -> Referring:
+    """What `predict_referring` calls: a DANet predicts through its predictor (which holds the tokenizer)."""
+    if isinstance(model, Danet):
+        return DanetPredictor(model, device=next(model.parameters()).device)
+    return model
+
+
+def predict_referring(model: Referring, images: list[np.ndarray], texts: list[str]) -> list[Prediction]:
+    """Run whichever referring interface `model` has (a bare DANet is wrapped per call: prefer
+    `referring_interface` once)."""
+    if isinstance(model, Danet):
+        model = referring_interface(model)
     if isinstance(model, PslgSam):
         return [Prediction(o.box_xyxy, o.mask, o.scores()) for o in model.predict_batch(images, texts)]
     if isinstance(model, GroundingModel):
         boxes, scores = model.predict(images, texts)
         return [Prediction(b, None, {"box_score": float(s)}) for b, s in zip(boxes, scores, strict=True)]
-    predict_masks = getattr(model, "predict_masks", None)
-    if callable(predict_masks):
-        masks = predict_masks(images, texts)
+    if isinstance(model, DanetPredictor):
+        masks = model.predict_masks(images, texts)
         return [Prediction(None, np.asarray(m, dtype=bool), {}) for m in masks]
     raise ConfigError(f"eval: model {type(model).__name__} has no referring prediction interface")
 
@@ -134,11 +148,12 @@ def evaluate_referring(
     rows: list[dict[str, Any]] = []
     best: list[_Keep] = []
     worst: list[_Keep] = []
+    predictor = referring_interface(model)
     for start in range(0, len(samples), batch_size):
         batch = samples[start : start + batch_size]
         images = [load_image(s) for s in batch]
         with torch.no_grad():
-            preds = predict_referring(model, images, [s.text for s in batch])
+            preds = predict_referring(predictor, images, [s.text for s in batch])
         for s, img, pred in zip(batch, images, preds, strict=True):
             gt_mask = load_mask(s, img.shape[:2]) if pred.mask is not None else None
             row = meter.add(

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,7 +42,6 @@ class Danet(nn.Module):
         self.decoder = UpsamplingDecoder(encoder.dims, cfg.decoder_dim)
         self.head: FixedKernelHead | None = None
         self.raam: ReliableAgentAlignment | None = None
-        self._predictor: Any = None  # built on first `predict_masks` (holds the tokenizer)
         if cfg.raam:
             self.raam = ReliableAgentAlignment(
                 vis_dim=encoder.dims[3],
@@ -85,14 +83,6 @@ class Danet(nn.Module):
                 pwam: Any = self.encoder.pwams[stage - 1]
                 out.affinity_labels.append(text_to_visual_labels(pwam, tokens, sentence, self.cfg.alpha))
         return out
-
-    def predict_masks(self, images: list[np.ndarray], texts: list[str]) -> list[np.ndarray]:
-        """Boolean masks for uint8 RGB images and their expressions (used by `rrsis eval`)."""
-        from rrsis.models.danet.predictor import DanetPredictor  # the predictor imports this module
-
-        if self._predictor is None:
-            self._predictor = DanetPredictor(self, device=next(self.parameters()).device)
-        return self._predictor.predict_masks(images, texts)
 
 
 def build_danet(cfg: DanetConfig) -> Danet:

@@ -7,13 +7,14 @@ The paper says "initial learning rate" without a schedule; we follow its LAVT ba
 
 A batch is a dict of tensors: `image` (B, 3, H, W) normalised, `input_ids` and `attention_mask` (B, L),
 `mask` (B, H, W) with 1 = referred region, 0 = background, anything else ignored. `ReferringMasks` makes
-them from any referring format (`rrsis.data.referring`); `rrsis train model.name=danet` runs them through
-`rrsis.train.recipes` (plain loop, or Ray Train with `train.enabled=true`).
+them from any referring format (`rrsis.data.referring`); `recipe` puts them behind the one epoch loop for
+`rrsis train model.name=danet` (plain loop, or Ray Train with `train.enabled=true`) and `rrsis tune`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,15 +22,22 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from rrsis.data.referring import ReferringSample, load_image, load_mask
+from rrsis.checkpoints import checkpoint_from_model, save_checkpoint
+from rrsis.config.load import to_dict
+from rrsis.config.train import TrainConfig
+from rrsis.data.referring import ReferringSample, load_image, load_mask, load_referring_split
 from rrsis.errors import InputError
 from rrsis.losses.danet import danet_loss
 from rrsis.models.danet.config import DanetConfig
 from rrsis.models.danet.model import Danet
 from rrsis.models.danet.predictor import rgb_to_input
-from rrsis.models.danet.text import tokenize
+from rrsis.models.danet.text import load_tokenizer, tokenize
+from rrsis.models.registry import build_model
+from rrsis.train.preflight import val_samples
+from rrsis.train.recipes import Recipe
 
 Batch = dict[str, torch.Tensor]
+RGB = ["red", "green", "blue"]
 
 
 def make_optimizer(model: nn.Module, lr: float = 5e-4, weight_decay: float = 0.01) -> torch.optim.AdamW:
@@ -163,3 +171,38 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device | 
         ious.append(sample_ious(pred, target))
     miou = float(torch.cat(ious).mean()) if ious else 0.0
     return {"miou": miou, "oiou": inter / union if union else 1.0}
+
+
+def recipe(cfg: TrainConfig, device: torch.device) -> Recipe:
+    """DDP wraps the whole model: a frozen text encoder has `requires_grad=False`, which DDP skips; trainable
+    but unused parameters (RAAM's query projection) need `find_unused_parameters`. Ranks by `val_miou`."""
+    dcfg = cfg.model.danet
+    model = build_model(cfg.model).to(device)
+    tokenizer = load_tokenizer(dcfg.text_encoder)
+    train_set = ReferringMasks(load_referring_split(cfg.data, "train"), dcfg, tokenizer)
+    val = val_samples(cfg)
+
+    def train_epoch(net: nn.Module, batches: Iterable[Any], opt: torch.optim.Optimizer, sched: Any) -> dict[str, float]:
+        return train_one_epoch(net, batches, opt, device=device, scheduler=sched)
+
+    def save(path: str, metrics: dict[str, float]) -> None:
+        ckpt = checkpoint_from_model(
+            model, cfg.model, bands=RGB, norm_mean=list(dcfg.pixel_mean), norm_std=list(dcfg.pixel_std),
+            metrics=metrics, train_config=to_dict(cfg),
+        )  # fmt: skip
+        save_checkpoint(ckpt, path)
+
+    return Recipe(
+        model=model,
+        ddp_module=model,
+        state_module=model,
+        train_set=train_set,
+        train_epoch=train_epoch,
+        make_optimizer=lambda: make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay),
+        make_scheduler=lambda opt, steps: poly_schedule(opt, steps * cfg.optim.epochs),
+        save_model=save,
+        val_set=ReferringMasks(val, dcfg, tokenizer) if val else None,
+        evaluate=lambda batches: evaluate(model, batches, device=device),
+        val_batch_size=cfg.optim.eval_batch_size,
+        find_unused_parameters=True,
+    )

@@ -7,9 +7,9 @@ encoder at `optim.lr_text`, the rest at `optim.lr`) -> per-step schedule: linear
 ×0.1 at 45, 3 warm-up epochs, batch 2). `train_one_epoch` and `evaluate_boxes` are plain functions, so the
 same calls run here and inside a Ray Train worker. No augmentation: the paper names none.
 
-`rrsis train model.name=grounding` runs these through the family's recipe (`rrsis.train.recipes`) and the
-one epoch loop (`rrsis.train.fit`): `best.pt` by validation Acc@0.5 (or the last epoch without a validation
-split, or with `optim.monitor=last`) and `last.pt`. The saved model config sets `image_weights: none`
+`rrsis train model.name=grounding` runs these through the family's `recipe` and the one epoch loop
+(`rrsis.train.fit`): `best.pt` by validation Acc@0.5 (or the last epoch without a validation split, or with
+`optim.monitor=last`) and `last.pt`. The saved model config sets `image_weights: none`
 because the trained ResNet weights travel in the state dict.
 """
 
@@ -21,19 +21,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
-from rrsis.checkpoints import Checkpoint, checkpoint_from_model
+from rrsis.checkpoints import Checkpoint, checkpoint_from_model, save_checkpoint
 from rrsis.config.load import to_dict
 from rrsis.config.train import OptimConfig, TrainConfig
 from rrsis.data.referring import ReferringSample, load_image, load_referring_split
 from rrsis.errors import InputError
-from rrsis.log import get_logger
 from rrsis.metrics.referring import ReferringMeter
 from rrsis.models.grounding.losses import grounding_loss, xyxy_to_cxcywh
 from rrsis.models.grounding.model import GroundingModel
+from rrsis.train.preflight import val_samples
+from rrsis.train.recipes import Recipe, Scheduler
 
-log = get_logger(__name__)
 RGB = ["red", "green", "blue"]
 
 
@@ -132,14 +133,6 @@ def evaluate_boxes(model: GroundingModel, batches: Iterable[dict[str, Any]]) -> 
     return meter.summary()
 
 
-def val_samples(cfg: TrainConfig) -> list[ReferringSample]:
-    try:
-        return load_referring_split(cfg.data, "val")
-    except InputError as exc:  # formats/datasets without a val split (RRSIS-M ships train/test)
-        log.info("no validation split (%s): keeping the last epoch", exc)
-        return []
-
-
 def make_checkpoint(model: GroundingModel, cfg: TrainConfig, metrics: dict[str, float]) -> Checkpoint:
     """A self-describing rrsis checkpoint; `image_weights: none` as the trained weights are in the state dict."""
     saved_cfg = copy.deepcopy(cfg.model)
@@ -152,4 +145,37 @@ def make_checkpoint(model: GroundingModel, cfg: TrainConfig, metrics: dict[str, 
         norm_std=list(cfg.model.grounding.pixel_std),
         metrics=metrics,
         train_config=to_dict(cfg),
+    )
+
+
+def recipe(cfg: TrainConfig, device: torch.device) -> Recipe:
+    """DDP wraps the whole model, called through `train_one_epoch(..., forward=ddp)`; ranks by `val_box_acc@0.5`."""
+    model = GroundingModel(cfg.model.grounding).to(device)
+    train_set = BoxSamples(load_referring_split(cfg.data, "train"))
+    val = val_samples(cfg)
+
+    def train_epoch(net: nn.Module, batches: Iterable[Any], opt: torch.optim.Optimizer, sched: Any) -> dict[str, float]:
+        terms = train_one_epoch(model, batches, opt, sched, forward=net)
+        return {"loss": terms["train_loss"], **terms}
+
+    def evaluate(batches: Iterable[Any]) -> dict[str, float]:
+        summary = evaluate_boxes(model, batches)
+        return {k: float(summary[k]) for k in ("box_acc@0.5", "box_miou")}
+
+    def make_scheduler(opt: torch.optim.Optimizer, steps: int) -> Scheduler:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps, cfg.optim))
+
+    return Recipe(
+        model=model,
+        ddp_module=model,
+        state_module=model,
+        train_set=train_set,
+        train_epoch=train_epoch,
+        make_optimizer=lambda: build_optimizer(model, cfg.optim),
+        make_scheduler=make_scheduler,
+        save_model=lambda path, m: save_checkpoint(make_checkpoint(model, cfg, m), path),
+        collate=collate,
+        val_set=BoxSamples(val) if val else None,
+        evaluate=evaluate,
+        val_batch_size=cfg.optim.eval_batch_size,
     )

@@ -14,10 +14,13 @@ from collections.abc import Mapping, Sequence
 
 from rrsis import storage
 from rrsis.config.train import TrainConfig
+from rrsis.data.referring import ReferringSample, load_referring_split
 from rrsis.errors import ConfigError, InputError, ModelError
+from rrsis.log import get_logger
 from rrsis.models.sam.arch import RANDOM_INIT_PRESETS
 from rrsis.models.text_path import resolve_text_encoder
-from rrsis.train.grounding import val_samples
+
+log = get_logger(__name__)
 
 
 def _exists(uri: str) -> bool:
@@ -61,6 +64,15 @@ def check_inputs(cfg: TrainConfig, prefix: str = "") -> None:
             raise ConfigError(f"config error: key '{key}': SAM {sam.model_type} needs its weights; set {key}=<.pth>")
         if sam.decoder_checkpoint:
             _need(sam.decoder_checkpoint, f"{prefix}model.sam.decoder_checkpoint", "decoder checkpoint")
+
+
+def val_samples(cfg: TrainConfig) -> list[ReferringSample]:
+    """A referring family's validation split, or none (formats without one: RRSIS-M ships train/test)."""
+    try:
+        return load_referring_split(cfg.data, "val")
+    except InputError as exc:
+        log.info("no validation split (%s): keeping the last epoch", exc)
+        return []
 
 
 def has_validation(cfg: TrainConfig) -> bool:

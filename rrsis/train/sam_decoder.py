@@ -6,14 +6,16 @@ encoder (the encoder never changes, so epochs only pay for the decoder) -> `trai
 logits against the mask -> AdamW steps on the decoder only -> decoder-only checkpoint. `train_one_epoch` is a
 plain function over (predictor, optimizer, items): the same call runs in this loop and inside a Ray Train
 worker. Dice is optional (`dice_weight`, default 0: the paper optimises BCE alone). `fit_sam_decoder` is the
-in-memory API (samples in, decoder out); `rrsis train model.name=sam_decoder` runs the family's recipe
-through the one epoch loop (`rrsis.train.fit`) with the same seeded prompt order (`SeededShuffle`).
+in-memory API (samples in, decoder out); `rrsis train model.name=sam_decoder` runs `recipe` through the one
+epoch loop (`rrsis.train.fit`) with the same seeded prompt order (`SeededShuffle`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +25,12 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import Sampler
 
+from rrsis import storage
 from rrsis.checkpoints import save_decoder_checkpoint
+from rrsis.config.train import TrainConfig
 from rrsis.data.dataset import find_refs
 from rrsis.data.pairs import read_sample
 from rrsis.errors import ConfigError, InputError
@@ -33,6 +38,7 @@ from rrsis.models.sam.build import build_sam
 from rrsis.models.sam.config import SamConfig
 from rrsis.models.sam.frame import SamFrame
 from rrsis.models.sam.predictor import SamTilePredictor
+from rrsis.train.recipes import Recipe
 
 
 @dataclass(frozen=True)
@@ -273,3 +279,43 @@ def take_fraction(samples: Sequence[DecoderSample], fraction: float, seed: int) 
 def train_samples(cfg: Any) -> list[DecoderSample]:
     """The training prompts of a `rrsis train` config: Sen1Floods11 water bodies, `data.train_fraction` of them."""
     return take_fraction(sen1floods11_samples(cfg.data), cfg.data.train_fraction, cfg.seed)
+
+
+def recipe(cfg: TrainConfig, device: torch.device) -> Recipe:
+    """DDP wraps only the mask decoder (the frozen encoders never get gradients: DDP over the whole SAM would
+    all-reduce nothing useful and hold the encoder twice; the IoU head gets no gradient from the mask loss,
+    hence `find_unused_parameters`); `state.pt` and `decoder.pt` hold the decoder alone. Every worker embeds
+    the training images once up front and trains on its shard of the prompts. No validation split."""
+    settings = settings_from_train_config(cfg)
+    samples = train_samples(cfg)
+    if not samples:
+        raise InputError(f"data.root={cfg.data.root!r}: no water body large enough for a SAM decoder prompt")
+    sam_cfg = dataclasses.replace(cfg.model.sam, mode="finetune")
+    local_ckpt = None
+    if sam_cfg.checkpoint and "://" in sam_cfg.checkpoint:  # SAM never downloads: fetch the URI first
+        local_ckpt = os.path.join(tempfile.mkdtemp(prefix="rrsis-sam-"), "sam.pth")
+        storage.get_file(sam_cfg.checkpoint, local_ckpt)
+    sam = build_sam(sam_cfg, local_ckpt).to(device)
+    predictor = SamTilePredictor(sam, mask_threshold=sam_cfg.mask_threshold)
+    items = embed_samples(predictor, samples)
+
+    def train_epoch(net: nn.Module, batches: Iterable[Any], opt: torch.optim.Optimizer, _: Any) -> dict[str, float]:
+        return {"loss": train_batches(predictor, opt, batches, settings, decoder=net)}
+
+    def save(path: str, metrics: dict[str, float]) -> None:
+        config = {"lr": settings.lr, "epochs": settings.epochs, "batch_size": settings.batch_size}
+        save_decoder_checkpoint(sam, path, sam_cfg.model_type, config, metrics, epoch=int(metrics.get("epoch", 0)))
+
+    params = [p for p in sam.parameters() if p.requires_grad]
+    return Recipe(
+        model=sam,
+        ddp_module=sam.mask_decoder,
+        state_module=sam.mask_decoder,
+        train_set=items,
+        train_epoch=train_epoch,
+        make_optimizer=lambda: torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay),
+        save_model=save,
+        collate=list,
+        plain_order=lambda: SeededShuffle(len(items), cfg.seed),
+        find_unused_parameters=True,
+    )

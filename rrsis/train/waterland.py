@@ -1,21 +1,29 @@
-"""The water-land family's data and checkpoint: screened splits, training-split statistics, datasets, and the
-self-describing checkpoint that carries the normalisation and gate `rrsis map` / `rrsis eval` apply."""
+"""The water-land family's data, checkpoint and recipe: screened splits, training-split statistics, datasets,
+the self-describing checkpoint that carries the normalisation and gate `rrsis map` / `rrsis eval` apply, and
+the `Recipe` the one epoch loop trains."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
-from rrsis.checkpoints import Checkpoint, checkpoint_from_model
+from rrsis.checkpoints import Checkpoint, checkpoint_from_model, save_checkpoint
 from rrsis.config.load import to_dict
 from rrsis.config.train import TrainConfig
-from rrsis.data.dataset import SplitRefs, WaterLandDataset, build_splits
+from rrsis.data.dataset import SplitRefs, WaterLandDataset, batchable, build_splits
 from rrsis.data.normalize import NormStats, compute_stats, input_channels
 from rrsis.data.otsu import gate_band
 from rrsis.errors import ConfigError
 from rrsis.log import get_logger
-from rrsis.losses import heads_for_loss
+from rrsis.losses import build_loss, heads_for_loss
+from rrsis.models.registry import build_model
+from rrsis.train import loop
+from rrsis.train.optim import build_optimizer, build_scheduler
+from rrsis.train.recipes import Recipe
 
 log = get_logger(__name__)
 
@@ -79,4 +87,37 @@ def make_checkpoint(
         train_config=to_dict(cfg),
         norm=stats.norm,
         gate=cfg.data.gate,
+    )
+
+
+def recipe(cfg: TrainConfig, device: torch.device) -> Recipe:
+    """DDP wraps `AllHeads(model)` (the auxiliary heads go through DDP's forward); the schedule is per epoch."""
+    setup = prepare_waterland(cfg)
+    model = build_model(cfg.model).to(device)
+    loss_fn = build_loss(cfg.loss.name, alpha=cfg.loss.alpha, beta=cfg.loss.beta, lam=cfg.loss.lam, eps=cfg.loss.eps)
+    scaler = torch.amp.GradScaler(device.type) if cfg.optim.amp and device.type == "cuda" else None
+
+    def train_epoch(net: nn.Module, batches: Iterable[Any], opt: torch.optim.Optimizer, sched: Any) -> dict[str, float]:
+        lr = float(opt.param_groups[0]["lr"])
+        terms = loop.train_one_epoch(
+            net, batches, loss_fn, opt, device=device, scaler=scaler, grad_accum=cfg.optim.grad_accum
+        )
+        sched.step()  # the water-land schedule is per epoch (rrsis.train.optim.build_scheduler)
+        return {"lr": lr, **terms}
+
+    val_batch = 1
+    if setup.val_set is not None and batchable(setup.val_set.refs, cfg.data.eval_tile_px):
+        val_batch = cfg.optim.eval_batch_size
+    return Recipe(
+        model=model,
+        ddp_module=loop.AllHeads(model) if hasattr(model, "forward_heads") else model,
+        state_module=model,
+        train_set=setup.train_set,
+        train_epoch=train_epoch,
+        make_optimizer=lambda: build_optimizer(cfg.optim, model.parameters()),
+        make_scheduler=lambda opt, steps: build_scheduler(cfg.optim, opt),
+        save_model=lambda path, m: save_checkpoint(make_checkpoint(model, cfg, setup.stats, m), path),
+        val_set=setup.val_set,
+        evaluate=lambda batches: loop.evaluate(model, batches, device=device),
+        val_batch_size=val_batch,
     )

@@ -1,6 +1,6 @@
 """`rrsis tune`: a Ray Tune search (ASHA) over a YAML search space around any family's training loop.
 
-Each trial is the plain loop over the family's recipe (`rrsis.train.recipes`: its own `train_one_epoch` /
+Each trial is the one epoch loop over the family's recipe (`rrsis.train.recipes`: its own `train_one_epoch` /
 `evaluate`; water-land, DANet, grounding, SAM decoder) on one CPU/GPU slot, reporting one result per
 epoch so ASHA can stop bad trials at its rungs; every epoch is checkpointed (`state.pt`) so an interrupted
 search restored with `tune.restore=true` (`Tuner.restore`) continues unfinished trials where they stopped
@@ -15,6 +15,8 @@ Spaces for the papers' axes: `space_waterland.yaml`, `space_danet.yaml` (K, lamb
 Samplers: choice, grid, uniform, loguniform, randint (high exclusive), quniform [lo, hi, q].
 Outputs in `<output>/<name>/`: Ray's experiment folder, `results.csv`, `results.parquet` (one row per trial:
 config, last metrics, epochs run) and `best_train.yaml`, a ready-to-run `rrsis train --config` file.
+The console shows one line per trial event (`rrsis.train.tune_progress`), then the table sorted by the
+metric, then the best trial's config file and checkpoint.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ import os
 import tempfile
 from typing import Any
 
+import ray
 import torch
 import yaml
 from omegaconf import OmegaConf
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from rrsis import storage
 from rrsis.config.load import to_dict, to_yaml, validate
@@ -37,11 +42,12 @@ from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError, InputError, RrsisError
 from rrsis.log import get_logger
 from rrsis.report import report_run
-from rrsis.session import configure_storage, connect_ray
+from rrsis.session import configure_storage, connect_ray, verbose
 from rrsis.train.fit import STATE_FILE, Epoch, fit_recipe
 from rrsis.train.preflight import check_fits, check_inputs, check_metric
 from rrsis.train.ray_train import checkpoint_uri, for_workers, storage_target
 from rrsis.train.recipes import build_recipe, model_file
+from rrsis.train.tune_progress import TrialProgress
 
 log = get_logger(__name__)
 
@@ -50,8 +56,6 @@ SAMPLERS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform")
 
 def load_space(path: str) -> dict[str, Any]:
     """Parse a search-space YAML into Ray Tune samplers; errors name the file and the key."""
-    from ray import tune
-
     try:
         raw = yaml.safe_load(storage.get_bytes(path).decode())
     except Exception as exc:
@@ -100,8 +104,6 @@ def apply_overrides(base: TrainConfig, params: dict[str, Any], *, source: str = 
 def trial(params: dict[str, Any], base: TrainConfig) -> None:
     """One Tune trial: the one epoch loop over the family's recipe, one `tune.report` per epoch with a
     checkpoint (`state.pt` to resume, and the family's model file)."""
-    from ray import tune
-
     cfg = apply_overrides(base, params)
     configure_storage(cfg.storage)  # this trial process's own S3 settings (the tune job's, see `build_tuner`)
     torch.manual_seed(cfg.seed)
@@ -158,10 +160,8 @@ def preflight(cfg: TuneConfig) -> dict[str, Any]:
 
 
 def build_tuner(cfg: TuneConfig, callbacks: list[Any] | None = None) -> Any:
-    """A fresh Tuner, or `Tuner.restore` of the same experiment when `restore=true` and it exists."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
+    """A fresh Tuner, or `Tuner.restore` of the same experiment when `restore=true` and it exists (which keeps
+    the run config it was started with). The console shows `TrialProgress` lines, not Ray's status table."""
     base = for_workers(cfg.base)
     base.storage = cfg.storage  # trials read and write where the tune job does
     space = load_space(cfg.space)
@@ -198,7 +198,8 @@ def build_tuner(cfg: TuneConfig, callbacks: list[Any] | None = None) -> Any:
             storage_path=storage_path,
             storage_filesystem=filesystem,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=callbacks,
+            callbacks=[TrialProgress(cfg.metric, cfg.mode, cfg.base.optim.epochs, list(space)), *(callbacks or [])],
+            verbose=None if verbose() else 0,  # None: Ray's default (its status table) under `rrsis --verbose`
         ),
     )
 
@@ -227,8 +228,6 @@ def _best_result(results: Any, table: Any) -> Any:
 def run_tune(cfg: TuneConfig) -> int:
     configure_storage(cfg.storage)
     space_keys = list(preflight(cfg))
-    import ray  # Ray loads only for the jobs that use it
-
     resources = trial_resources(cfg)
     if not (ray.is_initialized() or cfg.ray.address or os.environ.get("RAY_ADDRESS")):
         # the embedded Ray about to start: its size is known before starting it
@@ -258,7 +257,8 @@ def run_tune(cfg: TuneConfig) -> int:
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
     storage.put_bytes(storage.join(out, "results.parquet"), buffer.getvalue())
-    print(table.to_string(index=False))
+    print(f"{len(table)} trials by {cfg.metric} ({cfg.mode}); all columns in {storage.join(out, 'results.csv')}:")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     best = _best_result(results, table)
     params = {k: best.config[k] for k in space_keys}
     best_cfg = apply_overrides(cfg.base, params)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rrsis import __version__
+from rrsis.config.jobs import JOBS, runner_for, schema_for
 from rrsis.errors import RrsisError
 from rrsis.log import setup_logging
 
@@ -24,8 +25,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rrsis.config.jobs import JOBS
-
     parser = argparse.ArgumentParser(
         prog="rrsis",
         description="Map very large satellite scenes with language on Ray.",
@@ -67,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from rrsis.config.jobs import runner_for, schema_for
+    # Imported here, and the job's own modules through `runner_for`: `rrsis --help` and `rrsis JOB --help`
+    # never pay for omegaconf and the config schemas, nor a job for another job's libraries.
     from rrsis.config.load import load_config, to_yaml
 
     if args.command in _RUN_JOBS:
@@ -78,15 +78,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         sys.stdout.write(to_yaml(cfg))
         return 0
     if args.command == "submit":
-        from rrsis.submit.client import submit_from_cli
+        from rrsis.submit.client import submit_from_cli  # here: the job-submission client only submit uses
 
         return submit_from_cli(args)
     if args.command == "jobs":
-        from rrsis.submit.client import jobs_from_cli
+        from rrsis.submit.client import jobs_from_cli  # here: the job-submission client only jobs uses
 
         return jobs_from_cli(args)
     if args.command == "report":
-        from rrsis.report import build_report, run_kind
+        from rrsis.report import build_report, run_kind  # here: rasterio and pyarrow, which only report needs
 
         page = build_report(args.run_uri)
         run = page.rsplit("/", 1)[0]

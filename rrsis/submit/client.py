@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from rrsis import storage
+from rrsis.config.jobs import schema_for
+from rrsis.config.load import load_config, to_yaml
 from rrsis.config.submit import SubmitConfig
 from rrsis.errors import JobError
 from rrsis.storage.uri import local_path
@@ -28,16 +30,11 @@ log = logging.getLogger("rrsis.submit")
 
 
 def load_submit_config(path: str | None) -> SubmitConfig:
-    from rrsis.config.load import load_config
-
     return load_config(SubmitConfig, path, None)
 
 
 def resolved_job_config(job: str, path: str | None, overrides: list[str]) -> str:
     """The job's config, validated locally and serialised as the YAML the cluster will load."""
-    from rrsis.config.jobs import schema_for
-    from rrsis.config.load import load_config, to_yaml
-
     return to_yaml(load_config(schema_for(job), path, overrides))
 
 

@@ -39,6 +39,10 @@ class InferConfig:
     device: str = choice("auto", "auto", "cpu", "cuda")
     threshold: float = bounded(0.5, 0.0, 1.0)  # water where P(water) >= threshold
     torch_threads: int = bounded(0, 0, 256)  # 0: one per CPU the actor holds (at least 1)
+    # Arithmetic of every model stage (water-land, DANet, SAM's image encoder), through autocast; checkpoints
+    # stay fp32. auto: bf16 where the hardware runs it natively (a CPU with AMX, a CUDA device with bf16),
+    # else fp32, said once in the log. bf16 and fp16 change the masks' last bits, so they enter the run id.
+    precision: str = choice("auto", "auto", "fp32", "bf16", "fp16")
     # Forward tiles one at a time: a tile's output then never depends on which tiles share its batch, so
     # reruns and retries are byte-identical (batched CPU convolutions differ in the last float bits).
     # Set false on GPUs for throughput.

@@ -35,8 +35,9 @@ def cpu_has_amx_bf16(cpuinfo: Path = CPUINFO) -> bool:
 
 @functools.cache
 def note_fallback(requested: str, device_type: str, reason: str) -> None:
-    """Log a precision fallback once per (request, device type, reason) in this process."""
-    log.info("precision %s on %s -> fp32: %s", requested, device_type, reason)
+    """Log a precision fallback once per (request, device type, reason) in this process; at WARNING, the level
+    a process without logging set up (a Ray inference actor) still prints."""
+    log.warning("precision %s on %s -> fp32: %s", requested, device_type, reason)
 
 
 def fast_bf16(device: torch.device) -> tuple[bool, str]:

@@ -236,6 +236,7 @@ def map_dataset(
             "device": cfg.infer.device,
             "torch_threads": torch_threads,
             "batch_invariant": cfg.infer.batch_invariant,
+            "precision": cfg.infer.precision,
             **infer_kwargs,
         },
     )

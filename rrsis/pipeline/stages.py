@@ -112,6 +112,7 @@ class InferStage:
     background thread (`rrsis.pipeline.scene_inputs`; `scenes` is the run's scene order). The `image` column
     is dropped: only probabilities travel on. `cores`/`core_lock_dir`: the core groups an embedded Ray
     reserved for inference actors; this actor claims one and runs its forwards there (`rrsis.pipeline.cores`).
+    `precision` (`infer.precision`, see `rrsis.models.precision`) autocasts the forward; the weights stay fp32.
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class InferStage:
         scenes: Sequence[SceneKey] = (),
         cores: Sequence[Sequence[int]] = (),
         core_lock_dir: str = "",
+        precision: str = "fp32",
     ) -> None:
         # This actor's own cores, if the run reserved some: the model's load and forwards run there, the
         # scene reads on the other cores.
@@ -142,12 +144,15 @@ class InferStage:
 
         from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, norm_for_scene, normalize_image
         from rrsis.devices import resolve_device
+        from rrsis.models.precision import autocast_for, resolve_precision
 
         self.normalize_image, self.norm_for_scene = normalize_image, norm_for_scene
+        self.autocast_for = autocast_for
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         self.device = resolve_device(device, key="infer.device")
+        self.precision = resolve_precision(precision, self.device)  # "auto": bf16 where native, else fp32
         self.batch_invariant = batch_invariant
         self.trim_free_bytes = int(trim_free_mb) << 20  # see `infer.trim_free_mb` (rrsis.config.map)
         self.ckpt = load_checkpoint(checkpoint)
@@ -207,7 +212,7 @@ class InferStage:
     def _forward(self, x: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast_for(self.precision, self.device):  # weights stay fp32
             logits = self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device))
             if isinstance(logits, (tuple, list)):
                 logits = logits[0]

@@ -343,6 +343,7 @@ def resume_stage(batch: Batch) -> Batch:
     return out
 
 
-def sam_options(cfg: SamConfig) -> dict[str, Any]:
-    """The plain dict a `SamBoxStage` actor is built from."""
-    return dataclasses.asdict(cfg)
+def sam_options(cfg: SamConfig, precision: str = "") -> dict[str, Any]:
+    """The plain dict a `SamBoxStage` actor is built from; `precision` (`infer.precision`) replaces the SAM
+    config's own when given."""
+    return dataclasses.asdict(dataclasses.replace(cfg, precision=precision) if precision else cfg)

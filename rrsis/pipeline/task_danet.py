@@ -38,12 +38,13 @@ from rrsis.errors import ConfigError
 from rrsis.geo.raster import open_raster
 from rrsis.models.danet.predictor import DanetPredictor, scale_to_input
 from rrsis.models.danet.text import load_tokenizer
+from rrsis.models.precision import autocast_for, resolve_precision
 from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.plan import content_tag, derive_run_id
 from rrsis.pipeline.products import build_vectors
 from rrsis.pipeline.referring_boxes import check_query
 from rrsis.pipeline.task_table import TaskRun
-from rrsis.pipeline.task_waterland import model_info, plan_args
+from rrsis.pipeline.task_waterland import decisive_precision, model_info, plan_args
 from rrsis.pipeline.tile_run import TileSpec, run_tiles
 
 Batch = dict[str, np.ndarray]
@@ -63,6 +64,7 @@ class DanetInferStage:
         *,
         query: str,
         value_max: float,
+        precision: str = "fp32",
     ) -> None:
         import torch
 
@@ -71,7 +73,8 @@ class DanetInferStage:
         device = str(resolve_device(device, key="infer.device"))
         model: Any = build_from_checkpoint(load_checkpoint(checkpoint))
         self.predictor = DanetPredictor(model, device=device)
-        self.query = self.predictor.embed_query(query)
+        self.query = self.predictor.embed_query(query)  # once, in fp32
+        self.precision = resolve_precision(precision, device)
         self.value_max = value_max
         self.batch_invariant = batch_invariant
 
@@ -89,7 +92,8 @@ class DanetInferStage:
             x = np.stack(
                 [scale_to_input(image[i], valid[i], self.value_max, cfg.pixel_mean, cfg.pixel_std) for i in rows]
             )
-            prob[rows] = self.predictor.predict_tiles(x, self.query)
+            with autocast_for(self.precision, self.predictor.device):  # weights stay fp32
+                prob[rows] = self.predictor.predict_tiles(x, self.query)
         prob[~valid] = 0.0
         out = {k: v for k, v in batch.items() if k != "image"}
         out["prob"] = prob
@@ -115,6 +119,7 @@ def danet_run_id(cfg: Any, scene_uris: list[str]) -> str:
         "model": content_tag(cfg.referring.danet),  # the weights, not only the path
         "value_max": cfg.referring.value_max,
         "threshold": cfg.infer.threshold,
+        **decisive_precision(cfg),
         "tiling": asdict(cfg.tiling),
         "refine": asdict(cfg.refine),
     }

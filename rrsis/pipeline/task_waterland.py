@@ -43,11 +43,19 @@ def decisive_refine(cfg: MapConfig) -> dict[str, Any]:
     return {"enabled": r.enabled, "open_px": r.open_px, "min_mapping_unit_px": r.min_mapping_unit_px}
 
 
+def decisive_precision(cfg: MapConfig) -> dict[str, Any]:
+    """`infer.precision` when it asks for bf16 or fp16: their masks differ from fp32's in the last bits, so
+    such a run never resumes an fp32 run's tiles. fp32 and auto add nothing (run ids stay as before): auto
+    follows the hardware, as `infer.device` does, which no run id holds either."""
+    p = cfg.infer.precision
+    return {"precision": p} if p in ("bf16", "fp16") else {}
+
+
 def decisive_infer(cfg: MapConfig) -> dict[str, Any]:
-    """The inference settings that change masks: the threshold, and the batch only when batches change the
-    last float bits (`infer.batch_invariant=false`)."""
+    """The inference settings that change masks: the threshold, an explicit lower precision, and the batch
+    only when batches change the last float bits (`infer.batch_invariant=false`)."""
     i = cfg.infer
-    out: dict[str, Any] = {"checkpoint": i.checkpoint, "threshold": i.threshold}
+    out: dict[str, Any] = {"checkpoint": i.checkpoint, "threshold": i.threshold, **decisive_precision(cfg)}
     if not i.batch_invariant:
         out["batch_size"] = i.batch_size
     return out

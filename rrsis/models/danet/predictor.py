@@ -84,7 +84,7 @@ class DanetPredictor:
             query.attention_mask.expand(n, -1),
         )
         logits = F.interpolate(out.logits, size=(h, w), mode="bilinear", align_corners=False)
-        return logits[:, 0].sigmoid().cpu().numpy().astype(np.float32)
+        return logits[:, 0].float().sigmoid().cpu().numpy()  # float(): under autocast the logits are bf16
 
     @torch.no_grad()
     def predict(self, image: np.ndarray | torch.Tensor, expressions: list[str]) -> np.ndarray:
@@ -102,7 +102,7 @@ class DanetPredictor:
         ids, mask = tokenize(self.tokenizer, expressions, self.cfg.max_tokens)
         out = self.model(x.expand(len(expressions), -1, -1, -1), ids.to(self.device), mask.to(self.device))
         logits = F.interpolate(out.logits, size=(h, w), mode="bilinear", align_corners=False)
-        return logits[:, 0].sigmoid().cpu().numpy().astype(np.float32)
+        return logits[:, 0].float().sigmoid().cpu().numpy()  # float(): under autocast the logits are bf16
 
     def predict_masks(self, images: list[np.ndarray], texts: list[str], threshold: float = 0.5) -> list[np.ndarray]:
         """One boolean (H, W) mask per (uint8 RGB image, expression) pair: the `rrsis eval` interface.

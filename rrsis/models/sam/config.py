@@ -13,6 +13,7 @@ from rrsis.refine.config import CfpgConfig, MboConfig
 
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny", "vit_b_256")
 SAM_ENCODERS = ("efficient", "reference")
+SAM_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 @dataclass
@@ -23,6 +24,9 @@ class SamConfig:
     # image encoder implementation, same weights either way: "efficient" (rrsis.models.sam.encoder, attention
     # in bounded chunks) or "reference" (segment_anything's ImageEncoderViT, kept for comparison)
     encoder: str = choice("efficient", *SAM_ENCODERS)
+    # arithmetic of the image encoder's forward under autocast (rrsis.models.precision), weights stay fp32;
+    # `rrsis map` sets it from infer.precision (`task_boxes.sam_options`)
+    precision: str = choice("fp32", *SAM_PRECISIONS)
     decoder_checkpoint: str = ""  # rrsis fine-tuned decoder checkpoint, replaces the mask decoder weights
     mode: str = choice("weak", "weak", "finetune")  # weak: decoder frozen; finetune: decoder trainable
     multimask: bool = False  # predict 3 masks per prompt and keep the best-scored one

@@ -55,15 +55,16 @@ class SamTilePredictor:
         checkpoint_path: str | None = None,
         decoder_checkpoint_path: str | None = None,
         device: str = "cpu",
-        precision: str | None = "fp32",
+        precision: str | None = None,
     ) -> SamTilePredictor:
+        """A predictor from its config; `precision` None takes `cfg.precision`."""
         sam = build_sam(cfg, checkpoint_path, decoder_checkpoint_path).to(device)
         return cls(
             sam,
             multimask=cfg.multimask,
             mask_threshold=cfg.mask_threshold,
             prompt_batch=cfg.prompt_batch,
-            precision=precision,
+            precision=cfg.precision if precision is None else precision,
         )
 
     @property

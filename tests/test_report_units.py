@@ -11,12 +11,18 @@ from typing import Any
 
 import pyarrow.dataset as ds
 import pytest
+import torch
 
+from rrsis.checkpoints import checkpoint_from_model, save_checkpoint
 from rrsis.cli import main
+from rrsis.models.config import ModelConfig
+from rrsis.models.registry import build_model
+from rrsis.report import build_report
 from rrsis.report.geoparquet import geometry_wkb, write_polygons
 from rrsis.report.page import render
 from rrsis.report.run import RunFacts, SceneFacts, cumulative, failure_groups
 from rrsis.report.svg import nice_ticks
+from rrsis.report.training import load_train
 from tests.browser import external_urls
 
 
@@ -177,3 +183,36 @@ def test_cumulative_counts_every_offset_once_in_few_points() -> None:
     assert len(curve) <= 102 and curve[-1] == (500.0, 1001)
     assert all(b[0] >= a[0] and b[1] > a[1] for a, b in itertools.pairwise(curve))
     assert all(n == sum(1 for o in offsets if o <= t) for t, n in curve)  # each point is the true count
+
+
+def test_train_report_of_a_ray_train_layout_picks_the_best_kept_epoch(tmp_path: Path) -> None:
+    """Ray Train keeps `epoch_NNNNN/` folders, no best.pt: the best is the kept epoch ranking highest by the
+    run's metric (ties: the earlier epoch; NaN ranks lowest), never an epoch whose checkpoint is gone."""
+    torch.manual_seed(0)
+    cfg = ModelConfig()
+    cfg.waterland.family, cfg.waterland.width = "senet", "half"
+    model = build_model(cfg)
+    scores = {1: 0.5, 2: 0.7, 3: float("nan"), 4: 0.7, 5: 0.9}
+    records = [{"epoch": e, "loss": 1.0 / e, "val_iou_water": v, "elapsed_s": 2.0 * e} for e, v in scores.items()]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    for epoch in (2, 3, 4):  # Ray kept these; epoch 5's checkpoint is gone
+        ckpt = checkpoint_from_model(
+            model, cfg, bands=["VV"], norm_mean=[0.0], norm_std=[1.0], metrics=records[epoch - 1]
+        )
+        save_checkpoint(ckpt, str(tmp_path / f"epoch_{epoch:05d}" / "model.pt"))
+        (tmp_path / f"epoch_{epoch:05d}" / "state.pt").write_bytes(b"state")
+    facts = load_train(str(tmp_path), "val_iou_water")
+    assert facts.checkpoints == [f"epoch_{e:05d}/model.pt" for e in (2, 3, 4)]
+    assert facts.best is not None and (facts.best.path, facts.best.epoch, facts.best.value) == (
+        "epoch_00002/model.pt",
+        2,
+        0.7,
+    )
+    latest = load_train(str(tmp_path)).best  # no metric recorded: the latest kept
+    assert latest is not None and latest.epoch == 4
+    page = build_report(str(tmp_path), kind="train", rank_by="val_iou_water")
+    html = Path(page).read_text()
+    assert "epoch_00002/model.pt</a>: epoch 2, val_iou_water = 0.7000" in html
+    assert html.count('<tr id="epoch-') == 5 and '<tr id="epoch-2" class="best">' in html
+    assert json.loads((tmp_path / "report.json").read_text()) == {"kind": "train", "rank_by": "val_iou_water"}
+    assert build_report(str(tmp_path)) == page and Path(page).read_text() == html  # a rebuild: same page

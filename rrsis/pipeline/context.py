@@ -46,8 +46,27 @@ class RunContext:
 ROW_STAGES = ("tile", "box")
 
 
+def km2_text(km2: float) -> str:
+    """An area for the console: 3 decimals from 0.1 km² up, else 3 significant digits (0.00165 km², never a
+    rounded-away 0.000 km² for a scene that has some)."""
+    if km2 <= 0:
+        return "0 km²"
+    return f"{km2:.3f} km²" if km2 >= 0.1 else f"{km2:.3g} km²"
+
+
+def percent_text(fraction: float) -> str:
+    """A share for the console: 1 decimal from 0.1 % up, else 2 significant digits (0.0080 %)."""
+    pct = 100 * fraction
+    return f"{pct:.1f} %" if pct >= 0.1 or pct <= 0 else f"{pct:.2g} %"
+
+
 def water_line(p: dict[str, Any], target: str) -> str:
-    return f"{target} {p['water_km2']:.3f} km² ({100 * p['water_fraction']:.1f} %)"
+    """A mapped scene's console line: its area of class 1 and share of the valid pixels, or, with none, that
+    none was mapped and on how many valid pixels (a scene whose mosaic was written never reads 0.000 km²)."""
+    if int(p.get("water_px", 1)) == 0 or float(p["water_km2"]) <= 0:
+        valid = f" in {int(p['valid_px']):,} valid px" if "valid_px" in p else ""
+        return f"no {target} mapped{valid}"
+    return f"{target} {km2_text(float(p['water_km2']))} ({percent_text(float(p['water_fraction']))})"
 
 
 def water_totals(products: list[dict[str, Any]]) -> dict[str, Any]:
@@ -134,7 +153,7 @@ def summary_line(s: dict[str, Any], unit: str = "tiles") -> str:
     """The run's closing line; `unit`: what the manifest's rows are (tiles, boxes)."""
     status = "ok" if not s["scenes_failed"] else f"{s['scenes_failed']} FAILED (reasons above, failures.parquet)"
     resumed = f", {s['scenes_resumed']} scenes committed before" if s.get("scenes_resumed") else ""
-    area = f"{s.get('target', 'water')} {s['water_km2']:.3f} km², " if "water_km2" in s else ""
+    area = f"{s.get('target', 'water')} {km2_text(float(s['water_km2']))}, " if "water_km2" in s else ""
     return (
         f"rrsis map {s['run_id']}: {status}; scenes {s['scenes_ok']}/{s['scenes']} mapped{resumed}, "
         f"{unit} {s[unit]} ({s[f'{unit}_computed']} computed, {s[f'{unit}_skipped']} resumed, "

@@ -143,7 +143,7 @@ def pipeline_on_off(n_side: int = 16, copies: int = 4, model_type: str = "vit_b_
             walls[label] = time.perf_counter() - start
             summary = json.loads(Path(tmp, label, "bench", "summary.json").read_text())
             computes[label] = summary["timings_s"]["compute_s"]
-            rows = read_table(str(Path(tmp, label, "bench", "boxes_manifest.parquet"))).to_pylist()
+            rows = read_table(str(Path(tmp, label, "bench", "manifest.parquet"))).to_pylist()
             windows = {r["key"]: r for r in rows}.values()  # one per window (box group) of each scene
             stage_s[label] = {k: sum(r[f"window_{k}_s"] for r in windows) for k in ("cfpg", "sam", "mbo", "write")}
             outputs[label] = len(rows), len(windows)

@@ -1,11 +1,14 @@
 """Stages of the `boxes` map task (issue 7 item 5): box groups -> CFPG -> SAM -> MBO -> masks + polygons.
 
-read (the shared `read_stage`, window of each box group) -> `prompt_stage` (CPU: tile to RGB uint8, CFPG
-points when enabled, so the point prompt feeds SAM) -> `SamBoxStage` (actor, GPU when present: embed the
-window once, decode every box of the group) -> `mbo_stage` (CPU: GrabCut per box) -> `write_boxes_stage`
-(the pipeline runs read + CFPG and MBO + write as one CPU task each: `read_prompt_stage`, `mbo_write_stage`)
+`resume_stage` (groups of an earlier attempt that verify, `verify_boxes_stage`, become `skipped`) -> read (the
+shared `read_stage`, window of each box group) -> `prompt_stage` (CPU: tile to RGB uint8, CFPG points when
+enabled, so the point prompt feeds SAM) -> `SamBoxStage` (actor, GPU when present: embed the window once,
+decode every box of the group) -> `mbo_stage` (CPU: GrabCut per box) -> `write_boxes_stage` (the pipeline
+runs resume + read + CFPG and MBO + write as one CPU task each: `read_prompt_stage`, `mbo_write_stage`)
 (one GeoTIFF of the group's window, one GeoJSON with a polygon per box carrying its `box_id`, then a JSON
-sidecar with both checksums and the per-box results, which `verify_boxes_stage` checks on resume).
+sidecar with both checksums and the per-box results, which `verify_boxes_stage` checks on resume). A row
+that is not `ok` (failed upstream, or `skipped`) passes every stage without being prompted, segmented,
+refined or written.
 Rows are box groups (`box_plan.plan_box_groups`): each box is segmented by exactly one row, seeing the
 whole box, so a box across a tile border yields one mask. Every stage is a plain callable over
 `dict[str, np.ndarray]` batches, tested without Ray; per-box lists travel as JSON text columns.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from rrsis.config.common import RayConfig, StorageConfig
@@ -31,15 +32,9 @@ def configure_storage(cfg: StorageConfig) -> None:
 
 
 #: Environment of a normal (not `--verbose`) run, for this process and every process it starts (a user's own
-#: values win):
-#: - `OPENCV_LOG_LEVEL=ERROR`: OpenCV's TIFF reader warns once per GeoTIFF tag it does not know (`TIFF_Warning
-#:   ... Unknown field with tag 33550`), 50-60 lines per training run on GeoTIFF images.
-#: - `RAY_BACKEND_LOG_LEVEL=fatal`: Ray's C++ core worker logs at ERROR that every Ray Data actor has
-#:   "constructor arguments in the object store and max_restarts > 0". Ray Data itself passes its map
-#:   transformer and data context to each actor as ObjectRefs (ray-project/ray#57733), whatever our
-#:   constructor kwargs are, so no change of ours avoids it. Failures still reach rrsis as Python exceptions,
-#:   and `--verbose` shows Ray's C++ log lines again.
-QUIET_ENV = {"OPENCV_LOG_LEVEL": "ERROR", "RAY_BACKEND_LOG_LEVEL": "fatal"}
+#: values win): OpenCV's TIFF reader warns once per GeoTIFF tag it does not know (`TIFF_Warning ... Unknown
+#: field with tag 33550`), 50-60 lines per training run on GeoTIFF images.
+QUIET_ENV = {"OPENCV_LOG_LEVEL": "ERROR"}
 
 
 def verbose() -> bool:
@@ -69,6 +64,8 @@ def connect_ray(cfg: RayConfig, *, min_cpus: int = 0) -> str:
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         ray.init(address=address, configure_logging=False)
+        if quiet:
+            spend_actor_argument_warning()
         return "cluster"
     # Ray's processes inherit this environment (why each setting: `rrsis.resources.RAY_PROCESS_ENV`); a
     # user's own values win. Cluster images set the same in cluster/Dockerfile.
@@ -87,6 +84,8 @@ def connect_ray(cfg: RayConfig, *, min_cpus: int = 0) -> str:
         try:
             ray.init(**kwargs)
             logging.getLogger("ray.data").setLevel(logging.INFO)  # Ray Data's progress stays
+            if quiet:
+                spend_actor_argument_warning()
             return "embedded"
         except Exception as exc:
             if attempt == 3 or "timed out during startup" not in str(exc):
@@ -94,3 +93,37 @@ def connect_ray(cfg: RayConfig, *, min_cpus: int = 0) -> str:
             log.warning("embedded Ray did not start (attempt %d of 3): %s; retrying", attempt, exc)
             ray.shutdown()
     raise AssertionError("unreachable")
+
+
+class _ArgumentProbe:
+    """An actor that takes one argument and does nothing (`spend_actor_argument_warning`)."""
+
+    def __init__(self, arg: Any) -> None:
+        self.arg = arg
+
+
+def spend_actor_argument_warning() -> None:
+    """Spend Ray's once-per-process "constructor arguments in the object store" line where no one sees it.
+
+    Ray's C++ core worker logs at ERROR, on the driver's stderr and once per process, that an actor "has
+    constructor arguments in the object store and max_restarts > 0" (ray-project/ray#53727). Ray Data passes
+    its map transformer and data context to every actor of a pool as ObjectRefs (ray-project/ray#57733), so
+    the first actor pool of every map prints it, whatever our constructor kwargs are; dropping restarts
+    (`max_restarts=0`) would silence it and lose the actors' recovery. Instead, the first such actor of this
+    process is a probe created while the driver's stderr (fd 2) points at /dev/null, and killed at once; the
+    line still goes to Ray's driver log file. Ray's log level is left alone: `RAY_BACKEND_LOG_LEVEL` makes
+    every Ray process print a line of its own.
+    """
+    import ray  # here like in connect_ray: importing ray costs every command that never connects
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        probe: Any = ray.remote(num_cpus=0, max_restarts=1)(_ArgumentProbe).remote(ray.put(0))
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+    ray.kill(probe)

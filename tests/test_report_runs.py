@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import rasterio
 import torch
@@ -133,3 +134,35 @@ def test_eval_report_in_chromium(samples: Path, chromium: str, tmp_path: Path) -
     # a rebuild later gives the same page
     before = (out / "report.html").read_text()
     assert build_report(str(out)) == f"{out}/report.html" and (out / "report.html").read_text() == before
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_tune_report_in_chromium(ray_session: None, samples: Path, chromium: str, tmp_path: Path) -> None:
+    small_chips(samples, tmp_path / "chips")
+    argv = [
+        "tune",
+        "--config",
+        str(REPO / "configs/tune/waterland_tiny.yaml"),
+        f"output={tmp_path / 'out'}",
+        f"base.data.root={tmp_path / 'chips'}",
+        "base.data.eval_tile_px=64",
+        f"space={REPO / 'configs/tune/space_waterland_tiny.yaml'}",
+        "num_samples=2",
+        "base.optim.epochs=2",
+        "scheduler=fifo",
+    ]
+    assert main(argv) == 0
+    exp = tmp_path / "out" / "waterland_tiny"
+    assert run_kind(str(exp)) == "tune"
+    results = pq.read_table(exp / "results.parquet").to_pylist()
+    rendered = open_page(chromium, exp / "report.html", tmp_path / "tune.png")
+    check_offline(rendered, exp)
+    rows = rendered.tables["trials"]
+    ranked = sorted(results, key=lambda r: -r["val_iou_mean"])
+    assert [r["id"] for r in rows] == [f"trial-{r['trial_id']}" for r in ranked]  # best first
+    assert rows[0]["cls"] == "best" and f"{ranked[0]['val_iou_mean']:.6g}" in rows[0]["cells"]
+    charts = {c["label"]: c for c in rendered.charts}
+    assert charts["val_iou_mean per trial (last reported)"]["bars"] == 2
+    assert charts["val_iou_mean per epoch, by trial"]["points"] == sum(r["epochs_run"] for r in results) == 4
+    assert "best_train.yaml" in rendered.body and f"{ranked[0]['trial_id']}: val_iou_mean" in rendered.body

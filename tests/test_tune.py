@@ -119,8 +119,11 @@ def test_asha_on_two_node_cluster_exports_best_and_restores(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_sam_decoder_search_runs_through_rrsis_tune(ray_session: None, tmp_path: Path) -> None:
-    """A non-water-land family through the same Tuner: 2 tiny SAM decoder trials over the data-fraction grid."""
+def test_sam_decoder_search_runs_through_rrsis_tune(
+    ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A non-water-land family through the same Tuner: 2 tiny SAM decoder trials over the data-fraction grid;
+    the console has one line per trial event and the sorted table, not Ray's status table."""
     import pandas as pd
 
     from rrsis.cli import main
@@ -134,6 +137,13 @@ def test_sam_decoder_search_runs_through_rrsis_tune(ray_session: None, tmp_path:
         f"base.data.root={REPO / 'data' / 'samples' / 'sen1floods11'}",
     ]
     assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Trial status" not in out and "Trial name" not in out  # Ray's own table is off
+    lines = out.splitlines()
+    assert sum(" started: data.train_fraction=" in line for line in lines) == 2
+    assert sum(" epoch 1/1: loss=" in line and "| best " in line for line in lines) == 2
+    assert sum(line.endswith("finished after 1 epoch(s)") for line in lines) == 2
+    assert lines[-1].startswith("best trial {")
     table = pd.read_csv(tmp_path / "sam_decoder_tiny" / "results.csv")
     assert len(table) == 2 and sorted(table["data.train_fraction"]) == [0.5, 1.0]
     assert (table["epochs_run"] == 1).all() and (table["loss"] > 0).all()

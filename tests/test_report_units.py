@@ -18,6 +18,7 @@ from rrsis.cli import main
 from rrsis.models.config import ModelConfig
 from rrsis.models.registry import build_model
 from rrsis.report import build_report
+from rrsis.report.evaluation import metric_blocks
 from rrsis.report.geoparquet import geometry_wkb, write_polygons
 from rrsis.report.page import render
 from rrsis.report.run import RunFacts, SceneFacts, cumulative, failure_groups
@@ -216,3 +217,22 @@ def test_train_report_of_a_ray_train_layout_picks_the_best_kept_epoch(tmp_path: 
     assert html.count('<tr id="epoch-') == 5 and '<tr id="epoch-2" class="best">' in html
     assert json.loads((tmp_path / "report.json").read_text()) == {"kind": "train", "rank_by": "val_iou_water"}
     assert build_report(str(tmp_path)) == page and Path(page).read_text() == html  # a rebuild: same page
+
+
+def test_eval_metrics_become_method_group_and_top_level_tables() -> None:
+    waterland = {
+        "checkpoint": "m.pt",
+        "checkpoint_metrics": {"epoch": 3.0, "val_iou_water": 0.5},  # training record: not a result
+        "model": {"pooled": {"iou_water": 0.4, "n_pixels": 100.0}, "mean_chip_iou_water": 0.41},
+        "otsu_vv": {"pooled": {"iou_water": 0.7, "n_pixels": 100.0}, "mean_chip_iou_water": 0.72},
+    }
+    methods, groups, top = metric_blocks(waterland)
+    assert methods == {
+        "model": {"pooled.iou_water": 0.4, "pooled.n_pixels": 100.0, "mean_chip_iou_water": 0.41},
+        "otsu_vv": {"pooled.iou_water": 0.7, "pooled.n_pixels": 100.0, "mean_chip_iou_water": 0.72},
+    }
+    assert groups == {} and top == {}
+    referring = {"model": "danet", "n": 3, "miou": 0.25, "per_category": {"lake": {"miou": 0.5}, "road": {"miou": 0.0}}}
+    methods, groups, top = metric_blocks(referring)
+    assert methods == {} and groups == {"per_category": {"lake": {"miou": 0.5}, "road": {"miou": 0.0}}}
+    assert top == {"n": 3.0, "miou": 0.25}

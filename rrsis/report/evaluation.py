@@ -54,19 +54,40 @@ def flatten(value: Any, prefix: str = "") -> dict[str, float]:
     return {}
 
 
-def metric_blocks(report: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """(method -> its metrics) for blocks that are dicts of numbers, and the top-level numbers.
+Rows = dict[str, dict[str, float]]  # row name -> its metrics by dotted name
 
-    `checkpoint_metrics` (the training record the checkpoint carries) is not an evaluation result.
+
+def metric_blocks(report: dict[str, Any]) -> tuple[Rows, dict[str, Rows], dict[str, float]]:
+    """The metrics of `metrics.json` as tables: methods (a block of numbers, nested ones flattened: the model
+    and each baseline), groups (a block of blocks, e.g. `per_category`: one row per member) and the top-level
+    numbers. `checkpoint_metrics` (the training record the checkpoint carries) is not an evaluation result.
     """
-    blocks = {}
+    methods: Rows = {}
+    groups: dict[str, Rows] = {}
     for k, v in report.items():
-        if isinstance(v, dict) and k != "checkpoint_metrics":
-            flat = flatten(v)
-            if flat:
-                blocks[k] = flat
+        if not isinstance(v, dict) or k == "checkpoint_metrics":
+            continue
+        if v and all(isinstance(member, dict) for member in v.values()):
+            rows = {str(name): flatten(member) for name, member in v.items()}
+            groups[k] = {name: flat for name, flat in rows.items() if flat}
+        elif flatten(v):
+            methods[k] = flatten(v)
     top = {k: float(v) for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    return blocks, top
+    return methods, {k: g for k, g in groups.items() if g}, top
+
+
+def rows_table(rows: Rows, first: str, cls: str, id_prefix: str) -> str:
+    keys = list(dict.fromkeys(k for flat in rows.values() for k in flat))
+    head = f"<th>{escape(first)}</th>" + "".join(f'<th class="sort" data-type="num">{escape(k)}</th>' for k in keys)
+    body = []
+    for name, flat in rows.items():
+        cells = [f'<td data-v="{escape(name)}"><b>{escape(name)}</b></td>']
+        cells += [td("-" if k not in flat else number(flat[k]), flat.get(k, ""), True) for k in keys]
+        body.append(f'<tr id="{id_prefix}{escape(name)}">{"".join(cells)}</tr>')
+    return (
+        f'<div class="wide"><table class="sortable {cls}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def load_eval(run_uri: str) -> EvalFacts:
@@ -100,20 +121,10 @@ def number(v: float) -> str:
 
 
 def metrics_section(facts: EvalFacts) -> str:
-    blocks, top = metric_blocks(facts.report)
+    methods, groups, top = metric_blocks(facts.report)
     parts = []
-    if blocks:
-        keys = list(dict.fromkeys(k for flat in blocks.values() for k in flat))
-        head = "<th>method</th>" + "".join(f'<th class="sort" data-type="num">{escape(k)}</th>' for k in keys)
-        rows = []
-        for name, flat in blocks.items():
-            cells = [f'<td data-v="{escape(name)}"><b>{escape(name)}</b></td>']
-            cells += [td("-" if k not in flat else number(flat[k]), flat.get(k, ""), True) for k in keys]
-            rows.append(f'<tr id="method-{escape(name)}">{"".join(cells)}</tr>')
-        parts.append(
-            f'<div class="wide"><table class="sortable metrics"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></div>"
-        )
+    if methods:
+        parts.append(rows_table(methods, "method", "metrics", "method-"))
     if top:
         rows = [
             f'<tr id="metric-{escape(k)}"><td>{escape(k)}</td>{td(number(v), v, True)}</tr>' for k, v in top.items()
@@ -122,6 +133,8 @@ def metrics_section(facts: EvalFacts) -> str:
             '<table class="metrics"><thead><tr><th>metric</th><th>value</th></tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>"
         )
+    for name, members in groups.items():
+        parts.append(f"<h3>{escape(name)}</h3>" + rows_table(members, name, f"group-{name}", f"{name}-"))
     parts.append(
         f'<p class="note">All values from {link(METRICS, METRICS)}; IoU, F1, accuracy and precision are '
         "fractions (0-1).</p>"
@@ -130,7 +143,7 @@ def metrics_section(facts: EvalFacts) -> str:
 
 
 def plots(facts: EvalFacts) -> list[str]:
-    blocks, top = metric_blocks(facts.report)
+    blocks, _, top = metric_blocks(facts.report)
     figs = []
     for key in ("pooled.iou_water", "pooled.iou_mean", "mean_chip_iou_water"):
         values = {name: flat[key] for name, flat in blocks.items() if key in flat}
@@ -151,13 +164,20 @@ def items_section(facts: EvalFacts) -> str:
     )
     rows = []
     for r in facts.items[:ITEM_ROWS]:
-        rows.append("<tr>" + "".join(td(escape(r[k]), r[k], is_num(r[k])) for k in keys) + "</tr>")
+        rows.append("<tr>" + "".join(td(escape(cell(r[k])), r[k], is_num(r[k])) for k in keys) + "</tr>")
     more = f" (first {ITEM_ROWS} of {len(facts.items)})" if len(facts.items) > ITEM_ROWS else ""
     return (
         f'<div class="wide"><table class="sortable items"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
         f'<p class="note">From {link(facts.items_file, facts.items_file)}{more}.</p>'
     )
+
+
+def cell(text: str) -> str:
+    """A CSV value as shown: long decimals rounded to 4 significant digits (the CSV keeps them all)."""
+    if is_num(text) and "." in text and len(text) > 8:
+        return f"{float(text):.4g}"
+    return text
 
 
 def is_num(text: str) -> bool:

@@ -56,10 +56,7 @@ class StageResources:
 
 #: Defaults per stage. Config values (e.g. `infer.num_cpus`, `infer.num_gpus`) override them per job.
 STAGES: dict[str, StageResources] = {
-    # map: a scene's metadata and tiling (`plan.expand_scene`), a few tasks at a time; no CPU reserved, so the
-    # planners never hold back the read, inference and write stages (they read metadata only)
-    "map.plan": StageResources("map.plan", num_cpus=0.0, cpu_pool=True),
-    # map: windowed GDAL reads, one small task per batch of tiles
+    # map: a scene's metadata and tiling (`plan.expand_scene`), then its windowed GDAL reads, batch by batch
     "map.read": StageResources("map.read", num_cpus=1.0, memory_mb=512, cpu_pool=True),
     # map: the model; one GPU per actor when there are GPUs (the actor batches tiles)
     "map.infer": StageResources("map.infer", num_cpus=1.0, memory_mb=2048, accelerated=True),

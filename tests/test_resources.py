@@ -23,16 +23,15 @@ GPU_AND_CPU_NODES = {"CPU": 48.0, "GPU": 2.0, CPU_POOL_RESOURCE: 32.0, "memory":
 
 def test_cpu_only_cluster_runs_everything_on_cpu_anywhere() -> None:
     opts = stage_options(LAPTOP)
-    assert set(opts) == {"plan", "read", "infer", "refine", "write", "products"}
+    assert set(opts) == {"read", "infer", "refine", "write", "products"}
     assert all("num_gpus" not in o and "resources" not in o for o in opts.values())
-    assert opts["plan"] == {"num_cpus": 0.0}  # planners never hold a CPU the other stages need
     assert opts["infer"] == {"num_cpus": 1.0, "memory": 2048 * 1024 * 1024}
 
 
 def test_gpu_and_cpu_node_types_are_both_used() -> None:
     opts = stage_options(GPU_AND_CPU_NODES)
     assert opts["infer"]["num_gpus"] == 1.0 and "resources" not in opts["infer"]  # GPU nodes
-    for cpu_stage in ("plan", "read", "refine", "write", "products"):  # on the CPU node type: a sliver of cpu_pool
+    for cpu_stage in ("read", "refine", "write", "products"):  # on the CPU node type: a sliver of cpu_pool
         assert opts[cpu_stage]["resources"] == {CPU_POOL_RESOURCE: CPU_POOL_SLICE}
         assert "num_gpus" not in opts[cpu_stage]
 

@@ -45,7 +45,6 @@ class StageRun:
 
 @dataclass(frozen=True)
 class PipelineResources:
-    plan: StageRun
     read: StageRun
     infer: StageRun
     refine: StageRun
@@ -102,9 +101,7 @@ def resources_for(
     if cluster is None:
         cluster = ray.cluster_resources() if ray.is_initialized() else {}
     cluster = {**cluster, "GPU": gpus_available}
-    planners = max(1, min(4, int(cpus_available or 0) // 16))  # one per 16 CPUs of the cluster, 1 to 4
     return PipelineResources(
-        plan=StageRun(ray_options("map.plan", cluster), planners),
         read=StageRun(ray_options("map.read", cluster, num_cpus=cfg.read_num_cpus * scale)),
         infer=StageRun(
             ray_options("map.infer", cluster, num_cpus=cfg.infer.num_cpus * scale, num_gpus=cfg.infer.num_gpus),
@@ -182,6 +179,11 @@ def bound_object_store(ds: ray.data.Dataset, block_nbytes: int, read_nbytes: int
     return limit
 
 
+def expand_scenes(batch: pa.Table, *, plan: PlanArgs) -> pa.Table:
+    """Scene rows -> all their tile rows (`plan.expand_scene`, on the worker that then reads them)."""
+    return pa.Table.from_pylist([tile for scene in batch.to_pylist() for tile in expand_scene(scene, plan=plan)])
+
+
 def map_dataset(
     scene_rows: list[dict[str, Any]],
     plan: PlanArgs,
@@ -220,11 +222,12 @@ def map_dataset(
     tile_nbytes = tile_bytes(plan.in_bands, cfg.tiling.tile_px)
     block_tiles = block_tiles_for(tile_nbytes, res.batch_size)
     ds: ray.data.Dataset = ray.data.from_items(scene_rows, override_num_blocks=max(1, len(scene_rows)))
-    # A few planning tasks at a time, holding no CPU: planning runs far ahead of any model (a scene's metadata
-    # in ~50 ms) and is bounded by the object-store cap; planners holding CPUs kept the write stage from
-    # starting (Ray Data's CPU budget) until every scene was planned.
-    planners = ray.data.TaskPoolStrategy(size=res.plan.pool_size)
-    ds = ds.flat_map(expand_scene, fn_kwargs={"plan": plan}, compute=planners, **res.plan.options)  # type: ignore[arg-type]
+    # Planning runs in the read tasks: both stages have the read options, so Ray Data fuses them into one
+    # task per scene (its metadata ~50 ms, then its windows batch by batch), bounded by the object-store cap
+    # like any read. A planning stage of its own kept a worker process of its own and, holding CPUs, kept
+    # the write stage from starting until every scene was planned.
+    plan_kwargs = {"plan": plan}
+    ds = ds.map_batches(expand_scenes, batch_size=1, batch_format="pyarrow", fn_kwargs=plan_kwargs, **res.read.options)
     ds = map_stage(ds, read_stage, res.read, block_tiles)
     ds = map_stage(
         ds,

@@ -227,7 +227,7 @@ def map_dataset(
     # like any read. A planning stage of its own kept a worker process of its own and, holding CPUs, kept
     # the write stage from starting until every scene was planned.
     plan_kwargs = {"plan": plan}
-    ds = ds.map_batches(expand_scenes, batch_size=1, batch_format="pyarrow", fn_kwargs=plan_kwargs, **res.read.options)
+    ds = ds.map_batches(expand_scenes, batch_size=1, batch_format="pyarrow", fn_kwargs=plan_kwargs, **res.read.options)  # type: ignore[arg-type]
     ds = map_stage(ds, read_stage, res.read, block_tiles)
     ds = map_stage(
         ds,

@@ -70,6 +70,12 @@ cmd_start() {
     echo "local_cluster: already started (state in $STATE_DIR); run stop first" >&2
     exit 2
   fi
+  # Ray's Unix sockets live in <temp dir>/session_<date>_<pid>/sockets/: a long STATE_DIR makes their paths
+  # exceed the 107 bytes Linux allows, and the dashboard then fails to start (its MetricsHead socket)
+  if ((${#STATE_DIR} > 30)); then
+    echo "local_cluster: STATE_DIR=$STATE_DIR is too long for Ray's socket paths; use one of at most 30 characters" >&2
+    exit 2
+  fi
   mkdir -p "$STATE_DIR/tmp"
   local head_ip=127.0.0.1
   if [[ "$WORKERS" -gt 0 ]]; then head_ip=127.0.0.2; fi

@@ -95,6 +95,10 @@ def connect_ray(cfg: RayConfig, *, min_cpus: int = 0) -> str:
     raise AssertionError("unreachable")
 
 
+#: A custom resource no node declares (`spend_actor_argument_warning`'s probe is never scheduled).
+PROBE_RESOURCE = "rrsis_never_scheduled"
+
+
 class _ArgumentProbe:
     """An actor that takes one argument and does nothing (`spend_actor_argument_warning`)."""
 
@@ -110,9 +114,9 @@ def spend_actor_argument_warning() -> None:
     its map transformer and data context to every actor of a pool as ObjectRefs (ray-project/ray#57733), so
     the first actor pool of every map prints it, whatever our constructor kwargs are; dropping restarts
     (`max_restarts=0`) would silence it and lose the actors' recovery. Instead, the first such actor of this
-    process is a probe created while the driver's stderr (fd 2) points at /dev/null, and killed at once; the
-    line still goes to Ray's driver log file. Ray's log level is left alone: `RAY_BACKEND_LOG_LEVEL` makes
-    every Ray process print a line of its own.
+    process is a probe created while the driver's stderr (fd 2) points at /dev/null, never scheduled and
+    killed at once; the line still goes to Ray's driver log file. Ray's log level is left alone:
+    `RAY_BACKEND_LOG_LEVEL` makes every Ray process print a line of its own.
     """
     import ray  # here like in connect_ray: importing ray costs every command that never connects
 
@@ -121,7 +125,10 @@ def spend_actor_argument_warning() -> None:
     null = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(null, 2)
-        probe: Any = ray.remote(num_cpus=0, max_restarts=1)(_ArgumentProbe).remote(ray.put(0))
+        # a resource no node has: the probe is never scheduled, so killing it touches no worker (killed while
+        # a worker was being leased for it, the GCS logged a KillActor error of its own)
+        remote = ray.remote(num_cpus=0, max_restarts=1, resources={PROBE_RESOURCE: 1})(_ArgumentProbe)
+        probe: Any = remote.remote(ray.put(0))
     finally:
         os.dup2(saved, 2)
         os.close(saved)

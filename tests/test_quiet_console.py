@@ -38,6 +38,19 @@ def foreign_lines(output: str) -> list[str]:
     return out
 
 
+#: a Ray or OpenCV warning or error line, wherever it comes from (C++ log lines of any Ray process, forwarded
+#: or not; Ray's Python loggers; OpenCV's logger and TIFF handler)
+WARNING = re.compile(
+    r"\[\d{4}-\d\d-\d\d [\d:,]+ [WEF] \d+ \d+\]|\t(WARNING|ERROR|CRITICAL) [\w.]+\.py:\d+ -- "
+    r"|\[ ?(WARN|ERROR):|TIFF_Warning|Token authentication"
+)
+
+
+def warning_lines(output: str) -> list[str]:
+    """Ray's and OpenCV's warning and error lines of a job's output (its own lines may be anything)."""
+    return [line for line in output.splitlines() if WARNING.search(line)]
+
+
 def test_the_line_filter_finds_ray_and_opencv_noise() -> None:
     noise = [
         "[2026-12-05 22:43:34,428 E 23916 23916] core_worker.cc:2465: Actor with class name: 'MapWorker' ...",
@@ -53,6 +66,9 @@ def test_the_line_filter_finds_ray_and_opencv_noise() -> None:
         "rrsis map map-15caeecfc3f4: ok; scenes 4/4 mapped",
     ]
     assert foreign_lines("\n".join(noise + own)) == noise
+    assert warning_lines("\n".join(noise + own)) == noise
+    gcs = "(pid=gcs_server) [2026-12-05 23:37:02,170 E 24723 24723] (gcs_server) gcs_actor_scheduler.cc:538: x"
+    assert warning_lines(gcs) == [gcs] and warning_lines("model water gated by otsu:VV: kept below ...") == []
 
 
 def test_quiet_libraries_sets_the_quiet_environment_unless_verbose(monkeypatch: pytest.MonkeyPatch) -> None:

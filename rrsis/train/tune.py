@@ -156,6 +156,12 @@ def preflight(cfg: TuneConfig) -> dict[str, Any]:
     check_inputs(cfg.base, "base.")
     space = load_space(cfg.space)
     check_metric(cfg.metric, cfg.base)
+    if cfg.scheduler == "asha" and cfg.grace_period > cfg.base.optim.epochs:
+        raise ConfigError(
+            f"config error: key 'grace_period' = {cfg.grace_period} is more than 'base.optim.epochs' = "
+            f"{cfg.base.optim.epochs}: ASHA stops no trial before grace_period epochs; lower grace_period or raise "
+            "base.optim.epochs"
+        )
     return space
 
 

@@ -32,6 +32,8 @@ if [[ -z "${RAY:-}" ]]; then
   if [[ -x "$REPO/.venv/bin/ray" ]]; then RAY="$REPO/.venv/bin/ray"; else RAY="$(command -v ray)"; fi
 fi
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
+# a loaded machine can take more than Ray's default 60 s to register a node's raylet with the GCS
+export RAY_raylet_start_wait_time_s="${RAY_raylet_start_wait_time_s:-180}"
 export RAY_USAGE_STATS_ENABLED=0
 # jobs run `python ...`: make it the interpreter that has rrsis (the one next to `ray`)
 export PATH="$(dirname "$RAY"):$PATH"
@@ -61,6 +63,16 @@ wait_dashboard() {
   return 1
 }
 
+wait_nodes() {  # count, name: wait until that many nodes are alive; the named node's process must live
+  for _ in $(seq 480); do
+    if [[ "$(alive_nodes)" -ge "$1" ]]; then return 0; fi
+    kill -0 "$(cat "$STATE_DIR/$2.pid")" 2>/dev/null || break
+    sleep 0.5
+  done
+  echo "local_cluster: $2 did not join ($(alive_nodes) of $1 nodes alive); see $STATE_DIR/$2.log" >&2
+  return 1
+}
+
 alive_nodes() {
   curl -sf "http://127.0.0.1:$DASHBOARD_PORT/nodes?view=summary" | grep -o '"state": "ALIVE"' | wc -l
 }
@@ -86,10 +98,7 @@ cmd_start() {
     --ray-client-server-port=$((PORT_BASE + 10)) --temp-dir="$STATE_DIR/tmp" \
     --num-cpus="$HEAD_CPUS" --num-gpus=0 $(node_ports 0)
   wait_dashboard
-  for _ in $(seq 120); do
-    if [[ "$(alive_nodes)" -ge 1 ]]; then break; fi
-    sleep 0.5
-  done
+  wait_nodes 1 head
   local i
   for ((i = 1; i <= WORKERS; i++)); do
     local resources='{}'
@@ -102,11 +111,7 @@ cmd_start() {
       --temp-dir="$STATE_DIR/tmp$i" --num-cpus="$WORKER_CPUS" --num-gpus=0 --resources="$resources" \
       $(node_ports "$i")
     # one at a time: nodes on one machine share the session dir and pick socket names on registration
-    for _ in $(seq 240); do
-      if [[ "$(alive_nodes)" -ge $((i + 1)) ]]; then break; fi
-      kill -0 "$(cat "$STATE_DIR/worker$i.pid")" 2>/dev/null || { echo "local_cluster: worker$i failed; see $STATE_DIR/worker$i.log" >&2; return 1; }
-      sleep 0.5
-    done
+    wait_nodes $((i + 1)) "worker$i"
   done
   echo "local_cluster: $(alive_nodes) node(s) up; job server at http://127.0.0.1:$DASHBOARD_PORT"
   echo "  rrsis submit map --address http://127.0.0.1:$DASHBOARD_PORT --config configs/map/waterland.yaml"

@@ -73,6 +73,11 @@ def _failure_rows(run_dir: Path) -> set[tuple[str, str, str, str]]:
     return {(r["scene_id"], r["scene_uri"], r["stage"], r["reason"]) for r in rows if not r["tile_id"]}
 
 
+def _all_failure_rows(run_dir: Path) -> set[tuple[str, str, str, str]]:
+    rows = read_table(str(run_dir / "failures.parquet")).to_pylist()
+    return {(r["scene_id"], r["tile_id"], r["stage"], r["reason"]) for r in rows}
+
+
 @pytest.mark.slow
 def test_every_task_gives_the_same_failure_rows_for_the_same_bad_scenes(tmp_path: Path, ray_session: None) -> None:
     """waterland, boxes, referring (PSLG-SAM) and referring (DANet): each bad scene is one failure row with
@@ -128,6 +133,31 @@ def _ray_env() -> dict[str, str]:
     return dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, PYTHONPATH=str(REPO))
 
 
+def _kill_after_a_commit(
+    args: list[str], output: Path, folder: str, scenes: int, wait_s: float
+) -> tuple[Path, list[str]]:
+    """`rrsis map` in a process of its own, SIGKILLed once a scene is committed; once the dead driver's
+    in-flight tasks stop landing, the committed scenes' `folder` (tiles/, boxes/) is moved away to
+    `<folder>.away`: a rerun that read any of it would find nothing. Returns the run and the committed ids."""
+    proc = _cli(*args, f"output={output}", env=_ray_env())
+    deadline = time.monotonic() + wait_s
+    while proc.poll() is None and time.monotonic() < deadline and not list(output.glob("*/_commits/*.json")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the driver finished before a kill between two commits"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run,) = output.iterdir()
+    committed = sorted(committed_scenes(str(run)))
+    assert 0 < len(committed) < scenes
+    settled = -1
+    while settled != len(list(run.rglob(f"{folder}/*.tif.json"))):  # in-flight tasks of the dead driver may land
+        settled = len(list(run.rglob(f"{folder}/*.tif.json")))
+        time.sleep(2)
+    for scene_id in committed:
+        (run / scene_id / folder).rename(run / scene_id / f"{folder}.away")
+    return run, committed
+
+
 @pytest.mark.slow
 def test_driver_killed_after_commits_rerun_reads_no_tile_of_committed_scenes(tmp_path: Path, ray_session: None) -> None:
     scenes = _many_scenes(tmp_path / "scenes", 6, 120)
@@ -137,27 +167,7 @@ def test_driver_killed_after_commits_rerun_reads_no_tile_of_committed_scenes(tmp
     (clean,) = (tmp_path / "clean").iterdir()
 
     output = tmp_path / "killed"
-    proc = _cli(*args, f"output={output}", env=_ray_env())
-    deadline = time.monotonic() + 240
-    commits: list[Path] = []
-    while proc.poll() is None and time.monotonic() < deadline:
-        commits = list(output.glob("*/_commits/*.json"))
-        if commits:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the driver finished before a kill between two commits"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    (run,) = output.iterdir()
-    committed = sorted(committed_scenes(str(run)))
-    assert 0 < len(committed) < 6
-    settled = -1
-    while settled != len(list(run.rglob("tiles/*.tif.json"))):  # in-flight tasks of the dead driver may land
-        settled = len(list(run.rglob("tiles/*.tif.json")))
-        time.sleep(2)
-    # A rerun that read any tile of a committed scene would find none: they are moved away meanwhile.
-    for scene_id in committed:
-        (run / scene_id / "tiles").rename(run / scene_id / "tiles.away")
+    run, committed = _kill_after_a_commit(args, output, "tiles", 6, 240)
     in_flight_tiles = len([p for p in run.rglob("tiles/*.tif.json")])
     assert run_map(map_config(*args, f"output={output}")) == 0
     summary = json.loads((run / "summary.json").read_text())
@@ -178,6 +188,46 @@ def test_driver_killed_after_commits_rerun_reads_no_tile_of_committed_scenes(tmp
     full = json.loads((run / "summary.json").read_text())
     assert (full["scenes_resumed"], full["tiles_verified"], full["tiles_computed"]) == (0, len(keys), 0)
     assert _outputs(run) == _outputs(clean)
+
+
+@pytest.mark.slow
+def test_boxes_driver_killed_after_commits_rerun_reads_no_group_of_committed_scenes(
+    tmp_path: Path, ray_session: None
+) -> None:
+    """The boxes task on the shared executor: per-scene commits, and a rerun that skips committed scenes
+    without reading any of their groups, verifies only the in-flight ones and ends byte-identical."""
+    root = tmp_path / "scenes"
+    root.mkdir()
+    scenes = [_rgb_scene(root / f"rgb{k}.tif", size=128) for k in range(6)]
+    (tmp_path / "boxes.csv").write_text("id,x1,y1,x2,y2\nb1,10,10,40,40\nb2,70,70,100,100\nfar,500,500,520,520\n")
+    args = [f"input=[{','.join(scenes)}]", "task=boxes", f"boxes.path={tmp_path / 'boxes.csv'}",
+            "boxes.sam.model_type=tiny", "tiling.tile_px=64", "tiling.overlap_px=0", "infer.device=cpu",
+            "infer.torch_threads=1", "outputs.quicklook=false", "wave_scenes=2"]  # fmt: skip
+    assert run_map(map_config(*args, f"output={tmp_path / 'clean'}")) == 1  # box "far" is outside every scene
+    (clean,) = (tmp_path / "clean").iterdir()
+    expected_failures = _all_failure_rows(clean)
+    groups = sorted(p.relative_to(clean) for p in clean.rglob("boxes/*.tif"))
+    assert len(groups) == 12  # two groups per scene: b1 in tile r0 c0, b2 in tile r1 c1
+
+    output = tmp_path / "killed"
+    run, committed = _kill_after_a_commit(args, output, "boxes", 6, 400)
+    in_flight_boxes = 2 * len(list(run.rglob("boxes/*.tif.json")))  # two boxes per written group
+    assert run_map(map_config(*args, f"output={output}")) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["scenes_resumed"] == len(committed) and summary["scenes_ok"] == 6
+    assert summary["boxes_verified"] <= in_flight_boxes  # the only group reads: in-flight scenes' sidecars
+    assert summary["boxes_computed"] == 12 - 2 * len(committed) - summary["boxes_verified"]
+    for scene_id in committed:
+        assert not (run / scene_id / "boxes").exists()  # neither read nor recomputed
+        (run / scene_id / "boxes.away").rename(run / scene_id / "boxes")
+    assert _outputs(run) == _outputs(clean)
+    rows = read_table(str(run / "manifest.parquet")).to_pylist()
+    assert sorted((r["scene_id"], r["box_id"]) for r in rows) == [
+        (f"rgb{k}", b) for k in range(6) for b in ("b1", "b2")
+    ]
+    failures = _all_failure_rows(run)
+    assert failures == expected_failures  # "far" of every scene, committed ones included (from their records)
+    assert len([f for f in failures if f[1] == "far"]) == 6
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from rrsis.pipeline.task_boxes import (
     group_row,
     mbo_stage,
     prompt_stage,
+    resume_stage,
     sam_options,
     to_rgb,
     verify_boxes_stage,
@@ -74,6 +76,14 @@ def test_boxes_task_stages_end_to_end(samples: Path, tmp_path: Path) -> None:
     assert verify_boxes_stage(rows_batch)["done"].all()
     recorded = json.loads(str(verify_boxes_stage(rows_batch)["sidecar_meta"][0]))
     assert recorded["box_ids"] == str(meta["box_ids"][0]) and recorded["box_px"] == str(meta["box_px"][0])
+    tif_sha = [hashlib.sha256(Path(str(k)).read_bytes()).hexdigest() for k in meta["key"]]
+    assert verify_boxes_stage(rows_batch)["checksum"].tolist() == tif_sha == meta["checksum"].tolist()
+    # in the pipeline: only rows flagged `resume` (a sidecar was listed) are verified, and become `skipped`
+    flagged = {**rows_batch, "status": np.array(["ok"] * n), "resume": np.array([True] + [False] * (n - 1))}
+    resumed = resume_stage(flagged)
+    assert resumed["status"].tolist() == ["skipped"] + ["ok"] * (n - 1)
+    assert json.loads(str(resumed["sidecar_meta"][0]))["checksum"] == tif_sha[0]
+    assert resumed["sidecar_meta"][1:].tolist() == [""] * (n - 1)
     changed = {**rows_batch, "inputs_sha": np.array(["other", *rows_batch["inputs_sha"][1:]])}
     assert verify_boxes_stage(changed)["done"].tolist() == [False] + [True] * (n - 1)
     Path(str(meta["key"][-1])[: -len(".tif")] + ".geojson").write_text("{}")

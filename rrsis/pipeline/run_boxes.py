@@ -50,6 +50,7 @@ from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.plan import PlanArgs, derive_run_id, expand_scene, one_line, sidecar_key
 from rrsis.pipeline.task_boxes import SamBoxStage, group_row, mbo_write_stage, read_prompt_stage, sam_options
 from rrsis.pipeline.task_table import TaskRun
+from rrsis.pipeline.task_waterland import decisive_precision
 from rrsis.pipeline.tile_run import Launch, MapTask, run_task
 
 # One window (box group) per block and batch: SAM embeds one window at a time anyway, and fine blocks let
@@ -79,7 +80,6 @@ BOX_SCHEMA = pa.schema(
         ("checksum", pa.string()),  # SHA-256 of the group's mask tile
     ]
 )
-BOX_COLUMNS = tuple(BOX_SCHEMA.names)
 STAGE_TIMES = ("cfpg", "sam", "mbo", "write")  # per-window seconds of each stage, in the manifest
 #: The columns of a group row that a scene without groups (or that could not be planned) carries too.
 GROUP_DEFAULTS: dict[str, Any] = {"group_id": "", "box_ids": "[]", "boxes": "[]", "inputs_sha": "", "resume": False}
@@ -103,7 +103,8 @@ class BoxPlan:
 
 
 def boxes_run_id(cfg: Any, boxes: BoxesConfig, scene_uris: list[str]) -> str:
-    decisive = {"task": "boxes", "scenes": scene_uris, "tiling": asdict(cfg.tiling), "boxes": asdict(boxes)}
+    decisive = {"task": "boxes", "scenes": scene_uris, "tiling": asdict(cfg.tiling), "boxes": asdict(boxes),
+                **decisive_precision(cfg)}  # fmt: skip
     return derive_run_id("boxes", cfg.run_id, decisive)
 
 
@@ -171,7 +172,7 @@ def boxes_dataset(rows: list[dict[str, Any]], launch: Launch, *, cfg: MapConfig,
     cores are never oversubscribed.
     """
     res, boxes = launch.res, cfg.boxes
-    sam = sam_options(boxes.sam)
+    sam = sam_options(boxes.sam, cfg.infer.precision)  # SAM's image encoder at `infer.precision`
     cpu = replace(res.refine, pool_size=0)  # the refine resources, as stateless tasks
     cpu_threads = max(1, int(cpu.num_cpus))
     ds = scene_dataset(rows, expand_boxes, {"plan": plan}, res.read)

@@ -56,6 +56,7 @@ from rrsis.pipeline.run_boxes import boxes_line, boxes_resources, boxes_task, no
 from rrsis.pipeline.stages import read_stage
 from rrsis.pipeline.task_boxes import to_rgb
 from rrsis.pipeline.task_table import TaskRun
+from rrsis.pipeline.task_waterland import decisive_precision
 from rrsis.pipeline.tile_run import Launch, MapTask, execute
 
 Batch = dict[str, np.ndarray]
@@ -94,6 +95,7 @@ def referring_run_id(cfg: Any, scene_uris: list[str]) -> str:
         "tiling": asdict(cfg.tiling),
         "referring": asdict(cfg.referring),
         "boxes": asdict(cfg.boxes),
+        **decisive_precision(cfg),  # SAM's encoder runs at `infer.precision`
     }
     return derive_run_id("referring", cfg.run_id, decisive)
 

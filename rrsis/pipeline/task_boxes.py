@@ -302,12 +302,12 @@ def verify_boxes_stage(batch: Batch) -> Batch:
     """Resume check of group rows: `done` when the mask tile verifies against its sidecar (the map task's
     `verify_stage`), the GeoJSON's SHA-256 matches too, and the sidecar was written for the same inputs
     (window, boxes, SAM and refinement settings: `inputs_sha`). `sidecar_meta` carries the recorded
-    per-box results (JSON) of a done row.
+    per-box results (JSON) of a done row, `checksum` its mask tile's SHA-256.
     """
     done = np.asarray(verify_stage(batch)["done"], dtype=bool).copy()
-    meta = []
+    meta, checksums = [], []
     for i in range(len(done)):
-        text = ""
+        text, checksum = "", ""
         if done[i]:
             key = str(batch["key"][i])
             try:
@@ -316,11 +316,13 @@ def verify_boxes_stage(batch: Batch) -> Batch:
                 same_inputs = record.get("inputs_sha") == str(batch["inputs_sha"][i])
                 done[i] = vectors == record["geojson_checksum"] and same_inputs
                 text = json.dumps(record["meta"]) if done[i] else ""
+                checksum = str(record["checksum"]) if done[i] else ""
             except (StorageError, ValueError, KeyError):
                 done[i] = False
         meta.append(text)
+        checksums.append(checksum)
     out = dict(batch)
-    out.update(done=done, sidecar_meta=np.array(meta))
+    out.update(done=done, sidecar_meta=np.array(meta), checksum=np.array(checksums))
     return out
 
 

@@ -1,0 +1,193 @@
+"""SAM on a big scene: the whole-scene way against `rrsis map` task boxes at native resolution, in one run.
+
+Scene: a generated 20,000 x 20,000 x 3 uint8 GeoTIFF (deflate, 512 px blocks, written block row by block row,
+cached under --cache), three boxes of 300-600 px far apart. SAM: ViT-B with random weights (seeded, saved once
+as an official-format state dict: the same architecture and size as `sam_vit_b_01ec64.pth`), used by both.
+
+(a) the whole-scene way, as segment-geospatial does it: the whole raster read into memory (`src.read()`, then
+    band-last), segment-anything's `SamPredictor.set_image` (which resizes it to 1024 px on the long side)
+    and `predict` of each of the 3 boxes (masks come back at the scene's full size); nothing is written.
+(b) `rrsis map` with task boxes, as a user runs it (`python -m rrsis.cli map ...`, its embedded Ray): each box
+    read and segmented at native resolution in its 1024 px window, CFPG and MBO on, masks + polygons written.
+
+Each runs in its own process; a sampler sums the PSS of that process and all its descendants every 0.25 s
+(`bench.map_memory.PeakSampler`); wall is from process start to exit (interpreter, imports and model load
+included for both). Goals (issue 25): (b) peak <= 2.5 GB and <= 1/8 of (a)'s; (b) wall <= (a) wall. Far-apart
+boxes cost (b) one 1024 px encoder forward each (3) where (a) runs one forward on the shrunken scene. The
+load average is printed before and after: on a shared machine both walls move with it. The last line prints
+both ratios.
+
+    .venv/bin/python bench/sam_scene.py [--size 20000] [--tile 1024] [--cache /tmp/rrsis-bench-scenes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.map_memory import PeakSampler
+
+BLOCK_ROWS = 1024
+# (x, y) of the top-left corner as a fraction of the scene side, (width, height) in px: 300-600 px, far apart
+BOXES = (((0.10, 0.15), (400, 500)), ((0.50, 0.60), (600, 300)), ((0.80, 0.25), (350, 450)))
+
+
+def generate(path: Path, size: int) -> str:
+    """Smooth colour fields plus a little noise, 3 x uint8, tiled 512 deflate; one block row in memory."""
+    if path.exists():
+        return str(path)
+    tmp = path.with_suffix(".partial.tif")
+    profile = {
+        "driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
+        "crs": "EPSG:32630", "transform": from_origin(500000, 4200000, 1, 1),
+        "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "BIGTIFF": "YES",
+    }  # fmt: skip
+    rng = np.random.default_rng(0)
+    xx = np.arange(size, dtype=np.float32)[None, :]
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for row in range(0, size, BLOCK_ROWS):
+            height = min(BLOCK_ROWS, size - row)
+            yy = np.arange(row, row + height, dtype=np.float32)[:, None]
+            bands = [
+                np.sin(xx / 173.0 + k) * np.cos(yy / 131.0 - k) * 90 + 120 + rng.integers(0, 12, (height, size))
+                for k in range(3)
+            ]
+            dst.write(np.clip(np.stack(bands), 0, 255).astype(np.uint8), window=Window(0, row, size, height))
+    tmp.rename(path)
+    return str(path)
+
+
+def random_vit_b(path: Path) -> str:
+    """A seeded random ViT-B SAM saved as an official-format state dict (same keys and shapes)."""
+    if path.exists():
+        return str(path)
+    import torch
+    from segment_anything import sam_model_registry
+
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_b"]()
+    tmp = path.with_suffix(".partial")
+    torch.save(sam.state_dict(), tmp)
+    tmp.rename(path)
+    return str(path)
+
+
+def scene_boxes(size: int) -> list[tuple[str, int, int, int, int]]:
+    return [(f"box{i}", int(fx * size), int(fy * size), int(fx * size) + w, int(fy * size) + h)
+            for i, ((fx, fy), (w, h)) in enumerate(BOXES)]  # fmt: skip
+
+
+def whole_scene(scene: str, checkpoint: str, boxes_json: str, threads: int) -> None:
+    """(a), in its own process: what segment-geospatial does with a GeoTIFF and box prompts."""
+    import torch
+    from segment_anything import SamPredictor, sam_model_registry
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    sam = sam_model_registry["vit_b"](checkpoint=checkpoint).eval()
+    t1 = time.perf_counter()
+    with rasterio.open(scene) as src:
+        image = src.read().transpose(1, 2, 0)  # the whole scene, band-last (rasterio's reshape_as_image)
+    t2 = time.perf_counter()
+    predictor = SamPredictor(sam)
+    predictor.set_image(image)  # resized to 1024 px long side inside
+    t3 = time.perf_counter()
+    areas = []
+    for _, x1, y1, x2, y2 in json.loads(boxes_json):
+        masks, _, _ = predictor.predict(box=np.array([x1, y1, x2, y2]), multimask_output=False)
+        areas.append(int(masks[0].sum()))
+    t4 = time.perf_counter()
+    print(json.dumps({"load_s": t1 - t0, "read_s": t2 - t1, "set_image_s": t3 - t2, "predict_s": t4 - t3,
+                      "mask_px": areas}))  # fmt: skip
+
+
+def sampled(cmd: list[str], label: str) -> tuple[int, float, int, str]:
+    """Run `cmd`, sampling the summed PSS of its process tree: (peak PSS bytes, wall s, exit code, stdout)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    sampler = PeakSampler(proc.pid)
+    sampler.start()
+    out, _ = proc.communicate()
+    wall = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    top = ", ".join(f"{name} {pss / 1e6:.0f} MB" for pss, name in sampler.at_peak[:6])
+    print(f"{label}: peak summed PSS {sampler.peak / 1e9:.2f} GB (RSS {sampler.peak_rss / 1e9:.2f} GB), "
+          f"wall {wall:.1f} s, exit {proc.returncode}; at the peak: {top}", flush=True)  # fmt: skip
+    return sampler.peak, wall, proc.returncode, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=20000)
+    parser.add_argument("--tile", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of (a)")
+    parser.add_argument("--cache", default="/tmp/rrsis-bench-scenes")
+    parser.add_argument("--whole", nargs=3, metavar=("SCENE", "CKPT", "BOXES"), help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", action="store_true", help="only generate the scene and the weights")
+    args = parser.parse_args()
+    if args.whole:
+        whole_scene(*args.whole, threads=args.threads)
+        return
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    scene = generate(cache / f"sam_scene_{args.size}x{args.size}x3_u8.tif", args.size)
+    checkpoint = random_vit_b(cache / "sam_vit_b_random_seed0.pth")
+    print(f"scene {scene} and weights {checkpoint} ready in {time.perf_counter() - start:.0f} s", flush=True)
+    if args.prepare:
+        return
+    boxes = scene_boxes(args.size)
+    tmp = Path(tempfile.mkdtemp(prefix="rrsis-sam-scene-"))
+    csv = tmp / "boxes.csv"
+    csv.write_text("id,x1,y1,x2,y2\n" + "".join(f"{b[0]},{b[1]},{b[2]},{b[3]},{b[4]}\n" for b in boxes))
+    print(f"{args.size}^2 x 3 uint8, boxes {[b[1:] for b in boxes]}, ViT-B random weights; "
+          f"load average before: {os.getloadavg()}", flush=True)  # fmt: skip
+
+    peak_a, wall_a, code_a, out_a = sampled(
+        [sys.executable, __file__, "--whole", scene, checkpoint, json.dumps(boxes), f"--threads={args.threads}"],
+        "(a) whole scene, SamPredictor at 1024 px",
+    )
+    print(f"    phases: {out_a.strip().splitlines()[-1] if out_a.strip() else '(none: failed)'}")
+    overrides = [
+        "task=boxes", f"input=[{scene}]", f"output={tmp / 'out'}", "bands=[1,2,3]", f"boxes.path={csv}",
+        "boxes.value_max=255", "boxes.sam.model_type=vit_b", f"boxes.sam.checkpoint={checkpoint}",
+        f"tiling.tile_px={args.tile}", "infer.device=cpu",
+    ]  # fmt: skip
+    peak_b, wall_b, code_b, _ = sampled(
+        [sys.executable, "-m", "rrsis.cli", "map", *overrides], f"(b) rrsis map task boxes, {args.tile} px windows"
+    )
+    runs = [p for p in (tmp / "out").iterdir() if p.is_dir()] if (tmp / "out").exists() else []
+    if runs:
+        summary = json.loads((runs[0] / "summary.json").read_text())
+        print(f"    phases (s): {summary.get('timings_s')}")
+        manifest = runs[0] / "boxes_manifest.parquet"
+        if manifest.exists():
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(manifest).to_pylist()
+            windows = {r["key"] for r in rows}
+            print(f"    {len(rows)} boxes in {len(windows)} windows (one encoder forward each), "
+                  f"statuses {sorted({r['status'] for r in rows})}")  # fmt: skip
+    print(f"load average after: {os.getloadavg()}; exits (a) {code_a}, (b) {code_b}")
+    print(
+        f"(b)/(a) peak PSS {peak_b / 1e9:.2f}/{peak_a / 1e9:.2f} GB = {peak_b / peak_a:.3f} (goal <= 0.125, "
+        f"(b) <= 2.5 GB); (b)/(a) wall {wall_b:.1f}/{wall_a:.1f} s = {wall_b / wall_a:.2f} (goal <= 1.00)"
+    )
+
+
+if __name__ == "__main__":
+    main()

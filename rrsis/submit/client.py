@@ -21,12 +21,16 @@ from rrsis.config.jobs import schema_for
 from rrsis.config.load import load_config, to_yaml
 from rrsis.config.submit import SubmitConfig
 from rrsis.errors import JobError
+from rrsis.session import verbose
 from rrsis.storage.uri import local_path
 from rrsis.submit import control
 from rrsis.submit.connection import connect
 from rrsis.submit.package import job_package, script_for
 
 log = logging.getLogger("rrsis.submit")
+#: Ray's loggers that narrate the packaging of a job's working_dir
+RAY_PACKAGING_LOGGERS = ("ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir",
+                         "ray.dashboard.modules.dashboard_sdk")  # fmt: skip
 
 
 def load_submit_config(path: str | None) -> SubmitConfig:
@@ -111,6 +115,9 @@ def submit_from_cli(args: argparse.Namespace) -> int:
     config_yaml = resolved_job_config(args.job, args.config, list(args.overrides or []))
     refuse_lost_outputs(args.job, config_yaml, sub)  # before anything reaches the head
     client = connect(args.address, sub.address, timeout_s=sub.connect_timeout_s, verify=sub.verify_tls)
+    if not verbose():  # Ray's packaging lines (every ignored file, '.git is now ignored by default'): --verbose
+        for name in RAY_PACKAGING_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     job_id = submit(args.job, config_yaml, sub, client=client)
     print(f"rrsis: submitted {args.job} job {job_id}", file=sys.stderr)
     if args.no_wait:

@@ -2,12 +2,14 @@
 
 Boxes are square, centred on the valid part of data/samples/rasterio/RGB.byte.tif; the "SAM mask" MBO
 refines is the box's bright pixels (mean RGB above the box median) dilated by 3 px, i.e. a coarse mask.
-Prints ms per box, the cost ratio between sizes, and CFPG with vs without the KMeans subsample.
+Prints ms per box, the cost ratio between sizes, and CFPG with vs without the KMeans subsample; then SAM's
+share per window (`vit_b_256`, embed a 256 px window + decode its 4 boxes, 1 thread) in windows/s at fp32
+and bf16 side by side (autocast, fp32 weights: `infer.precision`; bf16 is emulated on a CPU without AMX).
 With --pipeline it also runs `task: boxes` on Ray (SAM `vit_b_256`, CPU) over a grid of 256 boxes in 4
 copies of the scene with CFPG+MBO off and on, and prints the wall-time ratio against the goal (an
 embedded Ray with 2 CPUs on 127.0.0.1; a small warm-up run goes first). Only the pipeline:
 --pipeline-only. About 3-5 minutes on 2 busy cores.
-Run: .venv/bin/python bench/refine.py [--pipeline | --pipeline-only]
+Run: .venv/bin/python bench/refine.py [--pipeline | --pipeline-only] [--precisions fp32,bf16]
 """
 
 from __future__ import annotations
@@ -86,6 +88,46 @@ def main() -> None:
             f"{size} vs {base[0]} px: pixels x{px_ratio:.0f}, CFPG time x{c / base[1]:.1f}, "
             f"MBO time x{m / base[3]:.1f}, full KMeans fit / subsample x{f / c:.2f}"
         )
+    sam_precision_table(image, precisions_arg())
+
+
+def precisions_arg() -> list[str]:
+    for arg in sys.argv[1:]:
+        if arg.startswith("--precisions="):
+            return [p for p in arg.split("=", 1)[1].split(",") if p]
+    return ["fp32", "bf16"]
+
+
+def sam_precision_table(image: np.ndarray, precisions: list[str], repeats: int = 2) -> None:
+    """SAM per window (embed once + decode the window's boxes) at each precision, windows/s side by side."""
+    from rrsis.models.precision import cpu_has_amx_bf16
+    from rrsis.models.sam.config import SamConfig
+    from rrsis.models.sam.predictor import SamTilePredictor
+
+    window = np.ascontiguousarray(image[250:506, 250:506])
+    boxes = np.array([[20, 20, 68, 68], [100, 40, 148, 88], [60, 150, 108, 198], [180, 180, 228, 228]], float)
+    cfg = SamConfig(model_type="vit_b_256")
+    speeds, masks = {}, {}
+    for precision in precisions:
+        predictor = SamTilePredictor.from_config(cfg, precision=precision)
+
+        def one_window(p: SamTilePredictor = predictor) -> np.ndarray:
+            p.set_image(window)
+            return p.predict(boxes)[0]
+
+        seconds = per_box_ms(one_window, repeats) / 1000.0
+        speeds[precision], masks[precision] = 1.0 / seconds, one_window()
+    amx = "AMX present" if cpu_has_amx_bf16() else "no AMX: bf16 emulated"
+    print(f"SAM vit_b_256 (random weights) per 256 px window, 4 boxes, 1 thread, {amx}")
+    print(f"{'precision':>10} {'windows/s':>10} {'s/window':>9} {'vs fp32':>8} {'min box IoU vs fp32':>20}")
+    for precision in precisions:
+        ratio, iou = "", ""
+        if "fp32" in speeds:
+            ratio = f"x{speeds[precision] / speeds['fp32']:.2f}"
+            a, b = masks["fp32"], masks[precision]
+            ious = [(x & y).sum() / max((x | y).sum(), 1) for x, y in zip(a, b, strict=True)]
+            iou = f"{min(ious):.4f}"
+        print(f"{precision:>10} {speeds[precision]:>10.3f} {1 / speeds[precision]:>9.2f} {ratio:>8} {iou:>20}")
 
 
 def pipeline_on_off(n_side: int = 16, copies: int = 4, model_type: str = "vit_b_256") -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from PIL import Image
 
 from rrsis.errors import ModelError
 from rrsis.models import precision
@@ -17,7 +18,12 @@ from rrsis.models.sam.build import build_sam
 from rrsis.models.sam.config import SamConfig
 from rrsis.models.sam.predictor import SamTilePredictor
 
-LANDSAT = Path(__file__).resolve().parents[1] / "data/samples/rasterio/RGB.byte.tif"
+ROOT = Path(__file__).resolve().parents[1]
+LANDSAT = ROOT / "data/samples/rasterio/RGB.byte.tif"
+DIOR_CANDIDATES = (
+    ROOT / "data/samples/dior_rsvg/JPEGImages/00001.jpg",
+    Path("/work/shared/data/referring/dior_rsvg_00001/JPEGImages/00001.jpg"),
+)
 LOGGER = "rrsis.models.precision"
 
 
@@ -109,15 +115,28 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def test_bf16_masks_agree_with_fp32_masks_on_landsat() -> None:
+def landsat_rgb() -> np.ndarray:
+    with rasterio.open(LANDSAT) as src:
+        return np.ascontiguousarray(src.read([1, 2, 3]).transpose(1, 2, 0))
+
+
+def dior_rgb() -> np.ndarray:
+    path = next((p for p in DIOR_CANDIDATES if p.is_file()), None)
+    if path is None:
+        pytest.skip(f"DIOR-RSVG image 00001.jpg not found in {[str(p) for p in DIOR_CANDIDATES]}")
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.mark.parametrize("image", ["landsat", "dior_rsvg"])
+def test_bf16_masks_agree_with_fp32_masks_on_the_shared_images(image: str) -> None:
     """Per box IoU >= 0.99 between the encoder in bf16 and in fp32 (decoder fp32 in both).
 
     With random tiny weights SAM's masks are not box-shaped (they cover much of the scene whatever the box),
     so the IoU of whole masks is lenient; the IoU inside each box, where a box prompt's mask matters, and the
     share of pixels flipping across the threshold are checked too.
     """
-    with rasterio.open(LANDSAT) as src:
-        rgb = np.ascontiguousarray(src.read([1, 2, 3]).transpose(1, 2, 0))
+    rgb = landsat_rgb() if image == "landsat" else dior_rgb()
+    h, w = rgb.shape[:2]
     sam = build_sam(SamConfig(model_type="tiny", seed=0))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # non-zero relative-position tables, so their bias runs in bf16 too
@@ -125,7 +144,8 @@ def test_bf16_masks_agree_with_fp32_masks_on_landsat() -> None:
             if "rel_pos" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
     fp32, bf16 = SamTilePredictor(sam, precision="fp32"), SamTilePredictor(sam, precision="bf16")
-    boxes = np.array([[100, 100, 300, 250], [400, 300, 700, 650], [0, 0, 791, 718], [350, 50, 420, 120]], float)
+    fractions = [[0.13, 0.14, 0.38, 0.35], [0.5, 0.42, 0.88, 0.9], [0.0, 0.0, 1.0, 1.0], [0.44, 0.07, 0.53, 0.17]]
+    boxes = np.round(np.array(fractions) * [w, h, w, h])
     fp32.set_image(rgb)
     bf16.set_image(rgb)
     assert bf16.embedding.dtype == torch.float32

@@ -65,6 +65,16 @@ def test_map_referring_writes_polygons_carrying_the_query(samples: Path, tmp_pat
     manifest = pq.read_table(io.BytesIO((run_dir / "manifest.parquet").read_bytes())).to_pylist()
     assert len(manifest) == n and {r["status"] for r in manifest} == {"written"}
     assert (run_dir / "RGB.byte" / "mosaic.tif").exists()
+    # both phases committed the scene (grounding's books under grounding/): a rerun skips both, unread
+    assert (run_dir / "grounding" / "_commits" / "RGB.byte.json").exists()
+    assert (run_dir / "_commits" / "RGB.byte.json").exists()
+    before = (run_dir / "RGB.byte" / "boxes.geojson").read_bytes()
+    cfg.run_id = run_dir.name
+    assert run_map(cfg) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["scenes_resumed"], summary["grounding_scenes_resumed"], summary["boxes_computed"]) == (1, 1, 0)
+    assert summary["boxes"] == n and summary["scenes_ok"] == 1
+    assert (run_dir / "RGB.byte" / "boxes.geojson").read_bytes() == before
 
 
 def test_map_referring_refuses_empty_and_overlong_queries(tmp_path: Path) -> None:

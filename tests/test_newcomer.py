@@ -1,9 +1,8 @@
-"""A newcomer runs every job of `rrsis --help` with its shipped config (only `output` set, and a one-trial
-budget for tune): it works, with no Ray or OpenCV warning line, or it fails with one line that says what to do.
+"""A newcomer runs every job of `rrsis --help` with its shipped config (only `output` set): it works, with no
+Ray or OpenCV warning line, or it fails with one line that says what to do.
 
-Covered elsewhere, not repeated here: every train config (tests/test_shipped_train_configs.py), the tune
-configs whose data is missing (tests/test_tune_preflight.py), and `rrsis map` on the shipped demo config
-(tests/test_quiet_console.py, which also checks its console).
+Covered elsewhere, not repeated here: every train and tune config (tests/test_shipped_train_configs.py), and
+`rrsis map` on the shipped demo config (tests/test_quiet_console.py, which also checks its console).
 """
 
 from __future__ import annotations
@@ -92,10 +91,6 @@ def test_config_show_prints_every_shipped_config(
 WORKS = [
     ["map", "--config", "configs/map/sam_boxes.yaml"],
     ["eval", "--config", "configs/eval/waterland.yaml"],
-    *[
-        ["tune", "--config", f"configs/tune/{name}", "num_samples=1", "base.optim.max_minutes=0.0001"]
-        for name in ("waterland_tiny.yaml", "waterland.yaml", "sam_decoder_tiny.yaml")
-    ],
 ]
 
 

@@ -140,7 +140,7 @@ def test_sam_decoder_search_runs_through_rrsis_tune(
     out = capsys.readouterr().out
     assert "Trial status" not in out and "Trial name" not in out  # Ray's own table is off
     lines = out.splitlines()
-    assert sum(" started: data.train_fraction=" in line for line in lines) == 2
+    assert sum(" started: " in line and "data.train_fraction=" in line for line in lines) == 2
     assert sum(" epoch 1/1: loss=" in line and "| best " in line for line in lines) == 2
     assert sum(line.endswith("finished after 1 epoch(s)") for line in lines) == 2
     assert lines[-1].startswith("best trial {")

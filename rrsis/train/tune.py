@@ -263,8 +263,6 @@ def run_tune(cfg: TuneConfig) -> int:
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
     storage.put_bytes(storage.join(out, "results.parquet"), buffer.getvalue())
-    print(f"{len(table)} trials by {cfg.metric} ({cfg.mode}); all columns in {storage.join(out, 'results.csv')}:")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     best = _best_result(results, table)
     params = {k: best.config[k] for k in space_keys}
     best_cfg = apply_overrides(cfg.base, params)
@@ -274,8 +272,11 @@ def run_tune(cfg: TuneConfig) -> int:
     where = ""
     if best.checkpoint is not None:
         where = f"; checkpoint: {storage.join(checkpoint_uri(best.checkpoint, cfg.output), model_file(best_cfg))}"
+    report_run(out, config=to_dict(cfg), kind="tune")
+    # the run ends on the sorted table and the best trial: its config file and checkpoint are the last line
+    print(f"{len(table)} trials by {cfg.metric} ({cfg.mode}); all columns in {storage.join(out, 'results.csv')}:")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(
         f"best trial {params} ({cfg.metric}={best_score}); train config: {storage.join(out, 'best_train.yaml')}{where}"
     )
-    report_run(out, config=to_dict(cfg), kind="tune")
     return 0

@@ -103,3 +103,20 @@ def _resume_recomputes_only_what_is_missing(cfg: MapConfig, run_dir: Path, manif
     plan = box_plan(cfg, cfg.boxes, str(run_dir))
     assert all(r["resume"] for r in expand_boxes(scene_row(scene, verify=True), plan=plan))
     assert not any(r["resume"] for r in expand_boxes(scene_row(scene, verify=False), plan=plan))
+
+
+def test_a_scene_without_groups_plans_to_one_empty_row_carrying_its_box_failures(samples: Path, tmp_path: Path) -> None:
+    """No box of the scene can be segmented: still one row (status `empty`, no tile) so the scene is a result
+    (empty products), and each unplannable box is a `notes` failure; a missing box file fails the scene."""
+    boxes_csv = tmp_path / "boxes.csv"
+    boxes_csv.write_text("id,x1,y1,x2,y2\nfar,5000,5000,5010,5010\nhuge,0,0,700,700\n")
+    cfg = load_config(MapConfig, REPO / "configs" / "map" / "sam_boxes.yaml", [f"boxes.path={boxes_csv}"])
+    scene = SceneRef("RGB.byte", str(samples / "rasterio" / "RGB.byte.tif"))
+    (row,) = expand_boxes(scene_row(scene, verify=False), plan=box_plan(cfg, cfg.boxes, str(tmp_path / "run")))
+    assert (row["tile_id"], row["status"], row["scene_tiles"], row["scene_width"]) == ("", "empty", 0, 791)
+    notes = json.loads(row["notes"])
+    assert [(n[0], n[1]) for n in notes] == [("far", "plan"), ("huge", "plan")]
+    assert "outside the scene" in notes[0][2] and "raise tiling.tile_px" in notes[1][2]
+    cfg.boxes.path = str(tmp_path / "gone.csv")
+    (failed,) = expand_boxes(scene_row(scene, verify=False), plan=box_plan(cfg, cfg.boxes, str(tmp_path / "run")))
+    assert (failed["tile_id"], failed["status"]) == ("", "failed") and "gone.csv" in failed["reason"]

@@ -179,11 +179,6 @@ def bound_object_store(ds: ray.data.Dataset, block_nbytes: int, read_nbytes: int
     return limit
 
 
-def expand_scenes(batch: pa.Table, *, plan: PlanArgs) -> pa.Table:
-    """Scene rows -> all their tile rows (`plan.expand_scene`, on the worker that then reads them)."""
-    return pa.Table.from_pylist([tile for scene in batch.to_pylist() for tile in expand_scene(scene, plan=plan)])
-
-
 def map_dataset(
     scene_rows: list[dict[str, Any]],
     plan: PlanArgs,
@@ -221,13 +216,11 @@ def map_dataset(
     torch_threads = cfg.infer.torch_threads or max(1, int(res.infer.num_cpus))
     tile_nbytes = tile_bytes(plan.in_bands, cfg.tiling.tile_px)
     block_tiles = block_tiles_for(tile_nbytes, res.batch_size)
-    ds: ray.data.Dataset = ray.data.from_items(scene_rows, override_num_blocks=max(1, len(scene_rows)))
     # Planning runs in the read tasks: both stages have the read options, so Ray Data fuses them into one
     # task per scene (its metadata ~50 ms, then its windows batch by batch), bounded by the object-store cap
     # like any read. A planning stage of its own kept a worker process of its own and, holding CPUs, kept
     # the write stage from starting until every scene was planned.
-    plan_kwargs = {"plan": plan}
-    ds = ds.map_batches(expand_scenes, batch_size=1, batch_format="pyarrow", fn_kwargs=plan_kwargs, **res.read.options)  # type: ignore[arg-type]
+    ds = scene_dataset(scene_rows, expand_scene, {"plan": plan}, res.read)
     ds = map_stage(ds, read_stage, res.read, block_tiles)
     ds = map_stage(
         ds,

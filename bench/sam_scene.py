@@ -17,6 +17,10 @@ boxes cost (b) one 1024 px encoder forward each (3) where (a) runs one forward o
 load average is printed before and after: on a shared machine both walls move with it. The last line prints
 both ratios.
 
+Measured 2026-12-06 00:00-00:27 UTC on the shared 2-core machine, load average 20-40 throughout: (a) peak PSS
+4.86 GB, wall 623 s (set_image 453 s); (b) peak PSS 2.79 GB (the SAM actor 1.56 GB), wall 915 s (3 windows,
+SAM 151-244 s each); ratios peak 0.574, wall 1.47. Scene + weights generation (cached): 1351 s under load.
+
     .venv/bin/python bench/sam_scene.py [--size 20000] [--tile 1024] [--cache /tmp/rrsis-bench-scenes]
 """
 
@@ -174,14 +178,15 @@ def main() -> None:
     if runs:
         summary = json.loads((runs[0] / "summary.json").read_text())
         print(f"    phases (s): {summary.get('timings_s')}")
-        manifest = runs[0] / "boxes_manifest.parquet"
-        if manifest.exists():
+        names = ("manifest.parquet", "boxes_manifest.parquet")  # box rows: the first, or the older layout
+        manifest = next((runs[0] / n for n in names if (runs[0] / n).exists()), None)
+        if manifest is not None:
             import pyarrow.parquet as pq
 
-            rows = pq.read_table(manifest).to_pylist()
-            windows = {r["key"] for r in rows}
-            print(f"    {len(rows)} boxes in {len(windows)} windows (one encoder forward each), "
-                  f"statuses {sorted({r['status'] for r in rows})}")  # fmt: skip
+            rows = [r for r in pq.read_table(manifest).to_pylist() if "box_id" in r]
+            sam_s = {r["group_id"]: round(r.get("window_sam_s", 0.0), 1) for r in rows}
+            print(f"    {len(rows)} boxes in {len(sam_s)} windows (one encoder forward each), "
+                  f"statuses {sorted({r['status'] for r in rows})}, SAM s per window {sam_s}")  # fmt: skip
     print(f"load average after: {os.getloadavg()}; exits (a) {code_a}, (b) {code_b}")
     print(
         f"(b)/(a) peak PSS {peak_b / 1e9:.2f}/{peak_a / 1e9:.2f} GB = {peak_b / peak_a:.3f} (goal <= 0.125, "

@@ -240,6 +240,19 @@ def tiles_line(facts: RunFacts) -> str:
     )
 
 
+def run_block(items: str, config: dict[str, Any] | None) -> str:
+    """A run's facts (the `<dt>/<dd>` items) and, folded below them, its config with a link to config.yaml:
+    the header of every kind of report."""
+    folded = ""
+    if config:
+        text = yaml.safe_dump(config, sort_keys=False)
+        folded = (
+            f"<details><summary>config ({link('config.yaml', 'config.yaml')})</summary>"
+            f"<pre>{escape(text)}</pre></details>"
+        )
+    return f"<dl class=run>{items}</dl>{folded}"
+
+
 def header(facts: RunFacts) -> str:
     s, cfg = facts.summary, facts.config or {}
     failed = int(s.get("scenes_failed") or 0) + int(s.get("tiles_failed") or 0)
@@ -285,14 +298,7 @@ def header(facts: RunFacts) -> str:
         ),
     ]
     dl = "".join(f"<dt>{k}</dt><dd{' class=inputs' if k == 'inputs' else ''}>{v}</dd>" for k, v in rows if v)
-    config = ""
-    if facts.config:
-        text = yaml.safe_dump(facts.config, sort_keys=False)
-        config = (
-            f"<details><summary>config ({link('config.yaml', 'config.yaml')})</summary>"
-            f"<pre>{escape(text)}</pre></details>"
-        )
-    return f"<dl class=run>{dl}</dl>{config}"
+    return run_block(dl, facts.config)
 
 
 def render(facts: RunFacts) -> str:

@@ -22,7 +22,7 @@ from rrsis import storage
 from rrsis.checkpoint_header import read_header
 from rrsis.errors import InputError
 from rrsis.report import svg
-from rrsis.report.page import CSS, SCRIPT, link, td
+from rrsis.report.page import CSS, SCRIPT, link, run_block, td
 from rrsis.report.run import modified
 
 METRICS = "metrics.jsonl"
@@ -249,14 +249,7 @@ def header(facts: TrainFacts) -> str:
         ("files", " · ".join(link(f, f) for f in ("config.yaml", METRICS))),
     ]
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
-    config = ""
-    if facts.config:
-        text = yaml.safe_dump(facts.config, sort_keys=False)
-        config = (
-            f"<details><summary>config ({link('config.yaml', 'config.yaml')})</summary>"
-            f"<pre>{escape(text)}</pre></details>"
-        )
-    return f"<dl class=run>{dl}</dl>{config}"
+    return run_block(dl, facts.config)
 
 
 def render_train(facts: TrainFacts) -> str:

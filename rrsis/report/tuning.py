@@ -19,7 +19,7 @@ import yaml
 from rrsis import storage
 from rrsis.errors import InputError
 from rrsis.report import svg
-from rrsis.report.page import CSS, SCRIPT, link, td
+from rrsis.report.page import CSS, SCRIPT, link, run_block, td
 from rrsis.report.run import modified, read_parquet
 
 RESULTS = "results.parquet"
@@ -205,14 +205,7 @@ def header(facts: TuneFacts) -> str:
         ("outputs", escape(facts.run_uri)),
     ]
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
-    config = ""
-    if facts.config:
-        text = yaml.safe_dump(facts.config, sort_keys=False)
-        config = (
-            f"<details><summary>config ({link('config.yaml', 'config.yaml')})</summary>"
-            f"<pre>{escape(text)}</pre></details>"
-        )
-    return f"<dl class=run>{dl}</dl>{config}"
+    return run_block(dl, facts.config)
 
 
 def render_tune(facts: TuneFacts) -> str:

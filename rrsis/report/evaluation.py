@@ -17,10 +17,9 @@ from typing import Any
 import yaml
 
 from rrsis import storage
-from rrsis.errors import InputError
 from rrsis.report import svg
 from rrsis.report.page import CSS, SCRIPT, link, td
-from rrsis.report.run import modified
+from rrsis.report.run import modified, read_json
 
 METRICS = "metrics.json"
 ITEM_FILES = ("chips.csv", "samples.csv")
@@ -92,12 +91,7 @@ def rows_table(rows: Rows, first: str, cls: str, id_prefix: str) -> str:
 
 def load_eval(run_uri: str) -> EvalFacts:
     uri = storage.join(run_uri, METRICS)
-    try:
-        report = json.loads(storage.get_bytes(uri))
-    except ValueError as exc:
-        raise InputError(f"{uri} is not JSON: {exc}") from exc
-    if not isinstance(report, dict):
-        raise InputError(f"{uri} is not a JSON object")
+    report = read_json(uri)
     items: list[dict[str, str]] = []
     items_file = ""
     for name in ITEM_FILES:

@@ -12,11 +12,14 @@ from rrsis.models.config import ModelConfig
 
 @dataclass
 class DataConfig:
-    format: str = choice("sen1floods11", "sen1floods11", "snowed", "geotiff_pairs", "dior_rsvg", "refer", "jsonl")
+    format: str = choice(
+        "sen1floods11", "sen1floods11", "snowed", "geotiff_pairs", "ombria", "dior_rsvg", "refer", "jsonl"
+    )
     root: str = "data/samples/sen1floods11"
     sensor: str = choice("s1", "s1", "s2")
     bands: list[str] = field(default_factory=list)  # empty: the format's default bands
-    val_events: list[str] = field(default_factory=list)  # Sen1Floods11: events held out for validation
+    # groups held out for validation: Sen1Floods11 events; OMBRIA OmbriaS1-train/OmbriaS1-test or a 2021 event
+    val_events: list[str] = field(default_factory=list)
     crop_px: int = bounded(256, 0, 8192)  # random crop for training; 0 = whole chip
     crops_per_chip: int = bounded(1, 1, 10000)  # random crops drawn from each training sample per epoch
     # share of training crops placed over a labelled water pixel (the rest uniform; rrsis.data.dataset)
@@ -94,6 +97,8 @@ class TrainConfig:
     run_name: str = "train"
     seed: int = 0
     device: str = device_field()
+    # water-land: start from this checkpoint's weights (fine-tuning; same model config and bands), "" = random
+    init_checkpoint: str = ""
     train: RayTrainConfig = field(default_factory=RayTrainConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)

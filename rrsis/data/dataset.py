@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rrsis.data import sen1floods11, snowed
+from rrsis.data import ombria, sen1floods11, snowed
 from rrsis.data.augment import random_dihedral
 from rrsis.data.normalize import NormStats, sample_stats
 from rrsis.data.pairs import SampleRef, find_geotiff_pairs, iter_blocks, read_sample
@@ -26,7 +26,7 @@ from rrsis.geo.tiling import PixelWindow
 from rrsis.log import get_logger
 
 log = get_logger(__name__)
-WATERLAND_FORMATS = ("sen1floods11", "snowed", "geotiff_pairs")
+WATERLAND_FORMATS = ("sen1floods11", "snowed", "geotiff_pairs", "ombria")
 MAX_CROP_TRIES = 10  # random crops redrawn when they hold no valid label pixel
 MAX_WATER_POINTS = 65_536  # water pixel positions kept per sample for water-centred crops (a strided subset)
 
@@ -56,6 +56,9 @@ def find_refs(data: Any) -> tuple[list[str], list[SampleRef]]:
     if data.format == "snowed":
         names, _ = snowed.band_indexes(data.bands)
         return names, snowed.find_samples(data.root, data.bands)
+    if data.format == "ombria":
+        names, _ = ombria.band_indexes(data.bands)
+        return names, ombria.find_refs(data.root, data.bands)
     if data.format == "geotiff_pairs":
         refs = find_geotiff_pairs(data.root, list(data.bands))
         return (list(data.bands) or [f"B{i}" for i in refs[0].bands]), refs

@@ -204,7 +204,10 @@ def measure_scene(
 
 def sample_pixels(ref: SampleRef, max_px: int = SCENE_STATS_MAX_PX) -> np.ndarray:
     """`decimated_pixels` of a training/evaluation sample: the chip is the scene (SNOWED arrays by strided
-    view)."""
+    view, PNG chips whole: they are small)."""
+    if ref.kind == "png":
+        image, valid, _ = read_sample(ref)
+        return _valid_pixels(image[:, valid].astype(np.float64), ref.image_uri)
     if ref.kind != "npy":
         return decimated_pixels(ref.image_uri, ref.bands, max_px)
     step = max(1, -(-max(ref.width, ref.height) // max_px))

@@ -3,7 +3,8 @@
 A `SampleRef` is plain data (paths, band indexes, size, group): datasets, samplers and splits pass these
 around and only `read_sample(ref, window)` touches pixels, one window at a time, so a large scene is never
 read whole. Two storage kinds are supported: GeoTIFF pairs (read by rasterio windows, any URI GDAL reads) and
-SNOWED's `.npy` arrays (memory-mapped, bands last).
+SNOWED's `.npy` arrays (memory-mapped, bands last), and 8-bit single-band PNG pairs (OMBRIA, small chips without
+georeferencing: decoded whole by Pillow, then windowed like the others).
 
 Label convention everywhere after reading: int64, 1 = water, 0 = land, -1 = ignore. A label pixel is also
 set to -1 where the image is invalid (nodata tag, NaN, dataset mask), so losses and metrics see one mask.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from rrsis.errors import InputError
 from rrsis.geo.raster import open_raster, read_info, read_window, resolve_bands
@@ -35,7 +37,7 @@ class SampleRef:
     bands: tuple[int, ...]
     width: int
     height: int
-    kind: str = "geotiff"  # "geotiff" or "npy" (SNOWED: (H, W, bands) array + (H, W) label array)
+    kind: str = "geotiff"  # "geotiff", "npy" (SNOWED: (H, W, bands) + (H, W) arrays) or "png" (8-bit, 1 band)
     water_value: int = 1  # label value meaning water in the file (0 is land, anything else ignored if -1)
 
     @property
@@ -99,10 +101,48 @@ def _read_npy(ref: SampleRef, window: PixelWindow) -> tuple[np.ndarray, np.ndarr
     return image, valid, label
 
 
+def load_png(uri: str) -> np.ndarray:
+    """(H, W) uint8 of a single-band 8-bit PNG; unreadable, truncated or not 1-band 8-bit names the file."""
+    try:
+        with Image.open(uri) as img:
+            img.load()
+            if img.mode != "L":
+                raise InputError(f"{uri}: expected a 1-band 8-bit PNG (mode L), got mode {img.mode}")
+            return np.asarray(img, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow: OSError truncated/unknown, SyntaxError bad chunk
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"cannot read PNG {uri}: {first}") from exc
+
+
+def _read_png(ref: SampleRef, window: PixelWindow) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """8-bit PNG pair, boundless like the GeoTIFF path. The image's digital numbers are returned as float32
+    unchanged: what they mean (OMBRIA: a per-image stretch of dB) is the reader's and the normalisation's
+    business (`rrsis.data.ombria`). Every decoded pixel is valid; the label's `water_value` is water."""
+    arr, lab = load_png(ref.image_uri), load_png(ref.label_uri)
+    for uri, shape in ((ref.image_uri, arr.shape), (ref.label_uri, lab.shape)):
+        if shape != (ref.height, ref.width):
+            raise InputError(f"{uri} is {shape[1]}x{shape[0]} px, expected {ref.width}x{ref.height}")
+    image = np.zeros((1, window.height, window.width), dtype=np.float32)
+    valid = np.zeros((window.height, window.width), dtype=bool)
+    label = np.full((window.height, window.width), -1, dtype=np.int64)
+    inside = window.intersection(ref.full_window)
+    if inside is None:
+        return image, valid, label
+    rows, cols = inside.relative_to(window).slices()
+    src_rows, src_cols = inside.slices()
+    image[0, rows, cols] = arr[src_rows, src_cols]
+    valid[rows, cols] = True
+    label[rows, cols] = _check_label(lab[src_rows, src_cols].astype(np.int64), None, ref.label_uri, ref.water_value)
+    return image, valid, label
+
+
+_READERS = {"geotiff": _read_geotiff, "npy": _read_npy, "png": _read_png}
+
+
 def read_sample(ref: SampleRef, window: PixelWindow | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read one window -> (image float32 (C,H,W) with invalid pixels 0, valid bool (H,W), label int64 (H,W))."""
     win = window or ref.full_window
-    image, valid, label = _read_npy(ref, win) if ref.kind == "npy" else _read_geotiff(ref, win)
+    image, valid, label = _READERS[ref.kind](ref, win)
     label[~valid] = -1
     return image, valid, label
 

@@ -22,6 +22,7 @@ from torch import nn
 from rrsis import storage
 from rrsis.checkpoints import Checkpoint, build_from_checkpoint
 from rrsis.config.eval import EvalConfig
+from rrsis.data import ombria
 from rrsis.data.dataset import WaterLandDataset, build_splits
 from rrsis.data.normalize import NormStats, otsu_thresholds, sample_pixels
 from rrsis.data.otsu import gate_band, gate_water, otsu_water
@@ -174,6 +175,8 @@ def run_waterland_eval(cfg: EvalConfig, ckpt: Checkpoint) -> int:
     if list(data.bands) and [b.upper() for b in data.bands] != [b.upper() for b in ckpt.bands]:
         raise ConfigError(f"data.bands={list(data.bands)} but the checkpoint was trained on {ckpt.bands}")
     data.bands = list(ckpt.bands)
+    if data.format == "ombria":
+        ombria.check_norm(ckpt.norm, key="the checkpoint's norm")
     splits = build_splits(data)
     refs = splits.get(cfg.split)
     stats = NormStats(list(ckpt.bands), ckpt.norm_mean, ckpt.norm_std, ckpt.nodata_fill, norm=ckpt.norm)

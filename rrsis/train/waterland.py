@@ -11,13 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from rrsis.checkpoints import Checkpoint, checkpoint_from_model, save_checkpoint
+from rrsis.checkpoints import Checkpoint, checkpoint_from_model, load_checkpoint, save_checkpoint
 from rrsis.config.load import to_dict
 from rrsis.config.train import TrainConfig
+from rrsis.data import ombria
 from rrsis.data.dataset import SplitRefs, WaterLandDataset, batchable, build_splits
 from rrsis.data.normalize import NormStats, compute_stats, input_channels
 from rrsis.data.otsu import gate_band
-from rrsis.errors import ConfigError
+from rrsis.errors import CheckpointError, ConfigError
 from rrsis.log import get_logger
 from rrsis.losses import build_loss, heads_for_loss
 from rrsis.models.registry import build_model
@@ -42,6 +43,8 @@ def prepare_waterland(cfg: TrainConfig) -> WaterlandSetup:
     """Screened splits, training-split statistics, datasets; fixes in_bands / aux_heads to data and loss."""
     if cfg.model.name != "waterland":
         raise ConfigError(f"model.name={cfg.model.name!r}: `rrsis train` runs the water-land family (waterland)")
+    if cfg.data.format == "ombria":
+        ombria.check_norm(cfg.data.norm)
     splits = build_splits(cfg.data)
     if not splits.train:
         raise ConfigError(f"data.val_events={cfg.data.val_events} leaves no training sample")
@@ -90,10 +93,35 @@ def make_checkpoint(
     )
 
 
+def init_weights(model: nn.Module, cfg: TrainConfig, stats: NormStats) -> None:
+    """Load `cfg.init_checkpoint`'s weights into `model` (fine-tuning). The checkpoint must be a water-land
+    model of the same family, width, channels and heads, trained on the same bands with the same norm rule,
+    so its first layer reads the same input space; anything else is one line naming the key."""
+    uri = cfg.init_checkpoint
+    ckpt = load_checkpoint(uri)
+    mine, theirs = to_dict(cfg.model.waterland), ckpt.model_config.get("waterland", {})
+    if ckpt.model_name != cfg.model.name or mine != theirs:
+        raise ConfigError(f"init_checkpoint={uri}: model {ckpt.model_name} {theirs} does not match {mine}")
+    if [b.upper() for b in ckpt.bands] != [b.upper() for b in stats.bands] or ckpt.norm != stats.norm:
+        raise ConfigError(
+            f"init_checkpoint={uri}: trained on bands {ckpt.bands} with norm={ckpt.norm}, this run has "
+            f"{stats.bands} with norm={stats.norm}"
+        )
+    try:
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or ["state_dict mismatch"])[0]
+        raise CheckpointError(f"init_checkpoint={uri}: weights do not fit: {first[:300]}") from exc
+    log.info("initialised from %s (its metrics: %s)", uri, ckpt.metrics)
+
+
 def recipe(cfg: TrainConfig, device: torch.device) -> Recipe:
     """DDP wraps `AllHeads(model)` (the auxiliary heads go through DDP's forward); the schedule is per epoch."""
     setup = prepare_waterland(cfg)
-    model = build_model(cfg.model).to(device)
+    model = build_model(cfg.model)
+    if cfg.init_checkpoint:
+        init_weights(model, cfg, setup.stats)
+    model = model.to(device)
     loss_fn = build_loss(cfg.loss.name, alpha=cfg.loss.alpha, beta=cfg.loss.beta, lam=cfg.loss.lam, eps=cfg.loss.eps)
     scaler = torch.amp.GradScaler(device.type) if cfg.optim.amp and device.type == "cuda" else None
 

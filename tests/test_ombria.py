@@ -4,7 +4,9 @@ errors on broken or incomplete triplets, the PNG -> model-input scaling, and fin
 from __future__ import annotations
 
 import collections
+import csv
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +18,18 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from rrsis.checkpoints import checkpoint_from_model, save_checkpoint
+from rrsis.config.eval import EvalConfig
 from rrsis.config.train import DataConfig, TrainConfig
 from rrsis.data import ombria
 from rrsis.data.dataset import WaterLandDataset, build_splits
 from rrsis.data.normalize import NormStats, sample_scene_stats
+from rrsis.data.otsu import otsu_water
 from rrsis.data.pairs import SampleRef, read_sample
 from rrsis.data.sen1floods11 import find_chips
 from rrsis.errors import ConfigError, InputError
+from rrsis.evaluate.run import run_eval
+from rrsis.metrics.segmentation import ConfusionMeter
+from rrsis.models.config import ModelConfig
 from rrsis.models.registry import build_model
 from rrsis.train.waterland import init_weights, prepare_waterland
 
@@ -207,3 +214,40 @@ def test_init_checkpoint_loads_matching_weights_and_refuses_other_bands(tmp_path
     cfg.model.waterland.in_bands = 2
     with pytest.raises(ConfigError, match=r"init_checkpoint=.*does not match"):
         init_weights(build_model(cfg.model), cfg, NormStats(["VV", "VH"], [0.0] * 2, [1.0] * 2, norm="scene"))
+
+
+@needs_ombria
+def test_eval_on_real_ombria_test_chips_beside_otsu(tmp_path: Path) -> None:
+    """`rrsis eval` with data.format=ombria: the model (random weights, scene norm) and Otsu on the 8-bit band,
+    scored against the flood mask; the Otsu column is checked against the files read directly."""
+    cfg = ModelConfig()
+    cfg.waterland.family, cfg.waterland.in_bands = "senet", 1
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for norm in ("scene", "split"):
+        ckpt = checkpoint_from_model(model, cfg, bands=["VV"], norm_mean=[0.0], norm_std=[1.0], norm=norm)
+        save_checkpoint(ckpt, str(tmp_path / f"{norm}.pt"))
+    subset = tmp_path / "ombria" / "OmbriaS1" / "test"
+    for role in ("BEFORE", "AFTER", "MASK"):  # two real test chips, linked (not copied) into a small root
+        (subset / role).mkdir(parents=True)
+        for n in ("0013", "0018"):
+            name = f"S1_{role.lower()}_{n}.png"
+            (subset / role / name).symlink_to(OMBRIA / "OmbriaS1" / "test" / role / name)
+    data = DataConfig(format="ombria", root=str(tmp_path / "ombria"), val_events=["OmbriaS1-test"])
+    eval_cfg = EvalConfig(checkpoint=str(tmp_path / "scene.pt"), data=data, output=str(tmp_path / "out"), panels=0)
+    assert run_eval(eval_cfg) == 0
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert report["chips"] == ["OmbriaS1-test_0013", "OmbriaS1-test_0018"] and set(report) >= {"model", "otsu_vv"}
+    rows = {r["sample_id"]: r for r in csv.DictReader((tmp_path / "out" / "chips.csv").open())}
+    for n in ("0013", "0018"):
+        after = np.asarray(Image.open(subset / "AFTER" / f"S1_after_{n}.png"), dtype=np.float32)
+        mask = (np.asarray(Image.open(subset / "MASK" / f"S1_mask_{n}.png")) == 255).astype(np.int64)
+        water, _ = otsu_water(after, np.ones(after.shape, bool))
+        meter = ConfusionMeter()
+        meter.update(water, mask, np.ones(after.shape, bool))
+        assert float(rows[f"OmbriaS1-test_{n}"]["otsu_vv_iou_water"]) == pytest.approx(
+            meter.compute()["iou_water"], abs=1e-4
+        )
+    eval_cfg.checkpoint = str(tmp_path / "split.pt")
+    with pytest.raises(ConfigError, match="the checkpoint's norm='split': OMBRIA chips are stretched per image"):
+        run_eval(eval_cfg)

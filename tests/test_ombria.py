@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from rrsis.checkpoints import checkpoint_from_model, save_checkpoint
+from rrsis.cli import main
 from rrsis.config.eval import EvalConfig
 from rrsis.config.train import DataConfig, TrainConfig
 from rrsis.data import ombria
@@ -251,3 +252,15 @@ def test_eval_on_real_ombria_test_chips_beside_otsu(tmp_path: Path) -> None:
     eval_cfg.checkpoint = str(tmp_path / "split.pt")
     with pytest.raises(ConfigError, match="the checkpoint's norm='split': OMBRIA chips are stretched per image"):
         run_eval(eval_cfg)
+
+
+def test_missing_init_checkpoint_fails_before_training_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)  # the config names its data relative to the repository
+    config = REPO / "configs" / "train" / "waterland_demo.yaml"
+    missing = tmp_path / "pre.pt"
+    assert main(["train", "-c", str(config), f"init_checkpoint={missing}", f"output={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "key 'init_checkpoint'" in err[0] and str(missing) in err[0], err
+    assert not any(tmp_path.iterdir())

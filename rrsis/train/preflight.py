@@ -45,6 +45,8 @@ def check_inputs(cfg: TrainConfig, prefix: str = "") -> None:
     """Data root, weights files and text encoders of `cfg`'s family exist (`prefix`: where `cfg` sits)."""
     name = cfg.model.name
     _need(cfg.data.root, f"{prefix}data.root", f"{cfg.data.format} data")
+    if cfg.init_checkpoint:
+        _need(cfg.init_checkpoint, f"{prefix}init_checkpoint", "checkpoint to start from")
     if name == "danet":
         d = cfg.model.danet
         if d.backbone_weights:

@@ -66,6 +66,7 @@ class Watch(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.run_dir, self.start_t = pid, run_dir, start
         self.hwm = 0
+        self.hwm_at_s = 0.0  # when the driver's peak was reached (diagnostic: during the waves or at the end)
         self.first_tile_s = float("nan")
         self.stop = threading.Event()
 
@@ -81,7 +82,9 @@ class Watch(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.hwm = max(self.hwm, vm_hwm_bytes(self.pid))
+            hwm = vm_hwm_bytes(self.pid)
+            if hwm > self.hwm:
+                self.hwm, self.hwm_at_s = hwm, time.perf_counter() - self.start_t
             if self.first_tile_s != self.first_tile_s and self._first_tile():
                 self.first_tile_s = time.perf_counter() - self.start_t
             time.sleep(0.02 if self.first_tile_s != self.first_tile_s else 0.25)
@@ -103,7 +106,8 @@ def rrsis_map(overrides: list[str], out: Path) -> dict[str, object]:
     if proc.returncode != 0:
         raise SystemExit(f"rrsis map exited {proc.returncode}:\n{output[-3000:]}")
     summary = json.loads((out / RUN_ID / "summary.json").read_text())
-    return {"wall": wall, "driver_hwm": watch.hwm, "pss": peak.peak, "first_tile": watch.first_tile_s, **summary}
+    figures = {"driver_hwm": watch.hwm, "hwm_at": watch.hwm_at_s, "pss": peak.peak, "first_tile": watch.first_tile_s}
+    return {"wall": wall, **figures, **summary}
 
 
 def first_tile_probe(overrides: list[str], out: Path) -> float:
@@ -183,7 +187,8 @@ def main() -> None:
         rows[label] = (count, run, again)
         print(
             f"{label}: {count} scenes of {size}^2, {run['tiles']} tiles: driver peak RSS "
-            f"{int(run['driver_hwm']) / 1e6:.0f} MB, peak summed PSS {int(run['pss']) / 1e9:.2f} GB, first tile "
+            f"{int(run['driver_hwm']) / 1e6:.0f} MB (reached at {run['hwm_at']:.0f} s), "
+            f"peak summed PSS {int(run['pss']) / 1e9:.2f} GB, first tile "
             f"{run['first_tile']:.1f} s, wall {run['wall']:.0f} s ({run['tiles_per_s']:.0f} tiles/s in compute); "
             f"full resume {again['wall']:.1f} s (scenes skipped {again['scenes_resumed']}, tiles read "
             f"{again['tiles_verified']}, computed {again['tiles_computed']}), driver peak RSS "

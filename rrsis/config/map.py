@@ -108,9 +108,12 @@ class MapConfig:
     verify: str = choice("quick", "quick", "full")
     # one driver per run folder: a lease (`<run>/_lease.json`) not refreshed for this long is taken over
     lease_stale_s: float = bounded(120.0, 2.0, 86400.0)
-    # scenes per Ray Data execution: the driver's memory follows one wave, not the run (each wave loads the
-    # model again: keep a wave many minutes long); resource-like, it never changes the run id
+    # a Ray Data execution (a wave) takes scenes up to `wave_scenes` and about `wave_rows` work rows (tiles,
+    # box windows; counted as they come, the first wave estimated from the first scene): the driver's
+    # memory follows one wave, not the run. Each wave loads the model again: on GPUs, whose waves are short,
+    # raise wave_rows (the driver holds ~1.5 KB a row of its wave). Resource-like: never in the run id
     wave_scenes: int = bounded(64, 1, 1_000_000)
+    wave_rows: int = bounded(16_384, 1, 1_000_000_000)
     tiling: TilingConfig = field(default_factory=TilingConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)

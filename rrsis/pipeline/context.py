@@ -9,7 +9,10 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+import ray
+import ray.exceptions
 
 from rrsis import storage
 from rrsis.config.load import to_dict
@@ -19,6 +22,7 @@ from rrsis.pipeline.lease import RunLease
 from rrsis.pipeline.manifest import write_failures
 from rrsis.pipeline.plan import Failure, one_line
 from rrsis.report import build_report
+from rrsis.resources import ray_options
 
 log = logging.getLogger("rrsis.map")
 
@@ -40,6 +44,23 @@ class RunContext:
     start: float
     timings: dict[str, float] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)  # more for summary.json (e.g. the inference cores)
+
+
+T = TypeVar("T")
+
+
+def off_driver(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a Ray task when this driver is connected to Ray, else here. For the run's assembly
+    (the one-file manifest from every scene's part, the report from the manifest): work that reads the whole
+    run must not set the driver's peak memory, which stays flat in the run's tile count. The task's own
+    error is raised as if it ran here."""
+    if not ray.is_initialized():
+        return fn(*args)
+    options = ray_options("map.products", ray.cluster_resources())
+    try:
+        return ray.get(ray.remote(max_retries=1, **options)(fn).remote(*args))
+    except ray.exceptions.RayTaskError as exc:
+        raise exc.cause from None
 
 
 #: Failures of one manifest row (a tile, a box): counted in their scene's "N of M tiles failed" line.
@@ -143,7 +164,7 @@ def write_report(ctx: RunContext) -> str:
     if not ctx.cfg.outputs.report:
         return ""
     try:
-        return build_report(ctx.run_prefix, config=to_dict(ctx.cfg))
+        return off_driver(build_report, ctx.run_prefix, to_dict(ctx.cfg))
     except Exception as exc:  # the maps are written; the page is only a view of them
         log.warning("run %s: report not written: %s", ctx.run_id, one_line(exc))
         return ""

@@ -58,7 +58,7 @@ from rrsis.pipeline.commit import (
     read_record,
     write_run_manifest,
 )
-from rrsis.pipeline.context import RunContext, SummaryFormat, finish_run
+from rrsis.pipeline.context import RunContext, SummaryFormat, finish_run, off_driver
 from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.manifest import MANIFEST_SCHEMA, table_bytes
 from rrsis.pipeline.plan import Failure, PlanArgs, choose_bands, one_line, scene_row
@@ -124,6 +124,7 @@ class MapTask:
     dedicated_cores: bool = False  # may reserve cores for the inference actors (embedded Ray, no GPU)
     quicklook: bool = True  # its products draw `outputs.quicklook` (the background is read ahead)
     ledger: str = ""  # the run's sub-folder for `_commits/`, `manifest/` and `manifest.parquet` (a first phase)
+    rows_estimate: Callable[[list[SceneRef]], float] | None = None  # work rows a scene makes, for the first wave
 
 
 @dataclass
@@ -326,6 +327,26 @@ def first_scene_key(scenes: list[SceneRef], plan: PlanArgs) -> str:
     return ""
 
 
+def wave_size(cfg: MapConfig, rows_per_scene: float) -> int:
+    """Scenes in the next wave: about `wave_rows` work rows, at most `wave_scenes` scenes, at least one."""
+    if rows_per_scene <= 0:
+        return cfg.wave_scenes
+    return max(1, min(cfg.wave_scenes, int(cfg.wave_rows / rows_per_scene)))
+
+
+def tiles_estimate(scenes: list[SceneRef], plan: PlanArgs) -> float:
+    """Tiles of the first scene whose header reads (0 when none does): the first wave's size, before any
+    scene has been counted. `plan_tiles`' count: one core per stride on each axis."""
+    step = max(1, plan.tile_px - plan.overlap_px)
+    for scene in scenes[:3]:
+        try:
+            info = read_info(scene.uri)
+        except Exception:
+            continue
+        return float(math.ceil(info.width / step) * math.ceil(info.height / step))
+    return 0.0
+
+
 def execute(ctx: RunContext, task: MapTask, scenes: list[SceneRef] | None = None) -> Outcome:
     """Map `scenes` (default: the run's) with `task`, committing scene by scene; see the module docstring.
     Failures go to `ctx.failures` (those of scenes committed before this run come from their records)."""
@@ -357,15 +378,20 @@ def execute(ctx: RunContext, task: MapTask, scenes: list[SceneRef] | None = None
         if fence:
             fence.start()
         try:
-            for first in range(0, len(rows), cfg.wave_scenes):  # one Ray Data execution per wave of scenes
-                wave = slice(first, first + cfg.wave_scenes)
+            first, seen = 0, 0
+            per_scene = task.rows_estimate(todo) if task.rows_estimate else 0.0
+            while first < len(rows):  # one Ray Data execution per wave of scenes
+                wave = slice(first, first + wave_size(cfg, per_scene))
+                first = wave.stop
                 dataset = task.dataset(rows[wave], Launch(res, reserved, order[wave]))
                 for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
                     ctx.lease.check()
+                    seen += len(batch["key"])
                     for i in range(len(batch["key"])):
                         tracker.add({k: v[i] for k, v in batch.items()})
                     tracker.poll()
                 del dataset  # its executor's per-block statistics go with it
+                per_scene = seen / min(first, len(rows))  # measured: the next waves' size
             tracker.finish()
         except OSError as exc:  # the driver's own writes (manifest parts, commit records)
             if exc.errno not in STORAGE_ERRNOS:
@@ -382,7 +408,7 @@ def execute(ctx: RunContext, task: MapTask, scenes: list[SceneRef] | None = None
     start = time.perf_counter()
     manifest_uri = storage.join(books, "manifest.parquet")
     ids = [s.scene_id for s in scenes]
-    counts = write_run_manifest(books, ids, manifest_uri, set(before), task.parts)
+    counts = off_driver(write_run_manifest, books, ids, manifest_uri, set(before), task.parts)
     ctx.timings[f"{phase}manifest_s"] = time.perf_counter() - start
     for scene in scenes:  # failures a committed scene reported (its plan's), in scene order
         if scene.scene_id in earlier:
@@ -435,6 +461,7 @@ def tile_task(spec: TileSpec) -> MapTask:
         scene_problem=all_nodata,
         scene_order=scene_order,
         dedicated_cores=spec.dedicated_cores,
+        rows_estimate=functools.partial(tiles_estimate, plan=plan),
     )
 
 

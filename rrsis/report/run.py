@@ -7,9 +7,12 @@ run at any time. Pixels are never read: footprints come from each mosaic's heade
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import io
 import json
 import os
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +52,9 @@ TIMELINE_MAX_COMMITS = 2000
 TIMELINE_MAX_TILES = 200_000
 #: Points of a cumulative curve on the page (a large run's tile times are sampled down to these).
 CURVE_POINTS = 240
+#: Manifest rows aggregated at a time by the report (`scan_manifest`).
+SCAN_BATCH_ROWS = 8192
+SCAN_BUFFER_BYTES = 1 << 20  # read buffer of the manifest scan (bounded, not whole row groups)
 
 Bbox = tuple[float, float, float, float]  # west, south, east, north (degrees)
 
@@ -144,33 +150,71 @@ def footprint(uri: str) -> tuple[list[tuple[float, float]], Bbox] | None:
     return [*ring, ring[0]], (float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3]))
 
 
-def tile_counts(manifest: pa.Table | None) -> dict[str, dict[str, int]]:
-    """scene_id -> {status: tiles}."""
-    out: dict[str, dict[str, int]] = defaultdict(dict)
-    if manifest is None or manifest.num_rows == 0 or "status" not in manifest.column_names:
-        return out
-    grouped = manifest.group_by(["scene_id", "status"]).aggregate([("status", "count")])
-    for row in grouped.to_pylist():
-        out[row["scene_id"]][row["status"]] = int(row["status_count"])
-    return out
+@dataclass
+class ManifestFacts:
+    """What the report needs of a run's manifest, aggregated while its row groups stream past: memory holds
+    one batch of rows, never the run's (a 6 M-tile run's manifest is hundreds of MB)."""
+
+    unit: str = "tiles"  # what a row is: tiles, or boxes (a boxes run)
+    counts: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))  # scene -> status -> n
+    busy: dict[str, float] = field(default_factory=dict)  # tile (or box-window) stage -> seconds, written rows
+    models: set[str] = field(default_factory=set)  # name@checksum
+
+    def add(self, batch: pa.Table) -> None:
+        names = batch.column_names
+        if "status" in names:  # a Counter, not Acero's group_by: its thread pool and buffers cost more
+            pairs = collections.Counter(zip(batch["scene_id"].to_pylist(), batch["status"].to_pylist(), strict=True))
+            for (scene_id, status), n in pairs.items():
+                self.counts[scene_id][status] = self.counts[scene_id].get(status, 0) + n
+        written = batch.filter(pc.equal(batch["status"], "written")) if "status" in names else batch
+        for col in TILE_STAGES:
+            if col in names:
+                self.busy[col[:-2]] = self.busy.get(col[:-2], 0.0) + float(pc.sum(written[col]).as_py() or 0.0)
+        if "model" in names:
+            self.models.update(str(m) for m in pc.unique(batch["model"]).to_pylist() if m)
 
 
-def busy_times(manifest: pa.Table | None, products: list[dict[str, Any]]) -> dict[str, float]:
+def scan_manifest(run_uri: str) -> ManifestFacts | None:
+    """The run's manifest (the first of MANIFESTS it has) aggregated batch by batch; None without one. A
+    remote manifest is fetched to a temporary file first (range reads per row group would cost a request
+    each)."""
+    for name in MANIFESTS:
+        uri = storage.join(run_uri, name)
+        if not storage.exists(uri):
+            continue
+        with contextlib.ExitStack() as stack:
+            path = local_path(uri)
+            if storage.is_remote(uri):
+                path = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="rrsis-report-")), name)
+                storage.get_file(uri, path)
+            try:
+                return _scan(pq.ParquetFile(path, pre_buffer=False, buffer_size=SCAN_BUFFER_BYTES))
+            except pa.ArrowException as exc:
+                raise InputError(f"{uri} is not a parquet file: {exc}") from exc
+    return None
+
+
+def _scan(manifest: pq.ParquetFile) -> ManifestFacts:
+    names = manifest.schema_arrow.names
+    facts = ManifestFacts(unit="boxes" if "box_id" in names else "tiles")
+    columns = [c for c in ("scene_id", "status", "model", "key", *TILE_STAGES, *BOX_STAGES) if c in names]
+    box_cols = [c for c in BOX_STAGES if c in columns] if "key" in columns else []
+    windows: dict[str, dict[str, Any]] = {}  # boxes: a window's times are on each of its boxes, count once
+    for batch in manifest.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=columns, use_threads=False):
+        table = pa.Table.from_batches([batch])
+        facts.add(table)
+        if box_cols:
+            written = table.filter(pc.equal(table["status"], "written")) if "status" in columns else table
+            windows.update((r["key"], r) for r in written.select(["key", *box_cols]).to_pylist())
+    for col in box_cols:
+        facts.busy[col.removeprefix("window_")[:-2]] = sum(float(r[col] or 0.0) for r in windows.values())
+    return facts
+
+
+def busy_times(manifest: ManifestFacts | None, products: list[dict[str, Any]]) -> dict[str, float]:
     """Busy seconds per stage: tile (or box-window) stages summed over what was computed in this run, product
     stages over scenes. Summed over workers, so they can exceed the wall time."""
-    out: dict[str, float] = {}
-    if manifest is not None and manifest.num_rows:
-        written = (
-            manifest.filter(pc.equal(manifest["status"], "written")) if "status" in manifest.column_names else manifest
-        )
-        for col in TILE_STAGES:
-            if col in written.column_names:
-                out[col[:-2]] = float(pc.sum(written[col]).as_py() or 0.0)
-        if "key" in written.column_names and any(c in written.column_names for c in BOX_STAGES):
-            windows = {r["key"]: r for r in written.to_pylist()}  # a window's times are on each of its boxes
-            for col in BOX_STAGES:
-                if col in written.column_names:
-                    out[col.removeprefix("window_")[:-2]] = sum(float(r[col] or 0.0) for r in windows.values())
+    out: dict[str, float] = dict(manifest.busy) if manifest is not None else {}
     for col in PRODUCT_STAGES:
         values = [float(p[col]) for p in products if isinstance(p.get(col), int | float)]
         if values:
@@ -246,13 +290,14 @@ def tile_timeline(run_uri: str, scene_ids: list[str], started: datetime | None) 
     return cumulative(offsets)
 
 
-def box_products(run_uri: str, manifest: pa.Table) -> list[dict[str, Any]]:
+def box_products(run_uri: str, counts: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
     """Per-scene entries of a boxes run whose summary does not list its scenes: each scene of the manifest
-    with the files found in its folder and its box count."""
+    (`counts`: scene -> status -> boxes) with the files found in its folder and its box count."""
     out = []
-    for scene_id in sorted({str(s) for s in manifest["scene_id"].to_pylist()}):
-        rows = manifest.filter(pc.equal(manifest["scene_id"], scene_id))["status"].to_pylist()
-        product: dict[str, Any] = {"scene_id": scene_id, "boxes": sum(s in ("written", "skipped") for s in rows)}
+    for scene_id in sorted(counts):
+        statuses = counts[scene_id]
+        boxes = statuses.get("written", 0) + statuses.get("skipped", 0)
+        product: dict[str, Any] = {"scene_id": scene_id, "boxes": boxes}
         for key, name in BOX_FILES.items():
             if storage.exists(storage.join(run_uri, scene_id, name)):
                 product[key] = f"{scene_id}/{name}"  # relative to the run folder
@@ -297,18 +342,13 @@ def load_run(run_uri: str) -> RunFacts:
         )
     summary = read_json(summary_uri)
     products = [p for p in summary.get("products", []) if isinstance(p, dict) and p.get("scene_id")]
-    columns = ["scene_id", "status", "model", "key", "box_id", *TILE_STAGES, *BOX_STAGES]
-    manifest = None
-    for name in MANIFESTS:
-        manifest = read_parquet(storage.join(run_uri, name), columns)
-        if manifest is not None:
-            break
-    unit = "boxes" if manifest is not None and "box_id" in manifest.column_names else "tiles"
-    if unit == "boxes" and not products and manifest is not None:
-        products = box_products(run_uri, manifest)
+    manifest = scan_manifest(run_uri)
+    unit = manifest.unit if manifest is not None else "tiles"
+    counts = manifest.counts if manifest is not None else {}
+    if unit == "boxes" and not products:
+        products = box_products(run_uri, counts)
     fail_table = read_parquet(storage.join(run_uri, "failures.parquet"))
     failures = fail_table.to_pylist() if fail_table is not None else []
-    counts = tile_counts(manifest)
     scenes = []
     output = str(summary.get("output") or "")
     for p in products:
@@ -336,9 +376,7 @@ def load_run(run_uri: str) -> RunFacts:
             mapped.add(scene_id)
             tiles = counts.get(scene_id, {})
             scenes.append(SceneFacts(scene_id, str(f.get("scene_uri", "")), {}, tiles=tiles, failure=_reason(f)))
-    models: list[str] = []
-    if manifest is not None and "model" in manifest.column_names:
-        models = sorted(str(m) for m in pc.unique(manifest["model"]).to_pylist() if m)
+    models = sorted(manifest.models) if manifest is not None else []
     config_uri = storage.join(run_uri, "config.yaml")
     config = yaml.safe_load(storage.get_bytes(config_uri)) if storage.exists(config_uri) else None
     finished = modified(summary_uri)

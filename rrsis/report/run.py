@@ -183,10 +183,11 @@ def scan_manifest(run_uri: str) -> ManifestFacts | None:
         if not storage.exists(uri):
             continue
         with contextlib.ExitStack() as stack:
-            path = local_path(uri)
             if storage.is_remote(uri):
                 path = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="rrsis-report-")), name)
                 storage.get_file(uri, path)
+            else:
+                path = local_path(uri)
             try:
                 return _scan(pq.ParquetFile(path, pre_buffer=False, buffer_size=SCAN_BUFFER_BYTES))
             except pa.ArrowException as exc:

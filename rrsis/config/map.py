@@ -113,7 +113,7 @@ class MapConfig:
     # memory follows one wave, not the run. Each wave loads the model again: on GPUs, whose waves are short,
     # raise wave_rows (the driver holds ~1.5 KB a row of its wave). Resource-like: never in the run id
     wave_scenes: int = bounded(64, 1, 1_000_000)
-    wave_rows: int = bounded(16_384, 1, 1_000_000_000)
+    wave_rows: int = bounded(8192, 1, 1_000_000_000)
     tiling: TilingConfig = field(default_factory=TilingConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)

@@ -26,7 +26,7 @@ from rrsis.pipeline.inputs import SceneRef, resolve_inputs
 from rrsis.pipeline.lease import LEASE, RunLease
 from rrsis.pipeline.plan import Failure
 from rrsis.pipeline.task_table import TaskRun
-from rrsis.session import configure_storage
+from rrsis.session import configure_storage, limit_malloc_arenas
 
 log = logging.getLogger("rrsis.map")
 
@@ -87,6 +87,7 @@ def check_existing(cfg: MapConfig, run_prefix: str) -> None:
 def run_map(cfg: MapConfig) -> int:
     """Map every scene of `cfg.input` with the task `cfg.task`; see the module docstring."""
     start = time.perf_counter()
+    limit_malloc_arenas()  # the driver's memory stays flat in the run's length (rrsis.session)
     configure_storage(cfg.storage)
     declared = Declared(cfg.units, cfg.input_scale, cfg.input_offset, cfg.gcp_crs, cfg.gcp_warp_crs, cfg.gcp_warp_res)
     scenes, problems = resolve_inputs(list(cfg.input), bands=input_bands(cfg), declared=declared)

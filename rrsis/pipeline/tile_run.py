@@ -65,7 +65,7 @@ from rrsis.pipeline.plan import Failure, PlanArgs, choose_bands, one_line, scene
 from rrsis.pipeline.products import scene_products
 from rrsis.pipeline.scene_inputs import SceneKey
 from rrsis.pipeline.stages import STORAGE_ERRNOS
-from rrsis.session import EMBEDDED_MIN_CPUS, connect_ray
+from rrsis.session import EMBEDDED_MIN_CPUS, connect_ray, release_free_memory
 
 log = logging.getLogger("rrsis.map")
 
@@ -391,6 +391,7 @@ def execute(ctx: RunContext, task: MapTask, scenes: list[SceneRef] | None = None
                         tracker.add({k: v[i] for k, v in batch.items()})
                     tracker.poll()
                 del dataset  # its executor's per-block statistics go with it
+                release_free_memory()
                 per_scene = seen / min(first, len(rows))  # measured: the next waves' size
             tracker.finish()
         except OSError as exc:  # the driver's own writes (manifest parts, commit records)

@@ -7,6 +7,7 @@ import collections
 import csv
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +265,21 @@ def test_missing_init_checkpoint_fails_before_training_naming_the_key(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "key 'init_checkpoint'" in err[0] and str(missing) in err[0], err
     assert not any(tmp_path.iterdir())
+
+
+def test_data_log_line_names_a_dozen_samples_and_counts_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(1)
+    for n in range(14):
+        after = rng.integers(0, 256, (32, 32))
+        _flat_triplet(tmp_path / "OmbriaS1" / "train", f"{n:04d}", after, np.where(after < 80, 255, 0))
+    cfg = OmegaConf.to_object(OmegaConf.structured(TrainConfig))
+    assert isinstance(cfg, TrainConfig)
+    cfg.data.format, cfg.data.root, cfg.data.norm, cfg.data.crop_px = "ombria", str(tmp_path), "scene", 16
+    caplog.set_level(logging.INFO, logger="rrsis.train.waterland")
+    setup = prepare_waterland(cfg)
+    assert len(setup.splits.train) == 14 and setup.stats.norm == "scene"
+    (line,) = [r.getMessage() for r in caplog.records if "train samples" in r.getMessage()]
+    assert "14 train samples (OmbriaS1-train_0000, " in line and "OmbriaS1-train_0011 and 2 more)" in line
+    assert "OmbriaS1-train_0013" not in line

@@ -39,6 +39,15 @@ class WaterlandSetup:
     val_set: WaterLandDataset | None
 
 
+LOGGED_IDS = 12  # sample ids named in the data log line; OMBRIA alone has 774 training chips
+
+
+def _ids(refs: list[Any]) -> str:
+    """The first `LOGGED_IDS` sample ids, then how many more (one readable log line for any split size)."""
+    shown = ", ".join(r.sample_id for r in refs[:LOGGED_IDS]) or "none"
+    return shown + (f" and {len(refs) - LOGGED_IDS} more" if len(refs) > LOGGED_IDS else "")
+
+
 def prepare_waterland(cfg: TrainConfig) -> WaterlandSetup:
     """Screened splits, training-split statistics, datasets; fixes in_bands / aux_heads to data and loss."""
     if cfg.model.name != "waterland":
@@ -66,9 +75,9 @@ def prepare_waterland(cfg: TrainConfig) -> WaterlandSetup:
     log.info(
         "data: %d train samples (%s), %d val samples (%s), bands %s, mean %s, std %s",
         len(splits.train),
-        ", ".join(r.sample_id for r in splits.train),
+        _ids(splits.train),
         len(splits.val),
-        ", ".join(r.sample_id for r in splits.val) or "none",
+        _ids(splits.val),
         splits.bands,
         [round(v, 3) for v in stats.norm_mean],
         [round(v, 3) for v in stats.norm_std],

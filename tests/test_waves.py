@@ -11,7 +11,7 @@ import pytest
 from rrsis.geo.tiling import plan_tiles
 from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.plan import PlanArgs
-from rrsis.pipeline.tile_run import tiles_estimate, wave_size
+from rrsis.pipeline.waves import tiles_estimate, wave_size
 from rrsis.session import limit_malloc_arenas, release_free_memory
 from tests.pipeline_data import map_config, write_scene
 

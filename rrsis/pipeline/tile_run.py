@@ -6,7 +6,7 @@ becomes manifest rows (`PartFormat`: tiles, or boxes), its per-scene products, a
 tile tasks (water-land, referring with DANet) build theirs from a `TileSpec` (`tile_task`); `boxes` and
 `referring/pslg_sam` in `run_boxes` and `run_referring`.
 
-Scenes go through Ray Data in waves of `wave_scenes`, one dataset execution each: Ray Data's executor keeps
+Scenes go through Ray Data in waves (`rrsis.pipeline.waves`), one dataset execution each: Ray Data's executor keeps
 statistics of every block it ever produced until its execution ends (`MapOperator._output_blocks_stats`),
 which made one execution's driver grow with the tile count (bench/map_scale: 414 MB at 10 k tiles, 691 MB
 at 200 k). A wave starts its own actor pool (seconds per wave: the model loads again).
@@ -36,7 +36,6 @@ import ray.data
 from rrsis import storage
 from rrsis.config.map import MapConfig
 from rrsis.errors import RrsisError
-from rrsis.geo.raster import read_info
 from rrsis.pipeline import cores
 from rrsis.pipeline.build import (
     PipelineResources,
@@ -61,10 +60,11 @@ from rrsis.pipeline.commit import (
 from rrsis.pipeline.context import RunContext, SummaryFormat, finish_run, off_driver
 from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.manifest import MANIFEST_SCHEMA, table_bytes
-from rrsis.pipeline.plan import Failure, PlanArgs, choose_bands, one_line, scene_row
+from rrsis.pipeline.plan import Failure, PlanArgs, one_line, scene_row
 from rrsis.pipeline.products import scene_products
 from rrsis.pipeline.scene_inputs import SceneKey
 from rrsis.pipeline.stages import STORAGE_ERRNOS
+from rrsis.pipeline.waves import first_scene_key, tiles_estimate, wave_size
 from rrsis.session import EMBEDDED_MIN_CPUS, connect_ray, release_free_memory
 
 log = logging.getLogger("rrsis.map")
@@ -313,38 +313,6 @@ def reserve_cores(cfg: MapConfig, task: MapTask, how: str) -> cores.CoreReservat
     if cfg.ray.num_gpus or cores.machine_has_gpus():
         return None
     return cores.reserve(cfg.infer.pool_size, max(1, math.ceil(cfg.infer.num_cpus)))
-
-
-def first_scene_key(scenes: list[SceneRef], plan: PlanArgs) -> str:
-    """The band list of the first scene that plans (its metadata only): a guess for every scene's bands, so
-    an inference actor can measure each next scene ahead of its tiles (a wrong guess costs one more read)."""
-    for scene in scenes[:3]:
-        try:
-            bands = choose_bands(read_info(scene.uri), plan.requested_bands, plan.model_bands, plan.in_bands)
-        except Exception:
-            continue
-        return ",".join(str(b) for b in bands)
-    return ""
-
-
-def wave_size(cfg: MapConfig, rows_per_scene: float) -> int:
-    """Scenes in the next wave: about `wave_rows` work rows, at most `wave_scenes` scenes, at least one."""
-    if rows_per_scene <= 0:
-        return cfg.wave_scenes
-    return max(1, min(cfg.wave_scenes, int(cfg.wave_rows / rows_per_scene)))
-
-
-def tiles_estimate(scenes: list[SceneRef], plan: PlanArgs) -> float:
-    """Tiles of the first scene whose header reads (0 when none does): the first wave's size, before any
-    scene has been counted. `plan_tiles`' count: one core per stride on each axis."""
-    step = max(1, plan.tile_px - plan.overlap_px)
-    for scene in scenes[:3]:
-        try:
-            info = read_info(scene.uri)
-        except Exception:
-            continue
-        return float(math.ceil(info.width / step) * math.ceil(info.height / step))
-    return 0.0
 
 
 def execute(ctx: RunContext, task: MapTask, scenes: list[SceneRef] | None = None) -> Outcome:

@@ -81,17 +81,30 @@ def _load_npy(uri: str) -> np.ndarray:
         raise InputError(f"cannot read {uri}: {exc}") from exc
 
 
+def _blank(bands: int, window: PixelWindow) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A boundless read's start: image 0, nothing valid, label -1 (ignored) over the whole window."""
+    image = np.zeros((bands, window.height, window.width), dtype=np.float32)
+    valid = np.zeros((window.height, window.width), dtype=bool)
+    label = np.full((window.height, window.width), -1, dtype=np.int64)
+    return image, valid, label
+
+
+def _overlap(ref: SampleRef, window: PixelWindow) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """(slices in the window, slices in the array) of the part of `window` inside the sample; None outside."""
+    inside = window.intersection(ref.full_window)
+    if inside is None:
+        return None
+    return inside.relative_to(window).slices(), inside.slices()
+
+
 def _read_npy(ref: SampleRef, window: PixelWindow) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SNOWED arrays, boundless like the GeoTIFF path: outside the array is invalid and 0."""
     arr, lab = _load_npy(ref.image_uri), _load_npy(ref.label_uri)
-    image = np.zeros((len(ref.bands), window.height, window.width), dtype=np.float32)
-    valid = np.zeros((window.height, window.width), dtype=bool)
-    label = np.full((window.height, window.width), -1, dtype=np.int64)
-    inside = window.intersection(ref.full_window)
-    if inside is None:
+    image, valid, label = _blank(len(ref.bands), window)
+    overlap = _overlap(ref, window)
+    if overlap is None:
         return image, valid, label
-    rows, cols = inside.relative_to(window).slices()
-    src_rows, src_cols = inside.slices()
+    (rows, cols), (src_rows, src_cols) = overlap
     data = np.asarray(arr[src_rows, src_cols][:, :, [b - 1 for b in ref.bands]], dtype=np.float32)
     image[:, rows, cols] = np.moveaxis(data, -1, 0)
     finite = np.isfinite(image[:, rows, cols]).all(axis=0)
@@ -122,14 +135,11 @@ def _read_png(ref: SampleRef, window: PixelWindow) -> tuple[np.ndarray, np.ndarr
     for uri, shape in ((ref.image_uri, arr.shape), (ref.label_uri, lab.shape)):
         if shape != (ref.height, ref.width):
             raise InputError(f"{uri} is {shape[1]}x{shape[0]} px, expected {ref.width}x{ref.height}")
-    image = np.zeros((1, window.height, window.width), dtype=np.float32)
-    valid = np.zeros((window.height, window.width), dtype=bool)
-    label = np.full((window.height, window.width), -1, dtype=np.int64)
-    inside = window.intersection(ref.full_window)
-    if inside is None:
+    image, valid, label = _blank(1, window)
+    overlap = _overlap(ref, window)
+    if overlap is None:
         return image, valid, label
-    rows, cols = inside.relative_to(window).slices()
-    src_rows, src_cols = inside.slices()
+    (rows, cols), (src_rows, src_cols) = overlap
     image[0, rows, cols] = arr[src_rows, src_cols]
     valid[rows, cols] = True
     label[rows, cols] = _check_label(lab[src_rows, src_cols].astype(np.int64), None, ref.label_uri, ref.water_value)

@@ -139,7 +139,11 @@ TARGET_BLOCK_BYTES = 32 * 1024 * 1024
 #: so reads, inference and writes overlap).
 MIN_BLOCK_TILES = 4
 MAX_BLOCK_TILES = 16
-MIN_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+#: Floor of that cap. The object store's pages stay resident once touched, so the floor is memory every run
+#: pays. bench/map_memory.py at 5k^2 (4 bands, 512 px, 21 MB blocks, cap = the floor), one run each in
+#: alternation: peak summed PSS 2.44 / 2.45 GB with a 256 MB floor, 2.34 / 2.38 GB with 128 MB, map wall
+#: 62 / 55 s vs 56 / 59 s.
+MIN_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 
 
 def tile_bytes(bands: int, tile_px: int) -> int:

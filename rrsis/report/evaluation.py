@@ -18,7 +18,7 @@ import yaml
 
 from rrsis import storage
 from rrsis.report import svg
-from rrsis.report.page import CSS, SCRIPT, link, td
+from rrsis.report.page import document, link, td
 from rrsis.report.run import modified, read_json
 
 METRICS = "metrics.json"
@@ -222,21 +222,13 @@ def header(facts: EvalFacts) -> str:
 
 def render_eval(facts: EvalFacts) -> str:
     name = facts.run_uri.rstrip("/").rsplit("/", 1)[-1]
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>rrsis eval {escape(name)}</title>
-<style>{CSS} img.panel{{display:block;background:#eee;height:auto;max-width:100%}} figure{{margin:0}}</style></head>
-<body>
-<h1>rrsis eval {escape(name)}</h1>
-{header(facts)}
+    body = f"""{header(facts)}
 <h2>Metrics</h2>
 {metrics_section(facts)}
 <div class="figs">{"".join(plots(facts))}</div>
 <h2>Per item</h2>
 {items_section(facts)}
 <h2>Panels</h2>
-{panels_section(facts)}
-<script>{SCRIPT}</script>
-</body></html>
-"""
+{panels_section(facts)}"""
+    panels_css = "img.panel{display:block;background:#eee;height:auto;max-width:100%} figure{margin:0}"
+    return document(f"rrsis eval {name}", body, panels_css)

@@ -60,6 +60,22 @@ document.querySelectorAll('table.sortable th.sort').forEach(function (th, col) {
 """
 
 
+def document(title: str, body: str, css: str = "") -> str:
+    """One report page: the shared head (CSS, `css` added), `title` as the page's title and first heading,
+    `body`, the shared script (table sorting)."""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)}</title>
+<style>{CSS}{" " + css if css else ""}</style></head>
+<body>
+<h1>{escape(title)}</h1>
+{body}
+<script>{SCRIPT}</script>
+</body></html>
+"""
+
+
 def link(path: str, text: str) -> str:
     """A link to a file of the run (relative path); a URI outside the run is shown, not linked."""
     if "://" in path and not path.startswith("file://"):
@@ -311,21 +327,12 @@ def render(facts: RunFacts) -> str:
         if fp
         else "<p class=note>No scene has a georeferenced mosaic to draw.</p>"
     )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>rrsis map {escape(facts.run_id)}</title>
-<style>{CSS}</style></head>
-<body>
-<h1>rrsis map {escape(facts.run_id)}</h1>
-<div class=top><div>{header(facts)}</div><div>{map_section}</div></div>
+    body = f"""<div class=top><div>{header(facts)}</div><div>{map_section}</div></div>
 <h2>Scenes ({len(facts.scenes)})</h2>
 <p class=note>Click a column header to sort. Areas are equal-area km² of the valid (not nodata) pixels.</p>
 {scene_table(facts)}
 <h2>Failures</h2>
 {failures_section(facts)}
 <h2>Timing</h2>
-{plots_section(facts)}
-<script>{SCRIPT}</script>
-</body></html>
-"""
+{plots_section(facts)}"""
+    return document(f"rrsis map {facts.run_id}", body)

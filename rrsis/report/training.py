@@ -22,7 +22,7 @@ from rrsis import storage
 from rrsis.checkpoint_header import read_header
 from rrsis.errors import InputError
 from rrsis.report import svg
-from rrsis.report.page import CSS, SCRIPT, link, run_block, td
+from rrsis.report.page import document, link, run_block, td
 from rrsis.report.run import modified
 
 METRICS = "metrics.jsonl"
@@ -254,19 +254,10 @@ def header(facts: TrainFacts) -> str:
 
 def render_train(facts: TrainFacts) -> str:
     figs = "".join(plots(facts))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>rrsis train {escape(facts.name)}</title>
-<style>{CSS} tr.best td{{background:#eef6ee}}</style></head>
-<body>
-<h1>rrsis train {escape(facts.name)}</h1>
-{header(facts)}
+    body = f"""{header(facts)}
 <h2>Per-epoch metrics</h2>
 <p class=note>Dashed line: the best checkpoint's epoch. Hover a point for its value.</p>
 <div class="figs">{figs}</div>
 <h2>Epochs ({len(facts.records)})</h2>
-{epochs_table(facts)}
-<script>{SCRIPT}</script>
-</body></html>
-"""
+{epochs_table(facts)}"""
+    return document(f"rrsis train {facts.name}", body, "tr.best td{background:#eef6ee}")

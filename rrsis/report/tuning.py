@@ -19,7 +19,7 @@ import yaml
 from rrsis import storage
 from rrsis.errors import InputError
 from rrsis.report import svg
-from rrsis.report.page import CSS, SCRIPT, link, run_block, td
+from rrsis.report.page import document, link, run_block, td
 from rrsis.report.run import modified, read_parquet
 
 RESULTS = "results.parquet"
@@ -209,19 +209,10 @@ def header(facts: TuneFacts) -> str:
 
 
 def render_tune(facts: TuneFacts) -> str:
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>rrsis tune {escape(facts.name)}</title>
-<style>{CSS} tr.best td{{background:#eef6ee}}</style></head>
-<body>
-<h1>rrsis tune {escape(facts.name)}</h1>
-{header(facts)}
+    body = f"""{header(facts)}
 <h2>Metric by trial</h2>
 <p class=note>The best {LINES} trials are drawn; hover a point or bar for its value.</p>
 <div class="figs">{"".join(plots(facts))}</div>
 <h2>Trials ({len(facts.trials)})</h2>
-{trials_table(facts)}
-<script>{SCRIPT}</script>
-</body></html>
-"""
+{trials_table(facts)}"""
+    return document(f"rrsis tune {facts.name}", body, "tr.best td{background:#eef6ee}")

@@ -112,12 +112,12 @@ def test_blocks_aim_at_a_pixel_budget_within_bounds() -> None:
     at least one model batch. Tile bytes = px^2 x (4 per band (f32 image) + 1 valid + 4 prob + 1 mask)."""
     from rrsis.pipeline.build import MAX_BLOCK_TILES, MIN_BLOCK_TILES, TARGET_BLOCK_BYTES, block_tiles_for, tile_bytes
 
-    assert (TARGET_BLOCK_BYTES, MIN_BLOCK_TILES, MAX_BLOCK_TILES) == (32 * 2**20, 4, 16)
+    assert (TARGET_BLOCK_BYTES, MIN_BLOCK_TILES, MAX_BLOCK_TILES) == (16 * 2**20, 4, 16)
     two_bands, four_bands = 2, 4
     assert tile_bytes(two_bands, 512) == 512 * 512 * 14 == 3_670_016
     assert tile_bytes(four_bands, 512) == 512 * 512 * 22 == 5_767_168
-    assert block_tiles_for(tile_bytes(four_bands, 512), 1) == 5  # 33_554_432 // 5_767_168 = 5
-    assert block_tiles_for(tile_bytes(two_bands, 512), 1) == 9  # 33_554_432 // 3_670_016 = 9
+    assert block_tiles_for(tile_bytes(four_bands, 512), 1) == 4  # 16_777_216 // 5_767_168 = 2: MIN_BLOCK_TILES
+    assert block_tiles_for(tile_bytes(two_bands, 512), 1) == 4  # 16_777_216 // 3_670_016 = 4
     assert block_tiles_for(tile_bytes(two_bands, 32), 4) == 16  # tiny tiles: MAX_BLOCK_TILES
     assert block_tiles_for(tile_bytes(four_bands, 2048), 1) == 4  # one tile is 92 MB: MIN_BLOCK_TILES
     assert block_tiles_for(tile_bytes(two_bands, 512), 32) == 32  # a model batch never splits over blocks

@@ -129,11 +129,13 @@ def map_stage(ds: ray.data.Dataset, fn: Any, res: StageRun, batch_size: int, **k
 BLOCKS_IN_FLIGHT = 4
 #: Pixel bytes a block aims at. Every block is a task (or actor call) per stage, with its own scheduling
 #: work on the driver, task events in the GCS, stats in Ray Data's stats actor and a GDAL open per read
-#: task, so that cost follows the block count, not the pixels. bench/map_overhead.py (4 scenes of 8192^2 x
-#: 2 bands, 512 px tiles, 3.7 MB of pixels per tile): blocks of 4 tiles, map / plain loop 1.33-1.37; of
-#: 16 tiles, 1.23-1.30. bench/map_memory.py (4 bands, 5.8 MB per tile): 11-tile blocks raised the summed
-#: peak by ~200 MB over 4-tile ones, past its 2.5 GB goal; hence 32 MB.
-TARGET_BLOCK_BYTES = 32 * 1024 * 1024
+#: task, so that cost follows the block count, not the pixels; but the object store cap (below) must hold
+#: enough blocks that the inference actor never waits. bench/map_overhead's map (2 scenes of 8192^2 x 2
+#: bands, 512 px tiles, 3.7 MB of pixels per tile; one map each, same run): 8-tile blocks (32 MB) under a
+#: 128 MB cap left the actor idle 33 s (73 gaps over 0.1 s) of 223 s; 4-tile blocks (16 MB) under 128 MB:
+#: idle 0.1 s, 196 s; 8-tile blocks under 256 MB: idle 0.1 s, 191 s (and 204 s in another run). The memory
+#: bench (4 bands, 5.8 MB per tile: 4-tile blocks, 5 at 32 MB) peaks at 2.35 GB at 5k^2 under 128 MB.
+TARGET_BLOCK_BYTES = 16 * 1024 * 1024
 #: Bounds on the tiles of a block, whatever its bytes: at least 4 (one tile per block made driver, GCS
 #: and stats memory grow with the tile count), at most 16 (a small scene still spreads over several blocks,
 #: so reads, inference and writes overlap).

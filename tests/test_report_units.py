@@ -19,7 +19,7 @@ from rrsis.models.config import ModelConfig
 from rrsis.models.registry import build_model
 from rrsis.report import build_report
 from rrsis.report.evaluation import metric_blocks
-from rrsis.report.geoparquet import geometry_wkb, write_polygons
+from rrsis.report.geoparquet import geometry_wkb, polygons_uri, scene_polygons, write_polygons
 from rrsis.report.page import render
 from rrsis.report.run import RunFacts, SceneFacts, cumulative, failure_groups
 from rrsis.report.svg import nice_ticks
@@ -94,6 +94,36 @@ def test_polygons_dataset_has_every_feature_once_and_drops_stale_scenes(tmp_path
     assert decode_wkb(table["geometry"][1].as_py()) == [SQUARE, HOLED]
     geo = json.loads(table.schema.metadata[b"geo"])
     assert geo["version"] == "1.1.0" and geo["columns"]["geometry"]["encoding"] == "WKB"
+
+
+def test_a_map_runs_report_keeps_the_partitions_its_products_wrote_and_converts_the_rest(tmp_path: Path) -> None:
+    """scene_polygons (a scene's products task) writes the partition, or removes it when the run has no
+    report; write_polygons(reuse=True) (the map's own report) converts only the missing scenes; a rebuild
+    (reuse=False) converts every scene from its GeoJSON."""
+
+    def collection(n: int) -> str:
+        square = {"type": "Polygon", "coordinates": SQUARE}
+        features = [{"type": "Feature", "properties": {"id": i}, "geometry": square} for i in range(n)]
+        return json.dumps({"type": "FeatureCollection", "features": features})
+
+    run = str(tmp_path)
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.geojson").write_text(collection(1))
+    scene_polygons(run, "a", str(tmp_path / "a.geojson"), write=True)
+    written = Path(polygons_uri(run, "a")).read_bytes()
+    (tmp_path / "a.geojson").write_text(collection(3))  # seen only by a conversion
+    vectors = {n: str(tmp_path / f"{n}.geojson") for n in ("a", "b")}
+
+    def rows() -> dict[str, int]:
+        table = ds.dataset(str(tmp_path / "polygons"), format="parquet").to_table()
+        return {n: table["scene_id"].to_pylist().count(n) for n in ("a", "b")}
+
+    write_polygons(run, vectors, reuse=True)
+    assert Path(polygons_uri(run, "a")).read_bytes() == written and rows() == {"a": 1, "b": 1}
+    write_polygons(run, vectors)
+    assert rows() == {"a": 3, "b": 1}
+    scene_polygons(run, "b", vectors["b"], write=False)
+    assert not Path(polygons_uri(run, "b")).exists()
 
 
 def test_nice_ticks_cover_the_maximum_in_round_steps() -> None:

@@ -25,6 +25,7 @@ from rrsis.pipeline.plan import PlanArgs, expand_scene
 from rrsis.pipeline.products import quicklook_background, scene_products
 from rrsis.pipeline.scene_inputs import SceneKey
 from rrsis.pipeline.stages import InferStage, RefineStage, read_stage, write_stage
+from rrsis.report.geoparquet import scene_polygons
 from rrsis.resources import cpu_scale, ray_options
 
 log = logging.getLogger("rrsis.map")
@@ -275,8 +276,12 @@ def scene_products_committable(
 ) -> dict[str, Any]:
     """A scene's products (the task's `products`; the tile tasks' by default), then the task's own per-scene
     product (`extra` = (function, kwargs), called with the scene record and the products' result), then the
-    SHA-256 of every product file for the commit."""
+    SHA-256 of every product file for the commit. A scene with vectors also gets its partition of the run's
+    GeoParquet polygons here, beside the next scenes' inference (`rrsis.report.geoparquet.scene_polygons`)."""
     result = products(scene, tiles, outputs, background)
+    if result.get("vectors"):
+        run_uri = str(scene["prefix"]).rsplit("/", 1)[0]  # the scene's folder is <run>/<scene_id>
+        scene_polygons(run_uri, str(scene["scene_id"]), str(result["vectors"]), write=bool(outputs.get("report")))
     if extra is not None:
         fn, kwargs = extra
         result.update(fn(scene, result, **kwargs))

@@ -164,7 +164,8 @@ def write_report(ctx: RunContext) -> str:
     if not ctx.cfg.outputs.report:
         return ""
     try:
-        return off_driver(build_report, ctx.run_prefix, to_dict(ctx.cfg))
+        # reuse_polygons: the scenes' products tasks wrote their GeoParquet partitions (pipeline.build)
+        return off_driver(build_report, ctx.run_prefix, to_dict(ctx.cfg), "", "", True)
     except Exception as exc:  # the maps are written; the page is only a view of them
         log.warning("run %s: report not written: %s", ctx.run_id, one_line(exc))
         return ""

@@ -51,12 +51,19 @@ def run_kind(run_uri: str) -> str:
     )
 
 
-def build_report(run_uri: str, config: Mapping[str, Any] | None = None, kind: str = "", rank_by: str = "") -> str:
+def build_report(
+    run_uri: str,
+    config: Mapping[str, Any] | None = None,
+    kind: str = "",
+    rank_by: str = "",
+    reuse_polygons: bool = False,
+) -> str:
     """Write the report of the run at `run_uri`; the URI of its `report.html`.
 
     `config` (the run's resolved config, as the job has it) is saved as the run's `config.yaml`, so the page
     can show it, also when the report is rebuilt later. `kind` and `rank_by` (train: the metric that picks
-    the best checkpoint) are recorded in `report.json` for rebuilds.
+    the best checkpoint) are recorded in `report.json` for rebuilds. `reuse_polygons` (a map run's own
+    report): keep the GeoParquet partitions its products tasks wrote; a rebuild converts every scene again.
     """
     run_uri = normalize_run_uri(run_uri)
     if kind and kind not in KINDS:
@@ -72,7 +79,7 @@ def build_report(run_uri: str, config: Mapping[str, Any] | None = None, kind: st
     kind = kind or run_kind(run_uri)
     page = storage.join(run_uri, REPORT)
     if kind == "map":
-        return map_report(run_uri)
+        return map_report(run_uri, reuse_polygons)
     if kind == "train":
         html = render_train(load_train(run_uri, str(meta.get("rank_by") or "")))
     elif kind == "tune":
@@ -84,11 +91,11 @@ def build_report(run_uri: str, config: Mapping[str, Any] | None = None, kind: st
     return page
 
 
-def map_report(run_uri: str) -> str:
+def map_report(run_uri: str, reuse_polygons: bool = False) -> str:
     """report.html, the STAC catalog and the GeoParquet polygons of a map run."""
     facts = load_run(run_uri)
     vectors = {s.scene_id: full_uri(run_uri, s.files["vectors"]) for s in facts.scenes if "vectors" in s.files}
-    polygons = write_polygons(run_uri, vectors)
+    polygons = write_polygons(run_uri, vectors, reuse=reuse_polygons)
     catalog = write_catalog(facts, polygons)
     page = storage.join(run_uri, REPORT)
     storage.put_bytes(page, render(facts).encode())

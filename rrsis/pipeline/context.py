@@ -49,16 +49,16 @@ class RunContext:
 T = TypeVar("T")
 
 
-def off_driver(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in a Ray task when this driver is connected to Ray, else here. For the run's assembly
+def off_driver(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` in a Ray task when this driver is connected to Ray, else here. For the run's assembly
     (the one-file manifest from every scene's part, the report from the manifest): work that reads the whole
     run must not set the driver's peak memory, which stays flat in the run's tile count. The task's own
     error is raised as if it ran here."""
     if not ray.is_initialized():
-        return fn(*args)
+        return fn(*args, **kwargs)
     options = ray_options("map.products", ray.cluster_resources())
     try:
-        return ray.get(ray.remote(max_retries=1, **options)(fn).remote(*args))
+        return ray.get(ray.remote(max_retries=1, **options)(fn).remote(*args, **kwargs))
     except ray.exceptions.RayTaskError as exc:
         raise exc.cause from None
 
@@ -164,8 +164,8 @@ def write_report(ctx: RunContext) -> str:
     if not ctx.cfg.outputs.report:
         return ""
     try:
-        # reuse_polygons: the scenes' products tasks wrote their GeoParquet partitions (pipeline.build)
-        return off_driver(build_report, ctx.run_prefix, to_dict(ctx.cfg), "", "", True)
+        # the scenes' products tasks wrote their GeoParquet partitions (pipeline.build): reused
+        return off_driver(build_report, ctx.run_prefix, to_dict(ctx.cfg), reuse_polygons=True)
     except Exception as exc:  # the maps are written; the page is only a view of them
         log.warning("run %s: report not written: %s", ctx.run_id, one_line(exc))
         return ""

@@ -144,8 +144,8 @@ def scene_polygons(run_uri: str, scene_id: str, vectors_uri: str, write: bool) -
     uri = polygons_uri(run_uri, scene_id)
     if write:
         write_scene_polygons(uri, scene_id, vectors_uri)
-    elif storage.exists(uri):
-        storage.delete(uri)
+    else:
+        storage.delete(uri)  # idempotent: no file is no error
 
 
 def write_polygons(run_uri: str, vectors: dict[str, str], reuse: bool = False) -> dict[str, str]:
@@ -159,9 +159,10 @@ def write_polygons(run_uri: str, vectors: dict[str, str], reuse: bool = False) -
     keep = set(out.values())
     present = set()
     for uri in storage.list_prefix(folder + "/"):
-        if uri.endswith(".parquet") and uri not in keep:
+        if uri in keep:
+            present.add(uri)
+        elif uri.endswith(".parquet"):
             storage.delete(uri)
-        present.add(uri)
     for sid, vec in vectors.items():
         if not (reuse and out[sid] in present):
             write_scene_polygons(out[sid], sid, vec)

@@ -8,23 +8,41 @@ cluster.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 from rrsis.config.map import MapConfig
-from rrsis.geo.raster import read_info
+from rrsis.geo.raster import RasterInfo, read_info
 from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.plan import PlanArgs, choose_bands
+
+T = TypeVar("T")
+
+
+#: Scenes whose headers are tried, in order, for the run's estimates: a bad first scene is not a bad run.
+HEADER_TRIES = 3
+
+
+def first_header(scenes: list[SceneRef], use: Callable[[RasterInfo], T]) -> T | None:
+    """`use` of the first of the first HEADER_TRIES scenes whose header reads and that `use` accepts (does
+    not raise on); None when none does (each such scene fails later, in its own planning task)."""
+    for scene in scenes[:HEADER_TRIES]:
+        try:
+            return use(read_info(scene.uri))
+        except Exception:
+            continue
+    return None
 
 
 def first_scene_key(scenes: list[SceneRef], plan: PlanArgs) -> str:
     """The band list of the first scene that plans (its metadata only): a guess for every scene's bands, so
     an inference actor can measure each next scene ahead of its tiles (a wrong guess costs one more read)."""
-    for scene in scenes[:3]:
-        try:
-            bands = choose_bands(read_info(scene.uri), plan.requested_bands, plan.model_bands, plan.in_bands)
-        except Exception:
-            continue
+
+    def key(info: RasterInfo) -> str:
+        bands = choose_bands(info, plan.requested_bands, plan.model_bands, plan.in_bands)
         return ",".join(str(b) for b in bands)
-    return ""
+
+    return first_header(scenes, key) or ""
 
 
 def wave_size(cfg: MapConfig, rows_per_scene: float) -> int:
@@ -38,10 +56,5 @@ def tiles_estimate(scenes: list[SceneRef], plan: PlanArgs) -> float:
     """Tiles of the first scene whose header reads (0 when none does): the first wave's size, before any
     scene has been counted. `plan_tiles`' count: one core per stride on each axis."""
     step = max(1, plan.tile_px - plan.overlap_px)
-    for scene in scenes[:3]:
-        try:
-            info = read_info(scene.uri)
-        except Exception:
-            continue
-        return float(math.ceil(info.width / step) * math.ceil(info.height / step))
-    return 0.0
+    tiles = first_header(scenes, lambda info: float(math.ceil(info.width / step) * math.ceil(info.height / step)))
+    return tiles or 0.0

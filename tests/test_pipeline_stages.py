@@ -17,6 +17,7 @@ from rrsis.pipeline.manifest import dedupe_tiles, read_table, write_failures, wr
 from rrsis.pipeline.plan import content_tag, derive_run_id, plan_run, sha256_of
 from rrsis.pipeline.refiners import clean_water_mask
 from rrsis.pipeline.stages import InferStage, RefineStage, read_stage, tile_pixels, verify_stage, write_stage
+from rrsis.report.geoparquet import PolygonRows, write_scene_polygons
 from tests.pipeline_data import tiny_checkpoint, write_scene
 
 
@@ -235,5 +236,14 @@ def test_vectors_are_the_polygoniser_rings_in_wgs84_whatever_the_chunking(
     areas = [f["properties"]["area_m2"] for f in features]
     assert np.allclose(areas, [375 * 100.08, 90 * 100.08], rtol=2e-3)
     monkeypatch.setattr(products, "VECTOR_CHUNK", 1)  # one projection call per polygon: the same bytes
-    products.build_vectors(str(tmp_path / "m.tif"), str(tmp_path / "one.geojson"), scene)
+    rows = PolygonRows("s")  # the GeoParquet partition gathered from the same rings, chunk by chunk
+    products.build_vectors(str(tmp_path / "m.tif"), str(tmp_path / "one.geojson"), scene, rows)
     assert (tmp_path / "one.geojson").read_bytes() == out.read_bytes()
+    # the very file the report's conversion of the GeoJSON writes (WKB, areas, bbox, metadata)
+    assert rows.write(str(tmp_path / "rows.parquet")) == 2
+    assert write_scene_polygons(str(tmp_path / "json.parquet"), "s", str(out)) == 2
+    assert (tmp_path / "rows.parquet").read_bytes() == (tmp_path / "json.parquet").read_bytes()
+    (tmp_path / "none.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    PolygonRows("s").write(str(tmp_path / "rows0.parquet"))
+    write_scene_polygons(str(tmp_path / "json0.parquet"), "s", str(tmp_path / "none.geojson"))
+    assert (tmp_path / "rows0.parquet").read_bytes() == (tmp_path / "json0.parquet").read_bytes()

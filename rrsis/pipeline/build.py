@@ -22,7 +22,7 @@ from rrsis.errors import ConfigError
 from rrsis.pipeline import cores
 from rrsis.pipeline.commit import product_checksums
 from rrsis.pipeline.plan import PlanArgs, expand_scene
-from rrsis.pipeline.products import quicklook_background, scene_products
+from rrsis.pipeline.products import POLYGONS_WRITTEN, quicklook_background, scene_products
 from rrsis.pipeline.scene_inputs import SceneKey
 from rrsis.pipeline.stages import InferStage, RefineStage, read_stage, write_stage
 from rrsis.report.geoparquet import scene_polygons
@@ -277,9 +277,10 @@ def scene_products_committable(
     """A scene's products (the task's `products`; the tile tasks' by default), then the task's own per-scene
     product (`extra` = (function, kwargs), called with the scene record and the products' result), then the
     SHA-256 of every product file for the commit. A scene with vectors also gets its partition of the run's
-    GeoParquet polygons here, beside the next scenes' inference (`rrsis.report.geoparquet.scene_polygons`)."""
+    GeoParquet polygons here, beside the next scenes' inference (`rrsis.report.geoparquet.scene_polygons`),
+    unless the products wrote it from the rings they polygonised (`scene_products` does)."""
     result = products(scene, tiles, outputs, background)
-    if result.get("vectors"):
+    if result.get("vectors") and not result.pop(POLYGONS_WRITTEN, False):  # not written beside the vectors
         run_uri = str(scene["prefix"]).rsplit("/", 1)[0]  # the scene's folder is <run>/<scene_id>
         scene_polygons(run_uri, str(scene["scene_id"]), str(result["vectors"]), write=bool(outputs.get("report")))
     if extra is not None:

@@ -35,11 +35,15 @@ from rrsis.geo.raster import open_raster, read_decimated
 from rrsis.geo.tiling import PixelWindow
 from rrsis.pipeline.area import WGS84, laea_for_window, polygon_areas, project_rings, ring_areas
 from rrsis.pipeline.refiners import NODATA
+from rrsis.report.geoparquet import PolygonRows, polygons_uri
 
 QUICKLOOK_PX = 1024
 VECTOR_CHUNK = 5000  # polygons projected per PROJ call
 MOSAIC_BLOCK_PX = 512  # the COG's (and its staging file's) block size
 WATER_RGB = np.array([30, 144, 255], dtype=np.float32)
+#: Result key (taken out before the result leaves the products task) saying the scene's GeoParquet
+#: partition was written with its vectors.
+POLYGONS_WRITTEN = "_polygons_written"
 
 
 def _grid(scene: dict[str, Any]) -> tuple[int, int, Any, str, str]:
@@ -52,9 +56,10 @@ def build_mosaic(out_uri: str, scene: dict[str, Any], parts: Sequence[tuple[Pixe
     return build_cog(out_uri, *_grid(scene), parts, count=count, nodata=NODATA, block_px=MOSAIC_BLOCK_PX)
 
 
-def build_vectors(raster_uri: str, out_uri: str, scene: dict[str, Any]) -> int:
+def build_vectors(raster_uri: str, out_uri: str, scene: dict[str, Any], polygons: PolygonRows | None = None) -> int:
     """Polygonise water (value 1) of band 1 of a mask raster (the mosaic, or its staging file) into GeoJSON
-    with `area_m2`; returns the polygon count."""
+    with `area_m2`; returns the polygon count. `polygons` also gathers them as the rows of the run's
+    GeoParquet partition (`rrsis.report.geoparquet`), from the same coordinates."""
     crs = str(scene["crs"])
     laea = laea_for_window(scene["transform"], crs, 0, 0, int(scene["width"]), int(scene["height"]))
     count = 0
@@ -69,15 +74,17 @@ def build_vectors(raster_uri: str, out_uri: str, scene: dict[str, Any]) -> int:
                 if int(value) == 1:
                     chunk.append(geometry)
                 if len(chunk) >= VECTOR_CHUNK:
-                    count = _write_features(out, chunk, crs, laea, count)
+                    count = _write_features(out, chunk, crs, laea, count, polygons)
                     chunk = []
-            count = _write_features(out, chunk, crs, laea, count)
+            count = _write_features(out, chunk, crs, laea, count, polygons)
             out.write(b"\n]}\n")
         storage.put_file(path, out_uri)
     return count
 
 
-def _write_features(out: Any, polygons: list[dict[str, Any]], crs: str, laea: str, first_id: int) -> int:
+def _write_features(
+    out: Any, polygons: list[dict[str, Any]], crs: str, laea: str, first_id: int, rows: PolygonRows | None
+) -> int:
     """Append one GeoJSON feature per polygon (EPSG:4326, 9 decimals) with its equal-area `area_m2`.
 
     orjson writes each ring straight from its rows of the chunk's coordinate array (shortest round-trip
@@ -91,10 +98,14 @@ def _write_features(out: Any, polygons: list[dict[str, Any]], crs: str, laea: st
     xy_deg, _ = project_rings(polygons, crs, WGS84)
     points = np.ascontiguousarray(np.round(xy_deg, 9))  # one rounding for the whole chunk
     bounds = [0, *np.cumsum(lengths).tolist()]  # ring r is points[bounds[r] : bounds[r + 1]]
+    if rows is not None:
+        rows.extend_bounds(points)
     ring = 0
     for i, poly in enumerate(polygons):
         rings = [points[bounds[r] : bounds[r + 1]] for r in range(ring, ring + len(poly["coordinates"]))]
         ring += len(poly["coordinates"])
+        if rows is not None:
+            rows.add(first_id + i, areas[i], rings)
         feature = {
             "type": "Feature",
             "properties": {"id": first_id + i, "class": "water", "area_m2": areas[i]},
@@ -214,7 +225,12 @@ def scene_products(
             quicklook = pool.submit(_timed, build_quicklook, *args, background)  # after the COG: one worker
         if outputs.get("vectors"):
             result["vectors"] = storage.join(prefix, "water.geojson")
-            result["polygons"], result["vectors_s"] = _timed(build_vectors, staging, result["vectors"], scene)
+            # with a report, the run's GeoParquet partition too, from the same rings, while the COG compresses
+            rows = PolygonRows(str(scene["scene_id"])) if outputs.get("report") else None
+            result["polygons"], result["vectors_s"] = _timed(build_vectors, staging, result["vectors"], scene, rows)
+            if rows is not None:
+                rows.write(polygons_uri(prefix.rsplit("/", 1)[0], str(scene["scene_id"])))  # <run>/<scene_id>
+                result[POLYGONS_WRITTEN] = True
         result["mosaic"], publish_s = published.result()
         result["mosaic_s"] = staged_s + publish_s
         if quicklook is not None:

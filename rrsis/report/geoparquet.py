@@ -19,6 +19,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -117,13 +118,60 @@ def geo_metadata(column: dict[str, Any]) -> bytes:
     ).encode()
 
 
+class PolygonRows:
+    """One scene's water polygons gathered as partition rows while its GeoJSON is written
+    (`rrsis.pipeline.products.build_vectors`): `write` stores the same file `write_scene_polygons` would
+    build from that GeoJSON, without parsing it again. Rings come as the (N, 2) float64 lon/lat rows the
+    GeoJSON is written from (the JSON's shortest round-trip digits parse back to these very doubles), so
+    their WKB is the rows' bytes."""
+
+    def __init__(self, scene_id: str) -> None:
+        self.scene_id = scene_id
+        self.ids: list[int] = []
+        self.areas: list[float] = []
+        self.wkb: list[bytes] = []
+        self.box: list[float] | None = None
+
+    def add(self, feature_id: int, area_m2: float, rings: Sequence[np.ndarray]) -> None:
+        """One Polygon feature (class water) with its rings, each (N, 2) lon/lat."""
+        parts = [struct.pack("<BII", 1, 3, len(rings))]
+        for ring in rings:
+            parts += [struct.pack("<I", len(ring)), np.ascontiguousarray(ring[:, :2], dtype="<f8").tobytes()]
+        self.ids.append(int(feature_id))
+        self.areas.append(float(area_m2))
+        self.wkb.append(b"".join(parts))
+
+    def extend_bounds(self, points: np.ndarray) -> None:
+        """Grow the bounding box by every ring point of a chunk of features (`add`ed or to be)."""
+        if len(points):
+            lo, hi = points[:, :2].min(axis=0), points[:, :2].max(axis=0)
+            box = [float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])]
+            if self.box is not None:
+                box = [*map(min, self.box[:2], box[:2]), *map(max, self.box[2:], box[2:])]
+            self.box = box
+
+    def write(self, uri: str) -> int:
+        n = len(self.ids)
+        none = pa.nulls(n, pa.string())
+        columns = [pa.array([self.scene_id] * n, pa.string()), pa.array(self.ids, pa.int64()),
+                   pa.array(["water"] * n, pa.string()), pa.array(self.areas, pa.float64()), none,
+                   pa.nulls(n, pa.float64()), none, pa.array(self.wkb, pa.binary())]  # fmt: skip
+        column: dict[str, Any] = {"encoding": "WKB", "geometry_types": ["Polygon"] if n else []}
+        if self.box is not None and n:
+            column["bbox"] = self.box
+        return _write_partition(uri, pa.Table.from_arrays(columns, schema=SCHEMA), column)
+
+
 def write_scene_polygons(uri: str, scene_id: str, vectors_uri: str) -> int:
     """Convert one scene's GeoJSON into a GeoParquet file at `uri`; the number of polygons written."""
     try:
         collection = orjson.loads(storage.get_bytes(vectors_uri))
     except orjson.JSONDecodeError as exc:
         raise InputError(f"{vectors_uri} is not GeoJSON: {exc}") from exc
-    table, column = features_table(scene_id, list(collection.get("features") or []))
+    return _write_partition(uri, *features_table(scene_id, list(collection.get("features") or [])))
+
+
+def _write_partition(uri: str, table: pa.Table, column: dict[str, Any]) -> int:
     meta = dict(table.schema.metadata or {})
     meta[b"geo"] = geo_metadata(column)
     table = table.replace_schema_metadata(meta)

@@ -22,7 +22,7 @@ from rrsis.errors import ConfigError
 from rrsis.pipeline import cores
 from rrsis.pipeline.commit import product_checksums
 from rrsis.pipeline.plan import PlanArgs, expand_scene
-from rrsis.pipeline.products import POLYGONS_WRITTEN, quicklook_background, scene_products
+from rrsis.pipeline.products import POLYGONS_WRITTEN, quicklook_background, run_folder, scene_products
 from rrsis.pipeline.scene_inputs import SceneKey
 from rrsis.pipeline.stages import InferStage, RefineStage, read_stage, write_stage
 from rrsis.report.geoparquet import scene_polygons
@@ -281,8 +281,8 @@ def scene_products_committable(
     unless the products wrote it from the rings they polygonised (`scene_products` does)."""
     result = products(scene, tiles, outputs, background)
     if result.get("vectors") and not result.pop(POLYGONS_WRITTEN, False):  # not written beside the vectors
-        run_uri = str(scene["prefix"]).rsplit("/", 1)[0]  # the scene's folder is <run>/<scene_id>
-        scene_polygons(run_uri, str(scene["scene_id"]), str(result["vectors"]), write=bool(outputs.get("report")))
+        write = bool(outputs.get("report"))
+        scene_polygons(run_folder(scene), str(scene["scene_id"]), str(result["vectors"]), write=write)
     if extra is not None:
         fn, kwargs = extra
         result.update(fn(scene, result, **kwargs))

@@ -46,6 +46,11 @@ WATER_RGB = np.array([30, 144, 255], dtype=np.float32)
 POLYGONS_WRITTEN = "_polygons_written"
 
 
+def run_folder(scene: dict[str, Any]) -> str:
+    """The run folder a scene's outputs are in: its `prefix` is `<run>/<scene_id>`."""
+    return str(scene["prefix"]).rsplit("/", 1)[0]
+
+
 def _grid(scene: dict[str, Any]) -> tuple[int, int, Any, str, str]:
     """(width, height, transform, crs, dtype) of a scene's mask mosaic."""
     return int(scene["width"]), int(scene["height"]), scene["transform"], str(scene["crs"]), "uint8"
@@ -229,7 +234,7 @@ def scene_products(
             rows = PolygonRows(str(scene["scene_id"])) if outputs.get("report") else None
             result["polygons"], result["vectors_s"] = _timed(build_vectors, staging, result["vectors"], scene, rows)
             if rows is not None:
-                rows.write(polygons_uri(prefix.rsplit("/", 1)[0], str(scene["scene_id"])))  # <run>/<scene_id>
+                rows.write(polygons_uri(run_folder(scene), str(scene["scene_id"])))
                 result[POLYGONS_WRITTEN] = True
         result["mosaic"], publish_s = published.result()
         result["mosaic_s"] = staged_s + publish_s

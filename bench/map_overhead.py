@@ -54,6 +54,7 @@ from bench.procs import CpuSampler, infer_timeline
 from rrsis.checkpoints import build_from_checkpoint, load_checkpoint, normalize_image, scene_norm
 from rrsis.geo.raster import open_raster, read_window
 from rrsis.geo.tiling import plan_tiles
+from rrsis.resources import heap_reuse_env
 from tests.pipeline_data import map_config, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,12 +108,16 @@ def plain_loop(ckpt_uri: str, scenes: list[str], size: int, tile: int, overlap: 
     return elapsed, len(tiles) * len(scenes)
 
 
-def fresh_plain_loop(ckpt_uri: str, scenes: list[str], size: int, tile: int, overlap: int) -> float:
+def fresh_plain_loop(ckpt_uri: str, scenes: list[str], size: int, tile: int, overlap: int, heap: bool) -> float:
     """`plain_loop` in a new Python process. After a map, this process has hosted a Ray driver, and the same
     loop ran slower in it than in a fresh process (4096^2 scene, alternating: 36.3 vs 28.7 s, 36.1 vs 33.0 s),
-    which would flatter the map; a fresh process per loop keeps the baseline clean."""
+    which would flatter the map; a fresh process per loop keeps the baseline clean. `heap`: the loop's
+    process gets the malloc settings the map's inference actor gets (`infer.reuse_heap`), so both sides run
+    the same forwards on the same allocator (they make the loop's forwards about 8 % faster too)."""
     job = json.dumps({"ckpt": ckpt_uri, "scenes": scenes, "size": size, "tile": tile, "overlap": overlap})
-    done = subprocess.run([sys.executable, __file__, "--plain-loop", job], capture_output=True, text=True, check=True)
+    env = {**os.environ, **(heap_reuse_env() if heap else {})}
+    cmd = [sys.executable, __file__, "--plain-loop", job]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return float(done.stdout.split()[-1])
 
 
@@ -142,7 +147,8 @@ def main() -> None:
     ckpt = args.checkpoint
     if ckpt == "random":
         ckpt = tiny_checkpoint(tmp / "model.pt", family=args.family, width=args.width)
-    loops = [fresh_plain_loop(ckpt, scenes, args.size, args.tile, args.overlap)]
+    heap = "infer.reuse_heap=false" not in args.set  # the loop on the allocator the inference actor has
+    loops = [fresh_plain_loop(ckpt, scenes, args.size, args.tile, args.overlap, heap)]
     maps: list[tuple[str, float]] = []
     arms = {"A": args.set, "B": [*args.set, *args.ab]} if args.ab else {"": args.set}
     for repeat in range(args.repeats):  # loop, map, loop[, map, loop ...]: each map between two loops
@@ -160,7 +166,7 @@ def main() -> None:
             )
             print(f"map {len(maps) + 1} {arm} {' '.join(overrides)}".rstrip(), flush=True)
             maps.append((arm, map_once(cfg, out, args, ckpt)))
-            loops.append(fresh_plain_loop(ckpt, scenes, args.size, args.tile, args.overlap))
+            loops.append(fresh_plain_loop(ckpt, scenes, args.size, args.tile, args.overlap, heap))
     print(f"plain loops (forward only, tiles in memory), in order (s): {[round(v, 1) for v in loops]}")
     bracket = [(loops[i] + loops[i + 1]) / 2 for i in range(len(maps))]
     for i, (arm, map_s) in enumerate(maps):

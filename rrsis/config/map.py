@@ -54,6 +54,10 @@ class InferConfig:
     # the heap is reused and trimmed only if fragmentation grows past 512 MB; bench/map_memory.py's peak
     # stayed 2.42 GB either way (the actor peaks during its forward, trimmed or not).
     trim_free_mb: int = bounded(512, 0, 1 << 20)
+    # A CPU inference actor starts with glibc's malloc set to reuse its heap forward after forward
+    # (`rrsis.resources.HEAP_REUSE_TUNABLES`, a runtime_env variable of the infer stage): about 15 % less
+    # time per forward of the demo model here, none of it spent faulting pages in. Not with GPUs.
+    reuse_heap: bool = True
     # On an embedded Ray without GPUs: each inference actor runs its model on cores of its own (pool_size x
     # num_cpus of them, if at least one core is left) and every other process on the rest
     # (`rrsis.pipeline.cores`). Ignored on a cluster (RAY_ADDRESS / ray.address) and with GPUs.

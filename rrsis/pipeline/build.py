@@ -26,7 +26,7 @@ from rrsis.pipeline.products import POLYGONS_WRITTEN, quicklook_background, run_
 from rrsis.pipeline.scene_inputs import SceneKey
 from rrsis.pipeline.stages import InferStage, RefineStage, read_stage, write_stage
 from rrsis.report.geoparquet import scene_polygons
-from rrsis.resources import cpu_scale, ray_options
+from rrsis.resources import cpu_scale, heap_reuse_env, ray_options
 
 log = logging.getLogger("rrsis.map")
 
@@ -102,12 +102,13 @@ def resources_for(
     if cluster is None:
         cluster = ray.cluster_resources() if ray.is_initialized() else {}
     cluster = {**cluster, "GPU": gpus_available}
+    infer = ray_options("map.infer", cluster, num_cpus=cfg.infer.num_cpus * scale, num_gpus=cfg.infer.num_gpus)
+    heap = heap_reuse_env() if cfg.infer.reuse_heap and not infer.get("num_gpus") else {}
+    if heap:  # merged by Ray with a job's own runtime_env (its env_vars too)
+        infer["runtime_env"] = {"env_vars": heap}
     return PipelineResources(
         read=StageRun(ray_options("map.read", cluster, num_cpus=cfg.read_num_cpus * scale)),
-        infer=StageRun(
-            ray_options("map.infer", cluster, num_cpus=cfg.infer.num_cpus * scale, num_gpus=cfg.infer.num_gpus),
-            pool_size=cfg.infer.pool_size,
-        ),
+        infer=StageRun(infer, pool_size=cfg.infer.pool_size),
         refine=StageRun(ray_options("map.refine", cluster, num_cpus=cfg.refine.num_cpus * scale), cfg.refine.pool_size),
         write=StageRun(ray_options("map.write", cluster, num_cpus=cfg.write_num_cpus * scale)),
         batch_size=cfg.infer.batch_size,

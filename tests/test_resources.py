@@ -75,9 +75,13 @@ def test_map_pipeline_takes_its_options_from_the_table() -> None:
     assert res.refine.num_cpus == 1.0 and res.refine.pool_size == 1
     cpu_only = resources_for(map_config(), 0.0, cluster=LAPTOP)
     assert "num_gpus" not in cpu_only.infer.options
-    # a CPU inference actor starts with glibc set to reuse its heap; a GPU one, or reuse_heap=false, does not
-    assert cpu_only.infer.options["runtime_env"] == {"env_vars": heap_reuse_env()}
-    assert "runtime_env" not in resources_for(map_config("infer.reuse_heap=false"), 0.0, cluster=LAPTOP).infer.options
+    # a CPU water-land / DANet inference actor starts with glibc set to reuse its heap; a GPU one does not
+    assert "runtime_env" not in cpu_only.infer.options  # the SAM tasks' actors keep the default allocator
+    tiles = resources_for(map_config(), 0.0, cluster=LAPTOP, reuse_heap=True)  # the water-land / DANet actor
+    assert tiles.infer.options == {**cpu_only.infer.options, "runtime_env": {"env_vars": heap_reuse_env()}}
+    assert (
+        "runtime_env" not in resources_for(map_config(), 2.0, cluster=GPU_AND_CPU_NODES, reuse_heap=True).infer.options
+    )
     # 1 + 1 + 1 + 1 = 4 CPUs fit a 4-CPU cluster; a products task bigger than the cluster never could start
     assert resources_for(map_config("products_num_cpus=4"), 0.0, 4.0, cluster=LAPTOP).batch_size == 4
     with pytest.raises(ConfigError, match=r"^config error: key 'products_num_cpus' = 6 CPUs but the Ray cluster has 4"):
@@ -218,7 +222,7 @@ def test_inference_actor_reuses_its_heap_instead_of_faulting_pages_in() -> None:
 
     from rrsis.config.load import load_config
     from rrsis.config.map import MapConfig
-    from rrsis.pipeline.build import resources_for
+    from rrsis.pipeline.tile_run import all_cpus_resources  # the tile tasks' resources, as a map builds them
 
     @ray.remote
     class Forwards:
@@ -235,7 +239,10 @@ def test_inference_actor_reuses_its_heap_instead_of_faulting_pages_in() -> None:
             libc.free(ctypes.memset(libc.malloc(size), 1, size))
             return os.environ.get("GLIBC_TUNABLES", ""), resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
 
-    options = resources_for(load_config(MapConfig, None, []), 0.0, cluster=LAPTOP).infer.options
+    options = all_cpus_resources(load_config(MapConfig, None, [])).infer.options
+    assert (
+        "runtime_env" not in all_cpus_resources(load_config(MapConfig, None, ["infer.reuse_heap=false"])).infer.options
+    )
     tuned = Forwards.options(num_cpus=0, runtime_env=options["runtime_env"]).remote()  # type: ignore[attr-defined]
     plain = Forwards.options(num_cpus=0).remote()  # type: ignore[attr-defined]
     (env, reused), (_, fresh) = ray.get(

@@ -54,9 +54,10 @@ class InferConfig:
     # the heap is reused and trimmed only if fragmentation grows past 512 MB; bench/map_memory.py's peak
     # stayed 2.42 GB either way (the actor peaks during its forward, trimmed or not).
     trim_free_mb: int = bounded(512, 0, 1 << 20)
-    # A CPU inference actor starts with glibc's malloc set to reuse its heap forward after forward
-    # (`rrsis.resources.HEAP_REUSE_TUNABLES`, a runtime_env variable of the infer stage): about 15 % less
-    # time per forward of the demo model here, none of it spent faulting pages in. Not with GPUs.
+    # The water-land and DANet CPU inference actors start with glibc's malloc set to reuse their heap
+    # forward after forward (`rrsis.resources.HEAP_REUSE_TUNABLES`, a runtime_env variable of the infer
+    # stage): about 15 % less time per forward of the demo model here, none of it spent faulting pages in.
+    # Not with GPUs; the SAM tasks (boxes, referring) keep the default allocator.
     reuse_heap: bool = True
     # On an embedded Ray without GPUs: each inference actor runs its model on cores of its own (pool_size x
     # num_cpus of them, if at least one core is left) and every other process on the rest

@@ -67,6 +67,8 @@ def resources_for(
     gpus_available: float,
     cpus_available: float | None = None,
     cluster: Mapping[str, float] | None = None,
+    *,
+    reuse_heap: bool = False,
 ) -> PipelineResources:
     """Every stage's Ray options: `rrsis.resources` defaults, overridden by the config's CPUs and GPUs.
 
@@ -75,7 +77,8 @@ def resources_for(
     the whole run, so the pools plus one read and one write task must fit the cluster, or the run would wait
     forever: when they do not (a 2-CPU head), every stage's CPUs are scaled down alike
     (`rrsis.resources.cpu_scale`, one log line naming the keys). A products task must fit the cluster at
-    all: else a ConfigError naming the key.
+    all: else a ConfigError naming the key. `reuse_heap`: a CPU inference actor starts with
+    `rrsis.resources.heap_reuse_env` (the tile tasks' `infer.reuse_heap`).
     """
     needed = (
         cfg.infer.pool_size * cfg.infer.num_cpus
@@ -103,7 +106,7 @@ def resources_for(
         cluster = ray.cluster_resources() if ray.is_initialized() else {}
     cluster = {**cluster, "GPU": gpus_available}
     infer = ray_options("map.infer", cluster, num_cpus=cfg.infer.num_cpus * scale, num_gpus=cfg.infer.num_gpus)
-    heap = heap_reuse_env() if cfg.infer.reuse_heap and not infer.get("num_gpus") else {}
+    heap = heap_reuse_env() if reuse_heap and not infer.get("num_gpus") else {}
     if heap:  # merged by Ray with a job's own runtime_env (its env_vars too)
         infer["runtime_env"] = {"env_vars": heap}
     return PipelineResources(

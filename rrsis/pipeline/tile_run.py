@@ -95,7 +95,7 @@ class Launch:
 
 def all_cpus_resources(cfg: MapConfig) -> PipelineResources:
     """The stage resources on the connected cluster, checked against its CPUs (every pool must fit)."""
-    return resources_for(cfg, cluster_gpus(), cluster_cpus())
+    return resources_for(cfg, cluster_gpus(), cluster_cpus(), reuse_heap=cfg.infer.reuse_heap)
 
 
 def no_scene_order(scenes: list[SceneRef]) -> list[SceneKey]:

@@ -67,10 +67,10 @@ def main() -> None:
     args = parser.parse_args()
     from rrsis.resources import heap_reuse_env
 
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX")}
     results = {}
     for where in ("thread", "main"):
-        for label, extra in (("default", {}), ("reuse_heap", heap_reuse_env())):
-            env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX")}
+        for label, extra in (("default", {}), ("reuse_heap", heap_reuse_env(env))):
             cmd = [sys.executable, __file__, "--case", str(args.forwards), where]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**env, **extra})
             results[where, label] = json.loads(done.stdout.splitlines()[-1])

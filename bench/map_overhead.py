@@ -147,7 +147,7 @@ def main() -> None:
     ckpt = args.checkpoint
     if ckpt == "random":
         ckpt = tiny_checkpoint(tmp / "model.pt", family=args.family, width=args.width)
-    heap = "infer.reuse_heap=false" not in args.set  # the loop on the allocator the inference actor has
+    heap = map_config(*args.set).infer.reuse_heap  # the loop on the allocator the inference actor has
     loops = [fresh_plain_loop(ckpt, scenes, args.size, args.tile, args.overlap, heap)]
     maps: list[tuple[str, float]] = []
     arms = {"A": args.set, "B": [*args.set, *args.ab]} if args.ab else {"": args.set}

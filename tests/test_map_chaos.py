@@ -78,6 +78,11 @@ def progress(run_root: Path) -> int:
     return sum(1 for p in run_root.rglob("*") if p.name.endswith((".tif.json", "stats.json")) or "_commits" in p.parts)
 
 
+def stages_hit(titles: list[str]) -> set[str]:
+    """The TARGETS stages named in these process titles."""
+    return {t for t in TARGETS if any(t in title for title in titles)}
+
+
 def stage_workers(driver: int) -> dict[int, str]:
     """The run's worker processes busy in (or holding) a map stage, with their titles."""
     found = {}
@@ -119,7 +124,7 @@ def test_random_worker_kills_every_few_seconds_end_complete_and_byte_identical(
             if not workers or done == done_at_kill:
                 continue
             # a stage not killed yet goes first, so every stage that shows up is hit whatever the timing
-            hit = {t for t in TARGETS if any(t in k for k in kills)}
+            hit = stages_hit(kills)
             fresh = [w for w, name in workers.items() if not any(t in name for t in hit)]
             pid = rng.choice(sorted(fresh or workers))
             try:
@@ -135,7 +140,7 @@ def test_random_worker_kills_every_few_seconds_end_complete_and_byte_identical(
         log.close()
     output = (tmp_path / "chaos.log").read_text()
     assert proc.returncode == 0, output[-4000:]
-    killed = {t for t in TARGETS if any(t in k for k in kills)}
+    killed = stages_hit(kills)
     print(f"{len(kills)} kills: {sorted(killed)}")
     # an actor stage and the write tasks at least. In the full suite the inference actor was twice never
     # seen in the run's process tree (only refine and write were hit); killing it is test_pipeline_map's r1.

@@ -153,6 +153,29 @@ def test_loads_a_full_sam_checkpoint_from_a_local_path(tmp_path: Path) -> None:
         assert torch.equal(a, b), k
 
 
+def test_weights_are_mapped_from_the_file_and_a_half_precision_file_is_cast(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    saved = build_sam_model(sam_arch("tiny"))
+    path = tmp_path / "sam_tiny.pth"
+    torch.save(saved.state_dict(), path)
+    loaded = build_sam(SamConfig(model_type="tiny", checkpoint=str(path), seed=1))
+    maps = Path("/proc/self/maps").read_text()
+    if maps:  # Linux: the checkpoint is mapped, its tensors are the model's (not a second, copied set)
+        assert str(path) in maps
+    weight = loaded.image_encoder.patch_embed.proj.weight
+    assert torch.equal(weight, saved.image_encoder.patch_embed.proj.weight)
+    weight.data.add_(1.0)  # copy-on-write: the model's weights change, the file does not
+    again = build_sam(SamConfig(model_type="tiny", checkpoint=str(path), seed=1))
+    assert torch.equal(again.image_encoder.patch_embed.proj.weight, saved.image_encoder.patch_embed.proj.weight)
+
+    half = tmp_path / "sam_tiny_fp16.pth"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in saved.state_dict().items()}, half)
+    cast = build_sam(SamConfig(model_type="tiny", checkpoint=str(half), seed=1))
+    assert all(p.dtype == torch.float32 for p in cast.parameters())
+    expected = saved.image_encoder.patch_embed.proj.weight.half().float()
+    assert torch.equal(cast.image_encoder.patch_embed.proj.weight, expected)
+
+
 def test_checkpoint_problems_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="fetch it"):
         build_sam(SamConfig(model_type="tiny", checkpoint="s3://bucket/sam_vit_b.pth"))

@@ -9,6 +9,7 @@ downloaded here. The image encoder is ours (`encoder.py`, memory-bounded attenti
 
 from __future__ import annotations
 
+import zipfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,11 @@ def local_file(path: str, key: str) -> Path:
     return p
 
 
-def read_state(path: Path, key: str) -> dict[str, Any]:
+def read_state(path: Path, key: str, *, mmap: bool = False) -> dict[str, Any]:
+    """The state dict in `path`; `mmap` maps a zip-format checkpoint's tensors from the file instead of
+    reading them into memory (a legacy-format file is read as usual)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except Exception as exc:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{key} {str(path)!r} cannot be read as a torch checkpoint: {exc}") from exc
     if not isinstance(state, dict):
@@ -95,14 +98,19 @@ def read_state(path: Path, key: str) -> dict[str, Any]:
 
 
 def load_sam_weights(sam: Sam, path: str, model_type: str) -> None:
-    """Load a full SAM state dict (the official .pth layout) strictly into `sam`."""
-    state = read_state(local_file(path, "model.sam.checkpoint"), "model.sam.checkpoint")
+    """Load a full SAM state dict (the official .pth layout) strictly into `sam`.
+
+    The checkpoint's fp32 tensors are mapped from the file and become `sam`'s own (`assign`; the mapping is
+    copy-on-write), so the weights are not held twice: the random init is freed."""
+    state = read_state(local_file(path, "model.sam.checkpoint"), "model.sam.checkpoint", mmap=True)
     if "kind" in state:
         raise CheckpointError(
             f"model.sam.checkpoint {path!r} is an rrsis {state['kind']!r} checkpoint; "
             "put it in model.sam.decoder_checkpoint and give the full SAM weights in model.sam.checkpoint"
         )
-    result = sam.load_state_dict(state, strict=False)
+    # assign keeps the file's dtype: a checkpoint stored in half precision is copied (cast) into fp32 instead
+    fp32 = all(t.dtype == torch.float32 for t in state.values() if torch.is_tensor(t) and t.is_floating_point())
+    result = sam.load_state_dict(state, strict=False, assign=fp32)
     bad = list(result.missing_keys)[:3] + list(result.unexpected_keys)[:3]
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(

@@ -9,6 +9,8 @@ tensors; at 1024 px a global block of vit_b holds 12 x 4096 x 4096 logits, 0.8 G
 relative-position bias is built as an additive float `attn_mask` for
 `torch.nn.functional.scaled_dot_product_attention`, one group of heads and query rows at a time, so at most
 `mask_budget` bias elements exist at once and the fused kernel never writes the full attention out.
+Each block also runs its MLP over `TOKEN_CHUNK` tokens at a time and its windowed attention over as many
+whole windows at a time (per-token and per-window computations: same results, smaller peak).
 
 Facts carried over from segment-anything: the softmax scale is head_dim**-0.5 and applies to q.k only; the
 bias uses the unscaled queries, bias[q, k] = q . R_h[row(q) - row(k)] + q . R_w[col(q) - col(k)]; windowed
@@ -24,6 +26,10 @@ from segment_anything.modeling.common import LayerNorm2d, MLPBlock
 from torch import nn
 
 DEFAULT_MASK_BUDGET = 1 << 22  # bias elements alive at once (16 MB in fp32); one 1024 px vit_b head needs 2**24
+# tokens per MLP call and per windowed-attention call (whole windows): every token's MLP and every window's
+# attention are independent of the others, so the chunks give the same result while the block's widest
+# activations (vit_b at 1024 px: the 4x MLP hidden layer, 2 x 50 MB, and the windows' qkv, 45 MB) shrink
+TOKEN_CHUNK = 1024
 
 
 class PatchEmbed(nn.Module):
@@ -148,11 +154,16 @@ class EncoderBlock(nn.Module):
         if self.window_size > 0:
             hw = (y.shape[1], y.shape[2])
             windows, padded_hw = to_windows(y, self.window_size)
-            y = from_windows(self.attn(windows), self.window_size, padded_hw, hw)
+            per_call = max(1, TOKEN_CHUNK // self.window_size**2)
+            attended = torch.cat([self.attn(part) for part in windows.split(per_call)])
+            del windows
+            y = from_windows(attended, self.window_size, padded_hw, hw)
         else:
             y = self.attn(y)
         x = x + y
-        return x + self.mlp(self.norm2(x))
+        del y
+        rows = max(1, TOKEN_CHUNK // x.shape[2])
+        return torch.cat([part + self.mlp(self.norm2(part)) for part in x.split(rows, dim=1)], dim=1)
 
 
 class EfficientImageEncoderViT(nn.Module):

@@ -38,6 +38,7 @@ from rrsis.pipeline.stages import read_stage, verify_stage
 from rrsis.refine.cfpg import cfpg_points
 from rrsis.refine.config import CfpgConfig, MboConfig
 from rrsis.refine.mbo import mbo_refine
+from rrsis.resources import release_freed_memory
 
 Batch = dict[str, np.ndarray]
 NODATA = 255
@@ -241,13 +242,20 @@ def write_boxes_stage(batch: Batch) -> Batch:
 
 
 def read_prompt_stage(batch: Batch, **prompt: Any) -> Batch:
-    """resume check + read + CFPG in one CPU task: per window one task before SAM instead of three."""
-    return prompt_stage(read_stage(resume_stage(batch)), **prompt)
+    """resume check + read + CFPG in one CPU task: per window one task before SAM instead of three.
+
+    Both CPU tasks give their freed heap back before they return: their worker then waits, often for a
+    whole SAM forward, without holding a window's intermediate arrays (`release_freed_memory`)."""
+    out = prompt_stage(read_stage(resume_stage(batch)), **prompt)
+    release_freed_memory()
+    return out
 
 
 def mbo_write_stage(batch: Batch, **mbo: Any) -> Batch:
     """MBO + write in one CPU task after SAM."""
-    return write_boxes_stage(mbo_stage(batch, **mbo))
+    out = write_boxes_stage(mbo_stage(batch, **mbo))
+    release_freed_memory()
+    return out
 
 
 def geojson_key(key: str) -> str:

@@ -4,9 +4,13 @@ Scene: a generated 20,000 x 20,000 x 3 uint8 GeoTIFF (deflate, 512 px blocks, wr
 cached under --cache), three boxes of 300-600 px far apart. SAM: ViT-B with random weights (seeded, saved once
 as an official-format state dict: the same architecture and size as `sam_vit_b_01ec64.pth`), used by both.
 
-(a) the whole-scene way, as segment-geospatial does it: the whole raster read into memory (`src.read()`, then
-    band-last), segment-anything's `SamPredictor.set_image` (which resizes it to 1024 px on the long side)
-    and `predict` of each of the 3 boxes (masks come back at the scene's full size); nothing is written.
+(a) the whole-scene way, in two variants (`--ways`, the first is the goals' basis):
+    samgeo: what segment-geospatial 1.4.2 does for `set_image(path)` and `predict(boxes=[3 boxes],
+    point_crs=..., output=...)`: the whole raster read (`src.read()`, then a band-last copy), segment-anything's
+    `SamPredictor.set_image` (resized to 1024 px inside), the three boxes decoded together by `predict_torch`
+    with `multimask_output=True` (it hard-codes it: 9 masks upsampled to the full scene as float32, then
+    thresholded), its overlay (float32 sums, `(overlay > 0) * 255`) written as a deflate GeoTIFF;
+    lean: the least the whole-scene way can do: one `predict(box, multimask_output=False)` per box, no write.
 (b) `rrsis map` with task boxes, as a user runs it (`python -m rrsis.cli map ...`, its embedded Ray): each box
     read and segmented at native resolution in its 1024 px window, CFPG and MBO on, masks + polygons written.
 
@@ -17,9 +21,11 @@ boxes cost (b) one 1024 px encoder forward each (3) where (a) runs one forward o
 load average is printed before and after: on a shared machine both walls move with it. The last line prints
 both ratios.
 
-Measured 2026-12-06 00:00-00:27 UTC on the shared 2-core machine, load average 20-40 throughout: (a) peak PSS
-4.86 GB, wall 623 s (set_image 453 s); (b) peak PSS 2.79 GB (the SAM actor 1.56 GB), wall 915 s (3 windows,
-SAM 151-244 s each); ratios peak 0.574, wall 1.47. Scene + weights generation (cached): 1351 s under load.
+Measured 2026-12-06 17:15 UTC at b464dcc + the CPU tasks' trim, idle 2-core AMD EPYC (AVX-512, no AMX: fp32):
+(a) samgeo peak PSS 20.20 GB, wall 68.7 s (the issue's samgeo 1.4.2 run: 20.1 GB); (a) lean 4.87 GB, 30.6 s;
+(b) 2.95 GB (SAM actor 1.66 GB, a CPU worker 0.32, driver 0.26, Ray's own processes 0.72), wall 59.9 s (3
+windows); ratios against samgeo: peak 0.146 (goal 0.125), wall 0.87 (goal 1.00). Earlier, under a load of
+20-40 with the lean way only: (a) 4.86 GB / 623 s, (b) 2.79 GB / 915 s.
 
     .venv/bin/python bench/sam_scene.py [--size 20000] [--tile 1024] [--cache /tmp/rrsis-bench-scenes]
 """

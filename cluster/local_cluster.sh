@@ -29,7 +29,7 @@ DASHBOARD_PORT="${DASHBOARD_PORT:-8265}"
 PORT_BASE="${PORT_BASE:-42000}"
 STATE_DIR="${STATE_DIR:-/tmp/rrsis-local-cluster}"
 if [[ -z "${RAY:-}" ]]; then
-  if [[ -x "$REPO/.venv/bin/ray" ]]; then RAY="$REPO/.venv/bin/ray"; else RAY="$(command -v ray)"; fi
+  if [[ -x "$REPO/.venv/bin/ray" ]]; then RAY="$REPO/.venv/bin/ray"; else RAY="$(command -v ray || true)"; fi
 fi
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 # a loaded machine can take more than Ray's default 60 s to register a node's raylet with the GCS
@@ -78,6 +78,10 @@ alive_nodes() {
 }
 
 cmd_start() {
+  if [[ -z "$RAY" || ! -x "$RAY" ]]; then
+    echo "local_cluster: no ray executable (run make install, or set RAY=/path/to/ray)" >&2
+    exit 2
+  fi
   if compgen -G "$STATE_DIR/*.pid" >/dev/null; then
     echo "local_cluster: already started (state in $STATE_DIR); run stop first" >&2
     exit 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,10 @@ from rrsis.errors import CheckpointError, InputError, ModelError
 from rrsis.models.sam.build import build_sam, build_sam_model, sam_arch, trainable_parameters
 from rrsis.models.sam.config import SamConfig
 from rrsis.models.sam.frame import SamFrame
-from rrsis.models.sam.predictor import SamTilePredictor
+from rrsis.models.sam.predictor import SamTilePredictor, resize_to_frame
 
 TINY = SamConfig(model_type="tiny")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tile(h: int = 100, w: int = 200, seed: int = 0) -> np.ndarray:
@@ -51,6 +54,34 @@ def test_frame_matches_sams_resize_longest_side_at_1024() -> None:
     assert np.allclose(f.points_to_model(pts), sam_tf.apply_coords(pts, (300, 512)))
     boxes = np.array([[5.0, 6.0, 400.0, 280.0]])
     assert np.allclose(f.boxes_to_model(boxes), sam_tf.apply_boxes(boxes, (300, 512)))
+
+
+@pytest.mark.parametrize("hw", [(800, 800), (300, 512), (1024, 700), (2048, 1500), (1, 3)])
+def test_resize_equals_segment_anythings_resize_longest_side(hw: tuple[int, int]) -> None:
+    import rasterio
+
+    with rasterio.open(ROOT / "data/samples/rasterio/RGB.byte.tif") as src:  # the shared Landsat scene
+        landsat = src.read(window=((200, 600), (200, 600))).transpose(1, 2, 0)
+    image = np.ascontiguousarray(np.resize(landsat, (*hw, 3)))  # a real image's pixels, tiled to the size
+    ours = resize_to_frame(image, SamFrame(*hw, input_size_px=1024))
+    assert np.array_equal(ours, ResizeLongestSide(1024).apply_image(image))
+
+
+def test_the_sam_model_path_does_not_import_torchvision() -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "from rrsis.models.sam.config import SamConfig\n"
+        "from rrsis.models.sam.predictor import SamTilePredictor\n"
+        "p = SamTilePredictor.from_config(SamConfig(model_type='tiny'))\n"
+        "p.set_image(np.zeros((40, 50, 3), np.uint8))\n"
+        "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
+        "from segment_anything import SamPredictor\n"  # the whole package still imports on demand
+        "from segment_anything.modeling import Sam\n"
+        "assert SamPredictor(p.sam).model is p.sam and isinstance(p.sam, Sam)\n"
+        "assert 'torchvision' in sys.modules\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_prompts_reach_the_prompt_encoder_in_the_input_frame(predictor: SamTilePredictor) -> None:

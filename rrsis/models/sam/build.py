@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from rrsis.errors import CheckpointError, ModelError
 from rrsis.models.sam.arch import PIXEL_MEAN, PIXEL_STD, RANDOM_INIT_PRESETS, SamArch, sam_arch
@@ -23,6 +22,7 @@ from rrsis.models.sam.checkpoint import KEY as DECODER_KEY
 from rrsis.models.sam.checkpoint import apply_decoder_state
 from rrsis.models.sam.config import SAM_ENCODERS, SamConfig
 from rrsis.models.sam.encoder import EfficientImageEncoderViT
+from rrsis.models.sam.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 
 def build_image_encoder(arch: SamArch, encoder: str = "efficient") -> torch.nn.Module:

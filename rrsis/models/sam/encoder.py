@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.common import LayerNorm2d, MLPBlock
 from torch import nn
+
+from rrsis.models.sam.modeling import LayerNorm2d, MLPBlock
 
 DEFAULT_MASK_BUDGET = 1 << 22  # bias elements alive at once (16 MB in fp32); one 1024 px vit_b head needs 2**24
 # tokens per MLP call and per windowed-attention call (whole windows): every token's MLP and every window's

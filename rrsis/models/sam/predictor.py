@@ -13,16 +13,26 @@ from collections.abc import Hashable
 
 import numpy as np
 import torch
-from segment_anything.modeling import Sam
-from segment_anything.utils.transforms import ResizeLongestSide
+from PIL import Image
 
 from rrsis.errors import InputError
 from rrsis.models.precision import autocast_for, resolve_precision
 from rrsis.models.sam.build import build_sam
 from rrsis.models.sam.config import SamConfig
 from rrsis.models.sam.frame import SamFrame
+from rrsis.models.sam.modeling import Sam
 
 NO_POINT_LABEL = -1  # SAM's "not a point" label: a prompt row without a point (e.g. CFPG found none)
+
+
+def resize_to_frame(image: np.ndarray, frame: SamFrame) -> np.ndarray:
+    """An (H, W, 3) uint8 tile resized to `frame.resized_hw` as segment-anything's `ResizeLongestSide.apply_image`
+    does it (PIL bilinear through torchvision's PIL path; PIL antialiases when shrinking), without importing
+    torchvision; always a new, writable array (a tile from Ray's object store is read-only)."""
+    height, width = frame.resized_hw
+    if (height, width) == image.shape[:2]:
+        return np.array(image)  # PIL's resize to the same size is a copy too
+    return np.array(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
 
 
 class SamTilePredictor:
@@ -42,7 +52,6 @@ class SamTilePredictor:
         self.mask_threshold = mask_threshold
         self.prompt_batch = prompt_batch
         self.input_size_px = int(sam.image_encoder.img_size)
-        self._resize = ResizeLongestSide(self.input_size_px)
         self.embed_count = 0  # image-encoder runs; lets callers and tests see the cache work
         self._embedding: torch.Tensor | None = None
         self._frame: SamFrame | None = None
@@ -90,7 +99,7 @@ class SamTilePredictor:
         if min(image.shape[:2]) < 1:
             raise InputError(f"SAM got an empty tile of shape {image.shape}")
         frame = SamFrame(image.shape[0], image.shape[1], self.input_size_px)
-        resized = self._resize.apply_image(image)
+        resized = resize_to_frame(image, frame)
         if resized.shape[:2] != frame.resized_hw:  # the two must agree or prompts land off their pixels
             raise InputError(f"SAM resize gave {resized.shape[:2]}, frame expects {frame.resized_hw}")
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()

@@ -21,11 +21,12 @@ boxes cost (b) one 1024 px encoder forward each (3) where (a) runs one forward o
 load average is printed before and after: on a shared machine both walls move with it. The last line prints
 both ratios.
 
-Measured 2026-12-06 17:15 UTC at b464dcc + the CPU tasks' trim, idle 2-core AMD EPYC (AVX-512, no AMX: fp32):
-(a) samgeo peak PSS 20.20 GB, wall 68.7 s (the issue's samgeo 1.4.2 run: 20.1 GB); (a) lean 4.87 GB, 30.6 s;
-(b) 2.95 GB (SAM actor 1.66 GB, a CPU worker 0.32, driver 0.26, Ray's own processes 0.72), wall 59.9 s (3
-windows); ratios against samgeo: peak 0.146 (goal 0.125), wall 0.87 (goal 1.00). Earlier, under a load of
-20-40 with the lean way only: (a) 4.86 GB / 623 s, (b) 2.79 GB / 915 s.
+Measured 2026-12-06 17:12 UTC at bba5a3f (SAM without torchvision), idle 2-core AMD EPYC (AVX-512, no AMX:
+fp32): (a) samgeo peak PSS 19.96 GB, wall 63.1 s (the issue's samgeo 1.4.2 run: 20.1 GB); (a) lean 4.66 GB,
+30.8 s; (b) 2.66 GB (SAM actor 1.37 GB, an idle CPU worker 0.32, driver 0.26, Ray's own processes 0.72), wall
+60.5 s (3 windows); ratios against samgeo: peak 0.133 (goal 0.125), wall 0.96 (goal 1.00). At a5d2863 (torchvision
+still imported): (b) 2.95 GB, SAM actor 1.66 GB; at 5430dc9 3.03-3.11 GB. Earlier, under a load of 20-40 with
+the lean way only: (a) 4.86 GB / 623 s, (b) 2.79 GB / 915 s.
 
     .venv/bin/python bench/sam_scene.py [--size 20000] [--tile 1024] [--cache /tmp/rrsis-bench-scenes]
 """

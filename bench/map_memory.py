@@ -134,7 +134,7 @@ def main() -> None:
             f"map {wall:.0f} s (exit {code}), scene generation {gen_s:.0f} s"
         )
     ratio = results[args.big] / results[args.small]
-    print(f"big peak PSS {results[args.big] / 1e9:.2f} GB (goal <= 2.5); big / small {ratio:.3f} (goal <= 1.15)")
+    print(f"big peak PSS {results[args.big] / 1e9:.3f} GB (goal <= 2.5); big / small {ratio:.3f} (goal <= 1.15)")
 
 
 if __name__ == "__main__":

@@ -190,9 +190,8 @@ def test_weights_are_mapped_from_the_file_and_a_half_precision_file_is_cast(tmp_
     path = tmp_path / "sam_tiny.pth"
     torch.save(saved.state_dict(), path)
     loaded = build_sam(SamConfig(model_type="tiny", checkpoint=str(path), seed=1))
-    maps = Path("/proc/self/maps").read_text()
-    if maps:  # Linux: the checkpoint is mapped, its tensors are the model's (not a second, copied set)
-        assert str(path) in maps
+    # the checkpoint is mapped, its tensors are the model's (not a second, copied set)
+    assert str(path) in Path("/proc/self/maps").read_text()
     weight = loaded.image_encoder.patch_embed.proj.weight
     assert torch.equal(weight, saved.image_encoder.patch_embed.proj.weight)
     weight.data.add_(1.0)  # copy-on-write: the model's weights change, the file does not

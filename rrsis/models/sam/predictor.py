@@ -99,9 +99,7 @@ class SamTilePredictor:
         if min(image.shape[:2]) < 1:
             raise InputError(f"SAM got an empty tile of shape {image.shape}")
         frame = SamFrame(image.shape[0], image.shape[1], self.input_size_px)
-        resized = resize_to_frame(image, frame)
-        if resized.shape[:2] != frame.resized_hw:  # the two must agree or prompts land off their pixels
-            raise InputError(f"SAM resize gave {resized.shape[:2]}, frame expects {frame.resized_hw}")
+        resized = resize_to_frame(image, frame)  # to the frame's size, so prompts land on their pixels
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
         with torch.no_grad():
             pixels = self.sam.preprocess(x)[None]

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+
 from rrsis.train.recipes import FAMILIES, RECIPES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,3 +77,21 @@ def test_train_runner_imports_no_family_library() -> None:
     code = f"import sys, rrsis.train.run, rrsis.train.tune; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.strip() == "[]"
+
+
+def test_map_workers_import_neither_torch_nor_opencv() -> None:
+    """The read and write workers and the driver import the stage modules: torch stays in the inference
+    actor and OpenCV in the refine actor (each costs every process that imports it memory of its own)."""
+    code = (
+        "import sys, rrsis.cli, rrsis.pipeline.stages, rrsis.pipeline.build, rrsis.pipeline.run;"
+        "print([m for m in ('torch', 'cv2') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "[]"
+    from rrsis.pipeline.refiners import clean_water_mask  # OpenCV on first use, with the same result
+
+    prob = np.zeros((8, 8), dtype=np.float32)
+    prob[2:5, 2:5] = 0.9
+    prob[7, 7] = 0.9  # a 1-pixel speck under the mapping unit
+    mask = clean_water_mask(prob, np.ones((8, 8), bool), threshold=0.5, open_px=0, min_mapping_unit_px=4)
+    assert int(mask.sum()) == 9 and mask[7, 7] == 0

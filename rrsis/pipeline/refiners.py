@@ -4,6 +4,9 @@ The refine stage is generic: `make_refiner(task, options)` returns a `Refiner` t
 the batch (water-land: `prob` and `valid`; a box/referring task may also read `image` and prompt columns) and
 adds `mask` (uint8, 0 = background, 1 = target, 255 = nodata, shape (B, H, W) of the read window). Other
 tasks register their refiner in `REFINERS` (the SAM issue plugs CFPG/MBO in here under "boxes").
+
+OpenCV is imported where a mask is cleaned, not with the module: the read, write and inference workers import
+this module for `NODATA` and `make_refiner` and never clean a mask.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from rrsis.errors import ConfigError
@@ -24,6 +26,8 @@ Refiner = Callable[[Batch], Batch]
 
 def _remove_small(mask: np.ndarray, value: int, min_px: int) -> np.ndarray:
     """Set 8-connected regions of `value` smaller than `min_px` to the other class (1 - value)."""
+    import cv2
+
     binary = (mask == value).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     small = np.zeros(count, dtype=bool)
@@ -44,6 +48,8 @@ def clean_water_mask(
     `overlap_px // 2` pixels inside the window, so with `min_mapping_unit_px <= overlap_px // 2` the result
     does not depend on the tiling; larger units may judge such border regions by their truncated size.
     """
+    import cv2
+
     mask: np.ndarray = (prob >= threshold).astype(np.uint8)
     if open_px > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * open_px + 1, 2 * open_px + 1))

@@ -66,11 +66,10 @@ class MUNetTrunk(Trunk):
         self.out_channels = base
 
     def forward(self, x: Tensor) -> Tensor:
-        features: list[Tensor] = []
-        for k, level in enumerate(self.encoder):
+        refined: list[Tensor] = []  # each level's skip, refined as soon as it exists: no raw copy is kept
+        for k, (level, amm) in enumerate(zip(self.encoder, self.amm, strict=True)):
             x = level(x if k == 0 else self.pool(x))
-            features.append(x)
-        refined = [amm(f) for amm, f in zip(self.amm, features, strict=True)]
+            refined.append(amm(x))
         x = refined[-1]
         for k in reversed(range(LEVELS - 1)):
             x = self.decoder[k](torch.cat([upsample_to(x, refined[k]), refined[k]], dim=1))

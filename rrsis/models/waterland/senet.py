@@ -12,6 +12,7 @@ Choices, read off the water/land paper's Table I and SeNet's own description:
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from rrsis.models.waterland.blocks import ConvBNAct, Trunk
@@ -54,14 +55,16 @@ class SeNetTrunk(Trunk):
         self.out_channels = channels
 
     def forward(self, x: Tensor) -> Tensor:
-        indices: list[tuple[Tensor, Tensor]] = []
+        # only the pooling indices and the size before each pool are kept for the way up, not the activation
+        # itself: a kept full-resolution map was ~35 MB of an inference actor's peak at 512 px (half width)
+        indices: list[tuple[Tensor, torch.Size]] = []
         for stage in self.encoder:
             x = stage(x)
-            pooled, idx = self.pool(x)
-            indices.append((idx, x))
-            x = pooled
+            size = x.shape[-2:]
+            x, idx = self.pool(x)
+            indices.append((idx, size))
         x = self.bottom(x)
-        for stage, (idx, before) in zip(self.decoder, reversed(indices), strict=True):
-            x = self.unpool(x, idx, output_size=before.shape[-2:])
+        for stage, (idx, size) in zip(self.decoder, reversed(indices), strict=True):
+            x = self.unpool(x, idx, output_size=size)
             x = stage(x)
         return x

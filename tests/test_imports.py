@@ -3,6 +3,7 @@ function-level imports of rrsis modules and each with its reason; the lazy famil
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import subprocess
@@ -79,15 +80,20 @@ def test_train_runner_imports_no_family_library() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_map_workers_import_neither_torch_nor_opencv() -> None:
-    """The read and write workers and the driver import the stage modules: torch stays in the inference
-    actor and OpenCV in the refine actor (each costs every process that imports it memory of its own)."""
-    code = (
-        "import sys, rrsis.cli, rrsis.pipeline.stages, rrsis.pipeline.build, rrsis.pipeline.run;"
-        "print([m for m in ('torch', 'cv2') if m in sys.modules])"
-    )
+def _imported(modules: str, names: list[str]) -> list[str]:
+    code = f"import sys, {modules}; print([m for m in {names!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
-    assert out.stdout.strip() == "[]"
+    return list(ast.literal_eval(out.stdout))
+
+
+def test_map_workers_import_only_what_their_stage_needs() -> None:
+    """The driver and the workers import the stage modules: torch stays in the model actors, OpenCV in the
+    refine stages, scikit-learn (CFPG's clustering) in the boxes task's CPU stage; each costs every process
+    that imports it memory of its own (scikit-learn with SciPy ~75 MB)."""
+    tile_task = "rrsis.cli, rrsis.pipeline.stages, rrsis.pipeline.build, rrsis.pipeline.run"
+    assert _imported(tile_task, ["torch", "cv2", "sklearn"]) == []
+    assert _imported(f"{tile_task}, rrsis.pipeline.run_boxes, rrsis.pipeline.task_boxes", ["torch", "sklearn"]) == []
+
     from rrsis.pipeline.refiners import clean_water_mask  # OpenCV on first use, with the same result
 
     prob = np.zeros((8, 8), dtype=np.float32)

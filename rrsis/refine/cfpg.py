@@ -37,7 +37,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from sklearn.cluster import KMeans
 
 from rrsis.errors import InputError
 from rrsis.refine.config import CfpgConfig
@@ -103,6 +102,10 @@ def cluster_binary(roi: np.ndarray, cfg: CfpgConfig, valid: np.ndarray | None = 
 
     With a `valid` mask, nodata pixels take no part in the fit or the border rule and are background.
     """
+    # scikit-learn (with SciPy, joblib: ~90 MB a process) only where points are made: the map driver and
+    # the SAM actor import this module through the boxes task and never cluster
+    from sklearn.cluster import KMeans
+
     h, w = roi.shape[:2]
     ok = np.ones((h, w), bool) if valid is None else valid
     pixels = roi.reshape(-1, roi.shape[-1]).astype(np.float32)

@@ -25,7 +25,6 @@ import cv2
 import numpy as np
 import rasterio
 import torch
-from threadpoolctl import threadpool_limits
 
 from rrsis.refine.cfpg import cfpg_point
 from rrsis.refine.config import CfpgConfig, MboConfig
@@ -55,7 +54,6 @@ def coarse_mask(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray
 def main() -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    threadpool_limits(limits=1)  # KMeans' OpenMP team: unlimited it is ~30x slower per box on a busy 2-core box
     with rasterio.open(SCENE) as src:
         image = src.read().transpose(1, 2, 0).copy()
     cfpg_cfg, mbo_cfg = CfpgConfig(), MboConfig()

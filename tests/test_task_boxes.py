@@ -131,3 +131,19 @@ def test_union_mosaic_ors_overlapping_windows(tmp_path: Path) -> None:
     expected[1, 1] = 1  # from a
     expected[0, 2] = 1  # from b's (0, 0), shifted 2 px
     assert np.array_equal(got, expected)
+
+
+def test_sam_stage_gives_freed_heap_back_after_every_encoder_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rrsis.pipeline import task_boxes
+
+    trims: list[str] = []
+    monkeypatch.setattr(task_boxes, "release_freed_memory", lambda min_free_bytes=0: trims.append("trim"))
+    threads = torch.get_num_threads()
+    try:
+        stage = SamBoxStage(sam_options(SamConfig(model_type="tiny")), torch_threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    blocks = len(stage.predictor.sam.image_encoder.blocks)
+    assert blocks >= 2
+    stage.predictor.set_image(np.zeros((64, 64, 3), np.uint8))
+    assert trims == ["trim"] * blocks

@@ -81,17 +81,16 @@ def ragged(arrays: list[np.ndarray]) -> np.ndarray:
 
 @functools.cache
 def limit_threads(n: int) -> None:
-    """At most `n` threads for OpenCV and OpenMP/BLAS (sklearn's KMeans) in this worker process.
+    """At most `n` threads for OpenCV (GrabCut, watershed) in this worker process.
 
-    A CPU stage holds `n` CPUs; more threads only contend with the SAM actor on the same cores. On a
-    loaded 2-core machine KMeans' default OpenMP team made CFPG ~30x slower per box (100 ms vs 4 ms).
-    Once per process (cached): Ray reuses worker processes.
+    A CPU stage holds `n` CPUs; more threads only contend with the SAM actor on the same cores (when CFPG
+    clustered with scikit-learn, its default OpenMP team made CFPG ~30x slower per box on a loaded 2-core
+    machine; `rrsis.refine.kmeans` is plain numpy and starts no threads). Once per process (cached): Ray
+    reuses worker processes.
     """
     import cv2
-    from threadpoolctl import threadpool_limits
 
     cv2.setNumThreads(n)
-    threadpool_limits(limits=n)
 
 
 def _boxes(batch: Batch, i: int) -> np.ndarray:
@@ -125,6 +124,15 @@ def prompt_stage(batch: Batch, *, cfpg: dict[str, Any], value_max: float = 255.0
     return out
 
 
+def trim_after_block(module: Any, inputs: Any, output: Any) -> None:
+    """A forward hook of the SAM actor's image-encoder blocks on a CPU: give the heap's free pages back after
+    each block. A block allocates and frees ~100 MB in pieces of many sizes and glibc's heap grew well past
+    the live peak: ViT-B at 1024 px, 3 windows, the actor's resident peak was 1390-1425 MB without and
+    1331-1344 MB with it, forward time unchanged within the run-to-run noise (making large blocks mmaps instead,
+    `MALLOC_MMAP_THRESHOLD_` 4 MB, cost +25 %)."""
+    release_freed_memory()
+
+
 class SamBoxStage:
     """Holds SAM (loaded once per actor); per row: embed the window once, decode all its box prompts."""
 
@@ -147,6 +155,9 @@ class SamBoxStage:
         device = str(resolve_device(device, key="infer.device"))
         cfg = sam_config_from_dict(sam)
         self.predictor = SamTilePredictor.from_config(cfg, checkpoint or None, decoder_checkpoint or None, device)
+        if self.predictor.device.type == "cpu":  # (a GPU's caching allocator keeps its own memory)
+            for block in self.predictor.sam.image_encoder.blocks:
+                block.register_forward_hook(trim_after_block)
 
     def __call__(self, batch: Batch) -> Batch:
         start = time.perf_counter()

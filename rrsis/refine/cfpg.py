@@ -9,7 +9,7 @@ Where the paper is vague, our choices (all constants live in `CfpgConfig`):
   with fewer than min_roi_px^2 valid pixels is "roi_nodata".
 - eq. 4: box xyxy floats -> integer slice [floor(y1):ceil(y2), floor(x1):ceil(x2)], clipped to the image
   (a box across the image border keeps its inside part). Coordinates are pixel indices, as SAM's.
-- eq. 5: KMeans++ (k = 2) on RGB values as float; large ROIs are fitted on a seeded subsample of
+- eq. 5: KMeans++ (k = 2, `rrsis.refine.kmeans`) on RGB values as float; large ROIs are fitted on a seeded subsample of
   `kmeans_max_pixels` pixels and every pixel is then labelled by its nearest centre. The paper does not
   say which cluster is the foreground: we take the cluster that covers fewer ROI-border pixels (a box
   is drawn around its object, so the ROI frame is mostly background); ties go to the smaller cluster.
@@ -40,6 +40,7 @@ import numpy as np
 
 from rrsis.errors import InputError
 from rrsis.refine.config import CfpgConfig
+from rrsis.refine.kmeans import kmeans, nearest
 
 N_CLUSTERS = 2  # eq. 5: foreground / background
 OK = "ok"
@@ -102,10 +103,6 @@ def cluster_binary(roi: np.ndarray, cfg: CfpgConfig, valid: np.ndarray | None = 
 
     With a `valid` mask, nodata pixels take no part in the fit or the border rule and are background.
     """
-    # scikit-learn (with SciPy, joblib: ~90 MB a process) only where points are made: the map driver and
-    # the SAM actor import this module through the boxes task and never cluster
-    from sklearn.cluster import KMeans
-
     h, w = roi.shape[:2]
     ok = np.ones((h, w), bool) if valid is None else valid
     pixels = roi.reshape(-1, roi.shape[-1]).astype(np.float32)
@@ -113,14 +110,8 @@ def cluster_binary(roi: np.ndarray, cfg: CfpgConfig, valid: np.ndarray | None = 
     if len(fit_on) > cfg.kmeans_max_pixels:
         rng = np.random.default_rng(cfg.seed)
         fit_on = fit_on[rng.choice(len(fit_on), cfg.kmeans_max_pixels, replace=False)]
-    km = KMeans(
-        n_clusters=N_CLUSTERS,
-        init="k-means++",
-        n_init=cfg.kmeans_n_init,
-        max_iter=cfg.kmeans_max_iter,
-        random_state=cfg.seed,
-    ).fit(fit_on)
-    labels = np.where(ok, km.predict(pixels).reshape(h, w), N_CLUSTERS)  # nodata -> an extra label
+    centres = kmeans(fit_on, N_CLUSTERS, n_init=cfg.kmeans_n_init, max_iter=cfg.kmeans_max_iter, seed=cfg.seed)
+    labels = np.where(ok, nearest(pixels, centres)[0].reshape(h, w), N_CLUSTERS)  # nodata -> an extra label
     border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
     border_counts = np.bincount(border, minlength=N_CLUSTERS + 1)
     sizes = np.bincount(labels.ravel(), minlength=N_CLUSTERS + 1)

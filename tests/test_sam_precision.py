@@ -13,7 +13,7 @@ from PIL import Image
 
 from rrsis.errors import ModelError
 from rrsis.models import precision
-from rrsis.models.precision import autocast_for, cpu_has_amx_bf16, resolve_precision
+from rrsis.models.precision import autocast_for, cpu_has_amx_bf16, cpu_without_amx, resolve_precision
 from rrsis.models.sam.build import build_sam
 from rrsis.models.sam.config import SamConfig
 from rrsis.models.sam.predictor import SamTilePredictor
@@ -42,6 +42,11 @@ def test_amx_flag_is_read_from_cpuinfo(tmp_path: Path) -> None:
     assert cpu_has_amx_bf16(tmp_path / "amx")
     assert not cpu_has_amx_bf16(tmp_path / "avx2")  # the flag on another line does not count
     assert not cpu_has_amx_bf16(tmp_path / "missing")
+    # without AMX the log line says whether bf16 is emulated or native (AVX512-BF16) and how to ask for it
+    (tmp_path / "avx2only").write_text("processor\t: 0\nflags\t\t: fpu sse avx2\n")
+    assert cpu_without_amx("AVX2", tmp_path / "avx2only").endswith("capability AVX2): bf16 would be emulated")
+    native = cpu_without_amx("AVX512", tmp_path / "avx2")  # the file with avx512_bf16
+    assert native.endswith("it has avx512_bf16: infer.precision=bf16 uses its native bf16 dot products")
 
 
 def test_auto_falls_back_to_fp32_without_amx_with_one_log_line(

@@ -36,7 +36,7 @@ CENTRES = ((400, 360), (300, 300), (450, 420), (380, 250))  # (x, y) inside the 
 
 
 def per_box_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up (imports, OpenCV/sklearn first-call costs)
+    fn()  # warm-up (imports, OpenCV first-call costs)
     start = time.perf_counter()
     for _ in range(repeats):
         fn()

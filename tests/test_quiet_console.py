@@ -90,11 +90,44 @@ def test_the_shipped_demo_prints_no_ray_or_opencv_warning_line(tmp_path: Path) -
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RRSIS_VERBOSE", *QUIET_ENV)}
     # as on a machine with AWS credentials in its environment (botocore announces them per client at INFO)
     env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    done = subprocess.run(
-        [sys.executable, "-m", "rrsis.cli", "map", "--config", "configs/map/waterland.yaml", f"output={tmp_path}"],
-        cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-3000:]
-    assert "rrsis map map-" in done.stdout and "INFO streaming_executor.py" in done.stderr  # progress stays
+    for attempt in (1, 2):
+        done = subprocess.run(
+            [sys.executable, "-m", "rrsis.cli", "map", "--config", "configs/map/waterland.yaml",
+             f"output={tmp_path / str(attempt)}"],
+            cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output[-3000:]
+        assert "rrsis map map-" in done.stdout and "INFO streaming_executor.py" in done.stderr  # progress stays
+        if not is_ray_teardown_crash(foreign_lines(output)):
+            break  # one more run only after Ray's own crash on a released actor's exit, never after anything else
     assert foreign_lines(output) == []
+
+
+#: Ray's C++ crash dump (`logging.cc`) of one worker whose OpenCensus harvester thread met a mutex already torn
+#: down while the process exited (ray-project/ray#36885 and #36906, "OpenCensus segfault upon shutdown"): seen
+#: once in the full suite here (2026-12-06, a released RefineStage actor after a successful run), not in 3 runs
+#: of this test alone
+RAY_TEARDOWN_CRASH = re.compile(r"logging\.cc:\d+: (\*\*\* SIGSEGV received|PC: @|    @ )")
+
+
+def is_ray_teardown_crash(lines: list[str]) -> bool:
+    """True when every foreign line is part of one Ray worker's SIGSEGV dump that names OpenCensus."""
+    return (
+        bool(lines)
+        and all(RAY_TEARDOWN_CRASH.search(line) for line in lines)
+        and any("opencensus" in line for line in lines)
+    )
+
+
+def test_only_ray_s_own_teardown_crash_earns_a_second_run() -> None:
+    prefix = "\x1b[36m(MapWorker(MapBatches(RefineStage)) pid=4624)\x1b[0m [2026-12-06 20:09:10,491 E 4624 4885] "
+    crash = [
+        prefix + "logging.cc:474: *** SIGSEGV received at time=1796587750 on cpu 1 ***",
+        prefix + "logging.cc:474: PC: @     0x7f8b77e2a3df  (unknown)  absl::lts_20230802::Enqueue()",
+        prefix + "logging.cc:474:     @     0x7f8b777c2022   144  opencensus::stats::DeltaProducer::RunHarvesterLoop()",
+    ]
+    assert is_ray_teardown_crash(crash)
+    assert not is_ray_teardown_crash([])
+    assert not is_ray_teardown_crash([*crash, prefix + "core_worker.cc:812: something else"])
+    assert not is_ray_teardown_crash([line.replace("opencensus", "ray") for line in crash])

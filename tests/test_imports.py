@@ -75,9 +75,7 @@ def test_train_runner_imports_no_family_library() -> None:
     """`rrsis train` of one family loads only that family: the runner itself pulls in none of them."""
     heavy = ["transformers", "torchvision", "rrsis.models.danet.model", "rrsis.models.grounding.model",
              "rrsis.models.sam.build"]  # fmt: skip
-    code = f"import sys, rrsis.train.run, rrsis.train.tune; print([m for m in {heavy!r} if m in sys.modules])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
-    assert out.stdout.strip() == "[]"
+    assert _imported("rrsis.train.run, rrsis.train.tune", heavy) == []
 
 
 def _imported(modules: str, names: list[str]) -> list[str]:

@@ -100,25 +100,27 @@ def map_config(*overrides: str) -> MapConfig:
     return cfg
 
 
-def gated_checkpoint(plain: str, path: Path | str) -> str:
-    """`plain` (a checkpoint file) with an Otsu gate on VV, saved at `path`."""
+def gated_checkpoint(plain: str, path: Path | str, gate: str = "otsu:VV") -> str:
+    """`plain` (a checkpoint file) with an Otsu gate (on VV by default), saved at `path`."""
     from rrsis.checkpoints import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(plain)
-    ckpt.gate = "otsu:VV"
+    ckpt.gate = gate
     save_checkpoint(ckpt, str(path))
     return str(path)
 
 
-def read_tiles(scenes: list[str], run_prefix: Path | str, tile_px: int = 64) -> dict[str, np.ndarray]:
-    """The map's read stage over every tile of `scenes` (2-band VV/VH, no overlap): one batch."""
+def read_tiles(
+    scenes: list[str], run_prefix: Path | str, tile_px: int = 64, overlap_px: int = 0
+) -> dict[str, np.ndarray]:
+    """The map's read stage over every tile of `scenes` (2-band VV/VH, no overlap by default): one batch."""
     from rrsis.pipeline.inputs import resolve_inputs
     from rrsis.pipeline.plan import plan_run
     from rrsis.pipeline.stages import read_stage
 
     resolved, _ = resolve_inputs(scenes)
     _, rows, _ = plan_run(
-        resolved, str(run_prefix), tile_px=tile_px, overlap_px=0, requested_bands=[], model_bands=["VV", "VH"],
+        resolved, str(run_prefix), tile_px=tile_px, overlap_px=overlap_px, requested_bands=[], model_bands=["VV", "VH"],
         in_bands=2,
     )  # fmt: skip
     return read_stage({k: np.asarray([r[k] for r in rows]) for k in rows[0]})

@@ -46,24 +46,65 @@ def otsu_water(band_db: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, floa
 
 # The Otsu gate: a physical post-process of a water model. Calm open water is dark in SAR, so a pixel stays
 # water only if the model says water and its band (dB) is below the scene's own global Otsu threshold of that
-# band; the model still decides which dark pixels are water (Otsu alone also marks dark land). Written "otsu:VV".
+# band; the model still decides which dark pixels are water (Otsu alone also marks dark land). Written
+# "otsu:VV". "otsu:VV:median5" compares the 5x5 median of the band instead of the pixel: speckle then no longer
+# punches bright holes into water or leaves dark specks on land (round 6 of models/waterland_demo/README.md).
 GATE_PREFIX = "otsu:"
 NO_GATE = ("", "none")
+MEDIAN_PREFIX = "median"
+
+
+def _gate_parts(gate: str, bands: Sequence[str], key: str) -> tuple[int, int]:
+    """(band index, median window) of a gate spec "otsu:<band>[:median<k>]", k odd >= 3 (1 = the pixel)."""
+    parts = gate[len(GATE_PREFIX) :].split(":") if gate.startswith(GATE_PREFIX) else []
+    upper = [b.upper() for b in bands]
+    window = 1
+    if len(parts) == 2:
+        size = parts[1].lower().removeprefix(MEDIAN_PREFIX)
+        window = int(size) if parts[1].lower().startswith(MEDIAN_PREFIX) and size.isdigit() else 0
+    if not parts or len(parts) > 2 or parts[0].upper() not in upper or window < 1 or window % 2 == 0:
+        raise ConfigError(
+            f"{key}={gate!r}: expected 'none' or 'otsu:<band>[:median<odd k>]' with a band of {list(bands)}"
+        )
+    return upper.index(parts[0].upper()), window
 
 
 def gate_band(gate: str, bands: Sequence[str], key: str = "data.gate") -> int | None:
     """Index into `bands` of the band an Otsu gate spec ("otsu:VV") thresholds; None for no gate ("", "none")."""
-    if gate in NO_GATE:
-        return None
-    name = gate[len(GATE_PREFIX) :].upper() if gate.startswith(GATE_PREFIX) else ""
-    upper = [b.upper() for b in bands]
-    if name not in upper:
-        raise ConfigError(f"{key}={gate!r}: expected 'none' or 'otsu:<band>' with a band of {list(bands)}")
-    return upper.index(name)
+    return None if gate in NO_GATE else _gate_parts(gate, bands, key)[0]
 
 
-def gate_water(water: np.ndarray, band_db: np.ndarray, threshold: float) -> np.ndarray:
-    """`water` where `band_db` is below `threshold`, else 0 (NaN is not below); same dtype as `water`."""
+def gate_window(gate: str, bands: Sequence[str], key: str = "data.gate") -> int:
+    """The side of the median window a gate spec compares ("otsu:VV:median5" -> 5; "otsu:VV" -> 1)."""
+    return 1 if gate in NO_GATE else _gate_parts(gate, bands, key)[1]
+
+
+def dark(band_db: np.ndarray, threshold: float, window: int = 1) -> np.ndarray:
+    """(H,W) bool: the `window` x `window` median of `band_db` is below `threshold` (1: the pixel itself).
+
+    A median of n = window² values is below t exactly when more than n/2 of them are, so this counts the dark
+    pixels of each window (an integral image) instead of sorting. NaN and the outside of the array count as
+    bright: a map tile's outside is the scene's outside (read as 0 dB) or its overlap, so a tile gives what the
+    whole scene would, and the 0 dB a read gives nodata is bright too.
+    """
     with np.errstate(invalid="ignore"):
-        dark = np.asarray(band_db) < threshold
-    return np.where(dark, water, np.zeros((), dtype=np.asarray(water).dtype))
+        below = np.asarray(band_db) < threshold
+    if window <= 1:
+        return below
+    half = window // 2
+    padded = np.pad(below, half).astype(np.int32)  # outside: not dark
+    counts = np.zeros((padded.shape[0] + 1, padded.shape[1] + 1), dtype=np.int32)
+    np.cumsum(np.cumsum(padded, axis=0), axis=1, out=counts[1:, 1:])
+    height, width = below.shape
+    inside = (
+        counts[window : window + height, window : window + width]
+        - counts[:height, window : window + width]
+        - counts[window : window + height, :width]
+        + counts[:height, :width]
+    )
+    return 2 * inside > window * window
+
+
+def gate_water(water: np.ndarray, band_db: np.ndarray, threshold: float, window: int = 1) -> np.ndarray:
+    """`water` where `band_db` (its `window` median) is below `threshold`, else 0; same dtype as `water`."""
+    return np.where(dark(band_db, threshold, window), water, np.zeros((), dtype=np.asarray(water).dtype))

@@ -25,7 +25,7 @@ from rrsis.config.eval import EvalConfig
 from rrsis.data import ombria
 from rrsis.data.dataset import WaterLandDataset, build_splits
 from rrsis.data.normalize import NormStats, otsu_thresholds, sample_pixels
-from rrsis.data.otsu import gate_band, gate_water, otsu_water
+from rrsis.data.otsu import gate_band, gate_water, gate_window, otsu_water
 from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError
 from rrsis.evaluate.panels import write_panel
@@ -63,11 +63,13 @@ def evaluate_chips(
     panels: int = 0,
     panel_dir: str = "",
     gate: int | None = None,
+    gate_median: int = 1,
 ) -> list[ChipResult]:
     """Run the model (and the Otsu baselines) over every window of every chip of `dataset`.
 
     `gate`: index of the band of the checkpoint's Otsu gate (`rrsis.data.otsu`); the model's water is kept
-    only below that band's Otsu threshold over the whole chip (the chip is the scene, as in `rrsis map`)."""
+    only below that band's Otsu threshold over the whole chip (the chip is the scene, as in `rrsis map`);
+    with `gate_median` > 1, the band's median over that window is what is compared."""
     chips = [ChipResult(ref.sample_id, ref.group) for ref in dataset.refs]
     gate_db: dict[int, float] = {}
     baseline_bands = [b for b in BASELINE_BANDS if b in ckpt.bands] if baseline else []
@@ -80,7 +82,7 @@ def evaluate_chips(
         if gate is not None:
             if sample not in gate_db:
                 gate_db[sample] = otsu_thresholds(sample_pixels(dataset.refs[sample]))[gate]
-            pred = gate_water(pred, image[gate], gate_db[sample])
+            pred = gate_water(pred, image[gate], gate_db[sample], gate_median)
         chip = chips[sample]
         _meter(chip, METHOD_MODEL).update(pred, label, valid)
         predictions = [pred]
@@ -196,6 +198,7 @@ def run_waterland_eval(cfg: EvalConfig, ckpt: Checkpoint) -> int:
         panels=cfg.panels,
         panel_dir=storage.join(cfg.output, "panels"),
         gate=gate_index,
+        gate_median=gate_window(gate, ckpt.bands),
     )
     rows = chip_rows(chips)
     summary = summarise(chips)

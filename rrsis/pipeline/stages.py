@@ -21,7 +21,7 @@ import numpy as np
 from rrsis import storage
 from rrsis.checkpoint_header import read_header
 from rrsis.data.normalize import scene_measures_needed
-from rrsis.data.otsu import gate_band, gate_water
+from rrsis.data.otsu import gate_band, gate_water, gate_window
 from rrsis.errors import InputError, RrsisError, StorageError
 from rrsis.geo.raster import encode_geotiff, open_raster, read_window
 from rrsis.geo.tiling import Tile
@@ -107,10 +107,11 @@ class InferStage:
 
     Normalisation uses the statistics stored in the checkpoint, or (a `norm=scene`/`otsu` checkpoint) the
     scene's own, measured once per scene and actor; never the tile's own, so tiles agree at their borders. A
-    checkpoint with an Otsu gate (`rrsis.data.otsu`) gets P = 0 wherever the gate band is not below the
-    scene's Otsu threshold. Both come from one decimated read per scene, taken a scene ahead of the model in a
-    background thread (`rrsis.pipeline.scene_inputs`; `scenes` is the run's scene order). The `image` column
-    is dropped: only probabilities travel on. `cores`/`core_lock_dir`: the core groups an embedded Ray
+    checkpoint with an Otsu gate (`rrsis.data.otsu`) gets P = 0 wherever the gate band (or its median over the
+    gate's window: the window's halo lies in the tiles' overlap) is not below the scene's Otsu threshold. Both
+    come from one decimated read per scene, taken a scene ahead of the model in a background thread
+    (`rrsis.pipeline.scene_inputs`; `scenes` is the run's scene order). The `image` column is dropped: only
+    probabilities travel on. `cores`/`core_lock_dir`: the core groups an embedded Ray
     reserved for inference actors; this actor claims one and runs its forwards there (`rrsis.pipeline.cores`).
     `precision` (`infer.precision`, see `rrsis.models.precision`) autocasts the forward; the weights stay fp32.
     """
@@ -161,6 +162,7 @@ class InferStage:
             needs = scene_measures_needed(self.ckpt.norm, self.ckpt.gate)
             self.measurer = SceneMeasurer(*needs, scenes, thread_init=self.cores.unpin)
         self.gate = gate_band(self.ckpt.gate, self.ckpt.bands, key=f"{checkpoint}: gate")
+        self.gate_median = gate_window(self.ckpt.gate, self.ckpt.bands, key=f"{checkpoint}: gate")
         self.scenes: dict[SceneKey, tuple[Any, float]] = {}  # scene -> (its statistics, its gate threshold dB)
 
     def __call__(self, batch: Batch) -> Batch:
@@ -178,7 +180,7 @@ class InferStage:
         if self.gate is not None:
             band = self.gate
             for i in ok:
-                prob[i] = gate_water(prob[i], batch["image"][i][band], self._scene(batch, i)[1])
+                prob[i] = gate_water(prob[i], batch["image"][i][band], self._scene(batch, i)[1], self.gate_median)
         out = {k: v for k, v in batch.items() if k != "image"}
         out["prob"] = prob
         out["infer_s"] = np.full(n, (time.perf_counter() - start) / n)

@@ -284,7 +284,8 @@ def test_eval_applies_the_gate_of_the_checkpoint_or_the_config(tmp_path: Path, s
         pred = model(torch.from_numpy(x)[None]).argmax(dim=1)[0].numpy()
     _, threshold = otsu_water(image[0], valid)
     expected = {}
-    for name, p in (("gated", gate_water(pred, image[0], threshold)), ("plain", pred)):
+    ways = (("gated", gate_water(pred, image[0], threshold)), ("plain", pred))
+    for name, p in (*ways, ("median", gate_water(pred, image[0], threshold, 5))):
         meter = ConfusionMeter()
         meter.update(p, label, valid)
         expected[name] = meter.compute()["iou_water"]
@@ -295,3 +296,6 @@ def test_eval_applies_the_gate_of_the_checkpoint_or_the_config(tmp_path: Path, s
     assert gated["gate"] == "otsu:VV" and plain["gate"] == ""
     assert gated["model"]["pooled"]["iou_water"] == pytest.approx(expected["gated"], abs=1e-6)
     assert plain["model"]["pooled"]["iou_water"] == pytest.approx(expected["plain"], abs=1e-6)
+    median = run("otsu:VV:median5")  # the config's gate overrides the checkpoint's
+    assert median["gate"] == "otsu:VV:median5" and expected["median"] != pytest.approx(expected["gated"], abs=1e-5)
+    assert median["model"]["pooled"]["iou_water"] == pytest.approx(expected["median"], abs=1e-6)

@@ -59,7 +59,7 @@ class Checkpoint:
     # "scene": normalise each scene by its own `rrsis.data.normalize.scene_stats`; "otsu": norm_mean/std plus,
     # per band, a channel anchored on the scene's Otsu threshold (`scene_thresholds`)
     norm: str = "split"
-    gate: str = ""  # "otsu:<band>": model water only below the scene's Otsu threshold of that band (rrsis.data.otsu)
+    gate: str = ""  # "otsu:<band>[:median<k>]": model water only below the scene's Otsu threshold (rrsis.data.otsu)
 
 
 OPTIONAL_ENTRIES = {"norm", "gate"}  # added later with a default: older files of the same format still load

@@ -33,7 +33,8 @@ class DataConfig:
     # checkpoint's `norm`
     norm: str = choice("split", "split", "scene", "otsu")
     # water-land post-process stored in the checkpoint: "otsu:VV" keeps model water only where VV is below the
-    # scene's global Otsu threshold (rrsis.data.otsu); "" none. `rrsis eval`: "" = the checkpoint's, "none" = off
+    # scene's global Otsu threshold (rrsis.data.otsu), "otsu:VV:median5" where VV's 5x5 median is; "" none.
+    # `rrsis eval`: "" = the checkpoint's, "none" = off
     gate: str = ""
     num_workers: int = bounded(0, 0, 64)
     # share of the training images used (PSLG-SAM Table 4's data-fraction axis; a seeded subset; sam_decoder)

@@ -112,9 +112,7 @@ def test_eval_mode_skips_eaas_and_registry_builds_danet() -> None:
         ("model.danet.num_heads=3", "model.danet.num_heads"),
     ],
 )
-def test_bad_danet_config_exits_2_naming_the_key(
-    override: str, key: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_danet_config_exits_2_naming_the_key(override: str, key: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "show", "train", "model.name=danet", override]) == 2
     err = capsys.readouterr().err
     assert f"'{key}'" in err and len(err.strip().splitlines()) == 1

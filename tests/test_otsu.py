@@ -244,6 +244,26 @@ def test_median_gated_tiles_agree_with_the_whole_scene(tmp_path: Path, samples: 
     assert covered.all() and len(gated) > 4
 
 
+def test_map_refuses_an_overlap_too_small_for_the_median_gate(tmp_path: Path) -> None:
+    """A 5x5 median gate needs 2 px of context around each core: overlap_px 2 (1 px) is one line naming the
+    key before any tile is read; 4 passes, and a pixel gate needs no overlap."""
+    from rrsis.checkpoint_header import read_header
+    from rrsis.pipeline.run import run_map
+    from rrsis.pipeline.task_waterland import check_gate_overlap
+    from tests.pipeline_data import map_config
+
+    scene = _write(tmp_path / "s.tif", np.full((2, 64, 64), -12.0, dtype=np.float32))
+    plain = tiny_checkpoint(tmp_path / "plain.pt")
+    median = gated_checkpoint(plain, tmp_path / "median.pt", gate="otsu:VV:median5")
+    common = [f"input=[{scene}]", f"output={tmp_path / 'out'}", "tiling.tile_px=32"]
+    with pytest.raises(ConfigError, match=r"key 'tiling\.overlap_px': value 2 .*'otsu:VV:median5'.*overlap_px >= 4"):
+        run_map(map_config(*common, f"infer.checkpoint={median}", "tiling.overlap_px=2"))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.tif"))
+    for ckpt, overlap in ((median, 4), (plain, 0)):
+        cfg = map_config(*common, f"infer.checkpoint={ckpt}", f"tiling.overlap_px={overlap}")
+        check_gate_overlap(cfg, read_header(ckpt))
+
+
 def test_eval_applies_the_gate_of_the_checkpoint_or_the_config(tmp_path: Path, samples: Path) -> None:
     """`rrsis eval` on a real chip: the gated model's IoU_water equals an independent recomputation (model
     argmax AND VV below the chip's Otsu threshold, from the files); `data.gate=none` switches it off."""

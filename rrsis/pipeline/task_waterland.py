@@ -13,17 +13,19 @@ from typing import Any
 from rrsis import storage
 from rrsis.checkpoint_header import read_header
 from rrsis.config.map import MapConfig
+from rrsis.data.otsu import gate_window
+from rrsis.errors import ConfigError
 from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.plan import PlanArgs, content_tag, derive_run_id
 from rrsis.pipeline.task_table import TaskRun
 from rrsis.pipeline.tile_run import TileSpec, run_tiles
 
 
-def model_info(checkpoint: str) -> tuple[str, list[str], int]:
+def model_info(checkpoint: str, header: dict[str, Any] | None = None) -> tuple[str, list[str], int]:
     """(model tag, band names, input bands) from the checkpoint's header, read on the driver without torch
     (`rrsis.checkpoint_header`: ~400 MB less driver memory); a file it cannot read goes through the full
-    loader, whose error names the problem."""
-    header = read_header(checkpoint)
+    loader, whose error names the problem. `header`: the header if the caller has already read it."""
+    header = header or read_header(checkpoint)
     if header is None:
         # imported here on purpose: it imports torch, which the driver otherwise never needs
         from rrsis.checkpoints import load_checkpoint
@@ -35,6 +37,22 @@ def model_info(checkpoint: str) -> tuple[str, list[str], int]:
     family = model_config.get(header["model_name"], {}) if isinstance(model_config, dict) else {}
     in_bands = len(bands) or int(family.get("in_bands", 0) if isinstance(family, dict) else 0)
     return f"{header['model_name']}@{content_tag(checkpoint)}", bands, in_bands
+
+
+def check_gate_overlap(cfg: MapConfig, header: dict[str, Any] | None) -> None:
+    """A gate on a k x k median (`otsu:VV:median5`) needs k // 2 pixels of context around every core, which the
+    tiles' overlap gives (`overlap_px // 2` before each core): less, and tiles would disagree at their seams.
+    A checkpoint whose header cannot be read without torch is checked by `InferStage` instead (its gate spec);
+    its seams are not. `header`: the checkpoint's (`read_header`)."""
+    if not header or not header.get("gate"):
+        return
+    gate, bands = str(header["gate"]), [str(b) for b in header.get("bands") or []]
+    half = gate_window(gate, bands, key=f"{cfg.infer.checkpoint}: gate") // 2
+    if cfg.tiling.overlap_px // 2 < half:
+        raise ConfigError(
+            f"config error: key 'tiling.overlap_px': value {cfg.tiling.overlap_px} is too small for the checkpoint's "
+            f"gate {gate!r} (its {2 * half + 1} px median needs overlap_px >= {2 * half}, or tiles disagree at seams)"
+        )
 
 
 def decisive_refine(cfg: MapConfig) -> dict[str, Any]:
@@ -84,7 +102,9 @@ def plan_args(cfg: MapConfig, run_prefix: str, model_bands: list[str], in_bands:
 
 
 def prepare(cfg: MapConfig, scenes: list[SceneRef]) -> TaskRun:
-    model, model_bands, in_bands = model_info(cfg.infer.checkpoint)
+    header = read_header(cfg.infer.checkpoint)  # once: a remote checkpoint is fetched for it
+    model, model_bands, in_bands = model_info(cfg.infer.checkpoint, header)
+    check_gate_overlap(cfg, header)
     run_id = run_id_for(cfg, scenes, model)
     plan = plan_args(cfg, storage.join(cfg.output, run_id), model_bands, in_bands)
     spec = TileSpec(cfg, model, plan, target="water")

@@ -39,6 +39,7 @@ browser:
 
 lint: $(STAMP)
 	$(BIN)/ruff check rrsis jobs tests bench
+	$(BIN)/ruff format --check rrsis jobs tests bench
 	$(BIN)/mypy rrsis
 
 test: lint browser

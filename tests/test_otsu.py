@@ -25,7 +25,7 @@ from rrsis.data.normalize import (
     otsu_thresholds,
     scene_thresholds,
 )
-from rrsis.data.otsu import dark, gate_band, gate_water, gate_window, otsu_threshold, otsu_water
+from rrsis.data.otsu import dark, gate_band, gate_spec, gate_water, otsu_threshold, otsu_water
 from rrsis.data.pairs import geotiff_ref
 from rrsis.errors import CheckpointError, ConfigError, InputError
 from rrsis.pipeline.inputs import resolve_inputs
@@ -171,11 +171,11 @@ def test_median_gate_spec_and_dark_majority_is_the_median_compared(samples: Path
     import rasterio
 
     bands = ["VV", "VH"]
-    assert gate_band("otsu:VV:median5", bands) == 0 and gate_window("otsu:vh:MEDIAN3", bands) == 3
-    assert gate_window("otsu:VV", bands) == 1 and gate_window("none", bands) == 1
+    assert gate_band("otsu:VV:median5", bands) == 0 and gate_spec("otsu:vh:MEDIAN3", bands) == (1, 3)
+    assert gate_spec("otsu:VV", bands) == (0, 1) and gate_spec("none", bands) == (None, 1)
     for bad in ("otsu:VV:median4", "otsu:VV:median", "otsu:VV:mean5", "otsu:VV:median5:x", "otsu:VV:median-3"):
         with pytest.raises(ConfigError, match=r"data\.gate=.*median<odd k>"):
-            gate_window(bad, bands)
+            gate_spec(bad, bands)
     with rasterio.open(samples / "sen1floods11" / "S1Hand" / "Spain_7370579_S1Hand.tif") as src:
         vv = src.read(1, window=((200, 296), (100, 180)))
     vv[np.random.default_rng(0).random(vv.shape) < 0.05] = np.nan

@@ -54,8 +54,11 @@ NO_GATE = ("", "none")
 MEDIAN_PREFIX = "median"
 
 
-def _gate_parts(gate: str, bands: Sequence[str], key: str) -> tuple[int, int]:
-    """(band index, median window) of a gate spec "otsu:<band>[:median<k>]", k odd >= 3 (1 = the pixel)."""
+def gate_spec(gate: str, bands: Sequence[str], key: str = "data.gate") -> tuple[int | None, int]:
+    """(index into `bands` of the band, side of the median window) of a gate spec "otsu:<band>[:median<k>]",
+    k odd >= 3 (1: the pixel itself); (None, 1) for no gate ("", "none")."""
+    if gate in NO_GATE:
+        return None, 1
     parts = gate[len(GATE_PREFIX) :].split(":") if gate.startswith(GATE_PREFIX) else []
     upper = [b.upper() for b in bands]
     window = 1
@@ -71,12 +74,7 @@ def _gate_parts(gate: str, bands: Sequence[str], key: str) -> tuple[int, int]:
 
 def gate_band(gate: str, bands: Sequence[str], key: str = "data.gate") -> int | None:
     """Index into `bands` of the band an Otsu gate spec ("otsu:VV") thresholds; None for no gate ("", "none")."""
-    return None if gate in NO_GATE else _gate_parts(gate, bands, key)[0]
-
-
-def gate_window(gate: str, bands: Sequence[str], key: str = "data.gate") -> int:
-    """The side of the median window a gate spec compares ("otsu:VV:median5" -> 5; "otsu:VV" -> 1)."""
-    return 1 if gate in NO_GATE else _gate_parts(gate, bands, key)[1]
+    return gate_spec(gate, bands, key)[0]
 
 
 def dark(band_db: np.ndarray, threshold: float, window: int = 1) -> np.ndarray:

@@ -25,7 +25,7 @@ from rrsis.config.eval import EvalConfig
 from rrsis.data import ombria
 from rrsis.data.dataset import WaterLandDataset, build_splits
 from rrsis.data.normalize import NormStats, otsu_thresholds, sample_pixels
-from rrsis.data.otsu import gate_band, gate_water, gate_window, otsu_water
+from rrsis.data.otsu import gate_spec, gate_water, otsu_water
 from rrsis.devices import resolve_device
 from rrsis.errors import ConfigError
 from rrsis.evaluate.panels import write_panel
@@ -184,7 +184,7 @@ def run_waterland_eval(cfg: EvalConfig, ckpt: Checkpoint) -> int:
     stats = NormStats(list(ckpt.bands), ckpt.norm_mean, ckpt.norm_std, ckpt.nodata_fill, norm=ckpt.norm)
     dataset = WaterLandDataset(refs, stats, train=False, crop_px=data.eval_tile_px)
     gate = "" if data.gate == "none" else (data.gate or ckpt.gate)
-    gate_index = gate_band(gate, ckpt.bands)
+    gate_index, gate_median = gate_spec(gate, ckpt.bands)
     model = build_from_checkpoint(ckpt).to(device)
     log.info(
         "evaluating %s on %d %s chips: %s", cfg.checkpoint, len(refs), cfg.split, ", ".join(r.sample_id for r in refs)
@@ -198,7 +198,7 @@ def run_waterland_eval(cfg: EvalConfig, ckpt: Checkpoint) -> int:
         panels=cfg.panels,
         panel_dir=storage.join(cfg.output, "panels"),
         gate=gate_index,
-        gate_median=gate_window(gate, ckpt.bands),
+        gate_median=gate_median,
     )
     rows = chip_rows(chips)
     summary = summarise(chips)

@@ -21,7 +21,7 @@ import numpy as np
 from rrsis import storage
 from rrsis.checkpoint_header import read_header
 from rrsis.data.normalize import scene_measures_needed
-from rrsis.data.otsu import gate_band, gate_water, gate_window
+from rrsis.data.otsu import gate_spec, gate_water
 from rrsis.errors import InputError, RrsisError, StorageError
 from rrsis.geo.raster import encode_geotiff, open_raster, read_window
 from rrsis.geo.tiling import Tile
@@ -161,8 +161,7 @@ class InferStage:
         if header is None:  # a remote or legacy checkpoint: its needs are known only now
             needs = scene_measures_needed(self.ckpt.norm, self.ckpt.gate)
             self.measurer = SceneMeasurer(*needs, scenes, thread_init=self.cores.unpin)
-        self.gate = gate_band(self.ckpt.gate, self.ckpt.bands, key=f"{checkpoint}: gate")
-        self.gate_median = gate_window(self.ckpt.gate, self.ckpt.bands, key=f"{checkpoint}: gate")
+        self.gate, self.gate_median = gate_spec(self.ckpt.gate, self.ckpt.bands, key=f"{checkpoint}: gate")
         self.scenes: dict[SceneKey, tuple[Any, float]] = {}  # scene -> (its statistics, its gate threshold dB)
 
     def __call__(self, batch: Batch) -> Batch:

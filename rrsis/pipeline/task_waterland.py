@@ -13,7 +13,7 @@ from typing import Any
 from rrsis import storage
 from rrsis.checkpoint_header import read_header
 from rrsis.config.map import MapConfig
-from rrsis.data.otsu import gate_window
+from rrsis.data.otsu import gate_spec
 from rrsis.errors import ConfigError
 from rrsis.pipeline.inputs import SceneRef
 from rrsis.pipeline.plan import PlanArgs, content_tag, derive_run_id
@@ -47,7 +47,7 @@ def check_gate_overlap(cfg: MapConfig, header: dict[str, Any] | None) -> None:
     if not header or not header.get("gate"):
         return
     gate, bands = str(header["gate"]), [str(b) for b in header.get("bands") or []]
-    half = gate_window(gate, bands, key=f"{cfg.infer.checkpoint}: gate") // 2
+    half = gate_spec(gate, bands, key=f"{cfg.infer.checkpoint}: gate")[1] // 2
     if cfg.tiling.overlap_px // 2 < half:
         raise ConfigError(
             f"config error: key 'tiling.overlap_px': value {cfg.tiling.overlap_px} is too small for the checkpoint's "

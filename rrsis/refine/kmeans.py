@@ -15,13 +15,18 @@ import math
 import numpy as np
 
 
+def squared_distance(points: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """(N,) squared Euclidean distances of (N, D) points to one (D,) centre, summed in float64."""
+    return np.square(points - centre).sum(axis=1, dtype=np.float64)
+
+
 def nearest(points: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(labels, squared distances) of each of (N, D) points to the nearest of (K, D) centres; ties go to
     the lower label. One (N,) distance array per centre, so N can be every pixel of a big ROI."""
     best = np.full(len(points), np.inf)
     labels = np.zeros(len(points), dtype=np.int64)
     for j, centre in enumerate(np.asarray(centres, dtype=np.float64)):
-        d = np.square(points - centre).sum(axis=1, dtype=np.float64)
+        d = squared_distance(points, centre)
         closer = d < best
         labels[closer], best[closer] = j, d[closer]
     return labels, best
@@ -32,7 +37,7 @@ def plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarra
     n = len(points)
     trials = 2 + int(math.log(k))
     centres = [points[rng.integers(n)]]
-    closest = np.square(points - centres[0]).sum(axis=1)
+    closest = squared_distance(points, centres[0])
     for _ in range(1, k):
         potential = float(closest.sum())
         if potential <= 0.0:  # every point sits on a centre already: any point will do
@@ -40,7 +45,7 @@ def plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarra
         else:
             candidates = np.searchsorted(np.cumsum(closest), rng.random(trials) * potential, side="right")
             candidates = np.minimum(candidates, n - 1)
-        options = [np.minimum(closest, np.square(points - points[c]).sum(axis=1)) for c in candidates]
+        options = [np.minimum(closest, squared_distance(points, points[c])) for c in candidates]
         pick = int(np.argmin([o.sum() for o in options]))
         centres.append(points[candidates[pick]])
         closest = options[pick]
